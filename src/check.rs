@@ -1,0 +1,108 @@
+//! One-off checks for `tether probe` and `tether wait`, through the same connect path
+//! the sidecar uses.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::backoff::ReconnectBackoff;
+use crate::config::{self, Address, HumanDuration, Keepalive};
+use crate::net;
+
+/// Keepalive settings for one-off connections, which are closed right away anyway.
+const ONE_OFF_KEEPALIVE: Keepalive = Keepalive {
+    idle: HumanDuration(Duration::from_secs(10)),
+    interval: HumanDuration(Duration::from_secs(2)),
+    count: 3,
+};
+
+/// `tether wait` retries quickly: an init container should not sleep long after its
+/// dependency came up.
+pub const WAIT_BACKOFF: config::Backoff = config::Backoff {
+    initial: HumanDuration(Duration::from_millis(100)),
+    max: HumanDuration(Duration::from_secs(2)),
+    multiplier: 2.0,
+    jitter: 0.2,
+};
+
+/// The longest a single attempt of `tether wait` may take.
+const WAIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Checks an address once; the error says why it is not healthy.
+pub async fn probe_once(address: &Address, limit: Duration) -> Result<(), String> {
+    match timeout(limit, net::connect(address, limit, &ONE_OFF_KEEPALIVE)).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{address}: no answer within {limit:?}")),
+    }
+}
+
+/// Waits until every address answers or `limit` passes; returns the addresses still
+/// failing, with their last error.
+pub async fn wait_all(
+    addresses: &[Address],
+    limit: Duration,
+) -> Result<(), Vec<(Address, String)>> {
+    let deadline = Instant::now() + limit;
+    let mut set = tokio::task::JoinSet::new();
+    for address in addresses {
+        let address = address.clone();
+        set.spawn(async move {
+            let result = wait_one(&address, deadline).await;
+            (address, result)
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (address, result) = joined.expect("a wait task never panics");
+        if let Err(e) = result {
+            failed.push((address, e));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed)
+    }
+}
+
+async fn wait_one(address: &Address, deadline: Instant) -> Result<(), String> {
+    let started = Instant::now();
+    let mut backoff = ReconnectBackoff::new(&WAIT_BACKOFF);
+    let mut reported = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out".to_owned());
+        }
+        match probe_once(address, left.min(WAIT_ATTEMPT_TIMEOUT)).await {
+            Ok(()) => {
+                say(format_args!(
+                    "{address} is up (after {:.1?})",
+                    started.elapsed()
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                if !reported {
+                    say(format_args!("waiting for {address}: {e}"));
+                    reported = true;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                sleep(backoff.next_delay().min(left)).await;
+                if Instant::now() >= deadline {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Progress for the person or script watching; a closed stderr must not abort the wait.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}

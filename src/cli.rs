@@ -1,0 +1,131 @@
+//! The command line, as clap definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::duration;
+
+/// Holds a connection to each dependency of an application, notices the moment it
+/// dies, reconnects with backoff, and runs hooks so the application can switch to a
+/// fallback and back.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. "info" or "tether=debug" (overrides RUST_LOG).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file [default: $TETHER_CONFIG, then ./tether.toml]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "TETHER_CONFIG",
+        value_name = "FILE"
+    )]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar until SIGTERM or SIGINT
+    ///
+    /// Exit status: 0 after a clean shutdown, 2 for a bad config, 1 for any other
+    /// fatal error.
+    Run(ConfigArg),
+
+    /// Validate a config file and print the effective config, defaults filled in
+    ///
+    /// Exit status: 0 valid, 2 invalid.
+    CheckConfig(ConfigArg),
+
+    /// Check one address once, for scripts and exec probes
+    ///
+    /// Exit status: 0 healthy, 1 not.
+    Probe {
+        /// host:port to check
+        address: String,
+
+        #[command(flatten)]
+        check: CheckArgs,
+
+        /// How long the check may take
+        #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+
+    /// Wait until every address is healthy, retrying with backoff (for init containers)
+    ///
+    /// Exit status: 0 all healthy, 1 timed out.
+    Wait {
+        /// host:port addresses to wait for
+        #[arg(required = true)]
+        addresses: Vec<String>,
+
+        #[command(flatten)]
+        check: CheckArgs,
+
+        /// How long to wait for all of them in total
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// What "healthy" means on the wire
+    #[arg(long, value_enum, default_value_t = ProbeKind::Tcp)]
+    pub probe: ProbeKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProbeKind {
+    /// The TCP handshake completes
+    Tcp,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match duration::parse(s)? {
+        d if d.is_zero() => Err("must be greater than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,265 @@
+//! The config file: parsed as written (`raw`), then validated into the types the rest
+//! of tether runs on, so that an invalid setting cannot reach a running actor.
+//!
+//! Every error names the file, line, column and key; all semantic errors of a file are
+//! reported at once, so an operator fixes them in one pass.
+
+mod address;
+pub mod duration;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use address::{Address, AddressError};
+pub use duration::HumanDuration;
+
+/// Where `tether run` looks when neither `-c` nor `$TETHER_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "tether.toml";
+
+/// A validated config: every value is in range and every target is complete.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub server: Server,
+    pub defaults: Globals,
+    pub targets: Vec<Target>,
+}
+
+/// `[server]`: the HTTP endpoints and the optional state file.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Server {
+    pub listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// The process-wide settings of `[defaults]` that no target can override.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Globals {
+    /// Bounds the hook processes and deliveries running at once across all targets,
+    /// so a mass outage cannot fork thousands of processes.
+    pub max_concurrent_hooks: usize,
+}
+
+/// One watched dependency with every default filled in.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub address: Address,
+    pub probe: Probe,
+    /// Whether this target counts toward `/readyz`.
+    pub required: bool,
+    pub connect_timeout: HumanDuration,
+    /// Consecutive failed attempts before `on_failure`.
+    pub failure_threshold: u32,
+    pub backoff: Backoff,
+    pub keepalive: Keepalive,
+    pub hook_timeout: HumanDuration,
+    /// Fail-back damping: how long the target must stay up before `on_recover`.
+    pub recover_after: HumanDuration,
+    /// How often a held connection's host name is resolved again to follow moves.
+    pub resolve_interval: HumanDuration,
+    pub hooks: Hooks,
+}
+
+/// The reconnect schedule: `initial * multiplier^n`, capped at `max`, each delay spread
+/// by `± jitter` so that many sidecars do not reconnect in lockstep.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Backoff {
+    pub initial: HumanDuration,
+    pub max: HumanDuration,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+/// TCP keepalive settings: a peer that vanishes without a FIN or RST is noticed after
+/// `idle + interval * count` (the kernel does the probing, tether holds no timer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Keepalive {
+    pub idle: HumanDuration,
+    pub interval: HumanDuration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// How long an unanswered peer may stay silent before the kernel gives up on it;
+    /// also used as `TCP_USER_TIMEOUT` so unacknowledged data fails just as fast.
+    pub fn dead_after(&self) -> Duration {
+        self.idle.get() + self.interval.get() * self.count
+    }
+}
+
+/// What "healthy" means on the wire for a target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    /// The connection is established and stays open.
+    Tcp,
+    /// `PING` answered by `+PONG`.
+    Redis {
+        /// Environment variable holding the `AUTH` password, read at start.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_env: Option<String>,
+    },
+    /// `SSLRequest` answered by `S` or `N`.
+    Postgres,
+    /// A protocol-10 initial handshake.
+    Mysql,
+    /// `GET path` answered with `expect_status`.
+    Http {
+        path: String,
+        expect_status: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+}
+
+impl Probe {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Tcp => "tcp",
+            Probe::Redis { .. } => "redis",
+            Probe::Postgres => "postgres",
+            Probe::Mysql => "mysql",
+            Probe::Http { .. } => "http",
+        }
+    }
+}
+
+/// The hook actions of one target, per event, in the order written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Hooks {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_connect: Vec<HookAction>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_disconnect: Vec<HookAction>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<HookAction>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_recover: Vec<HookAction>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.on_connect.is_empty()
+            && self.on_disconnect.is_empty()
+            && self.on_failure.is_empty()
+            && self.on_recover.is_empty()
+    }
+}
+
+/// One hook action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum HookAction {
+    /// Executed directly: target data can never be interpreted by a shell.
+    Command { command: Vec<String> },
+    /// Run by `sh -c`; the user wrote the shell text, target data arrives as variables.
+    Shell { shell: String },
+    /// POST of the JSON payload.
+    Webhook {
+        webhook: String,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+        /// Name of the environment variable holding the HMAC key; the key itself is
+        /// never stored here, so printing the config cannot leak it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret_env: Option<String>,
+    },
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", Diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => d,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// One problem in a config file, at a position an editor can jump to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// The dotted path of the offending key, e.g. `targets[1].backoff.initial`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+struct Diagnostics<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for Diagnostics<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(text, path).map_err(ConfigError::Invalid)
+    }
+
+    /// The effective config as TOML, for `tether check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a validated config always serializes")
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+/// Resolves the config path: `-c`, then `$TETHER_CONFIG` (both handled by clap), then
+/// `./tether.toml`.
+pub fn resolve_path(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}

@@ -1,0 +1,185 @@
+//! The config file exactly as written: serde structs that keep the position of every
+//! value, so that validation can point at the line and column of the offending key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+use super::duration::HumanDuration;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub targets: Vec<Spanned<RawTarget>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub state_file: Option<Spanned<String>>,
+}
+
+/// `[defaults]`: the settings every target inherits, plus the process-wide ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub failure_threshold: Option<Spanned<i64>>,
+    pub backoff: Option<Spanned<RawBackoff>>,
+    pub keepalive: Option<Spanned<RawKeepalive>>,
+    pub hook_timeout: Option<Spanned<HumanDuration>>,
+    pub recover_after: Option<Spanned<HumanDuration>>,
+    pub resolve_interval: Option<Spanned<HumanDuration>>,
+    pub probe: Option<Spanned<RawProbe>>,
+    pub required: Option<bool>,
+    pub hooks: Option<RawHooks>,
+    pub max_concurrent_hooks: Option<Spanned<i64>>,
+}
+
+/// `[[targets]]`: one watched dependency; every key of `[defaults]` but the
+/// process-wide ones may be overridden here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub probe: Option<Spanned<RawProbe>>,
+    pub required: Option<bool>,
+    pub connect_timeout: Option<Spanned<HumanDuration>>,
+    pub failure_threshold: Option<Spanned<i64>>,
+    pub backoff: Option<Spanned<RawBackoff>>,
+    pub keepalive: Option<Spanned<RawKeepalive>>,
+    pub hook_timeout: Option<Spanned<HumanDuration>>,
+    pub recover_after: Option<Spanned<HumanDuration>>,
+    pub resolve_interval: Option<Spanned<HumanDuration>>,
+    pub hooks: Option<RawHooks>,
+}
+
+/// Every field optional: a target may override just `max` and inherit the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub initial: Option<Spanned<HumanDuration>>,
+    pub max: Option<Spanned<HumanDuration>>,
+    pub multiplier: Option<Spanned<f64>>,
+    pub jitter: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepalive {
+    pub idle: Option<Spanned<HumanDuration>>,
+    pub interval: Option<Spanned<HumanDuration>>,
+    pub count: Option<Spanned<i64>>,
+}
+
+/// `probe = "redis"` or `probe = { kind = "http", path = "/healthz" }`.
+#[derive(Debug)]
+pub enum RawProbe {
+    Kind(String),
+    Table(RawProbeTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbeTable {
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<i64>>,
+    pub host: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawProbe {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ProbeVisitor;
+
+        impl<'de> Visitor<'de> for ProbeVisitor {
+            type Value = RawProbe;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a probe kind (\"tcp\", \"redis\", ...) or a table with `kind`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawProbe, E> {
+                Ok(RawProbe::Kind(v.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawProbe, A::Error> {
+                RawProbeTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawProbe::Table)
+            }
+        }
+
+        deserializer.deserialize_any(ProbeVisitor)
+    }
+}
+
+/// `[targets.hooks]` / `[defaults.hooks]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub on_connect: Option<Spanned<RawActions>>,
+    pub on_disconnect: Option<Spanned<RawActions>>,
+    pub on_failure: Option<Spanned<RawActions>>,
+    pub on_recover: Option<Spanned<RawActions>>,
+}
+
+/// One hook action; validation checks that exactly one of `command`, `shell` and
+/// `webhook` is set, which gives better messages than an untagged enum would.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    pub command: Option<Spanned<Vec<String>>>,
+    pub shell: Option<Spanned<String>>,
+    pub webhook: Option<Spanned<String>>,
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub secret_env: Option<Spanned<String>>,
+}
+
+/// A single action table, or an array of them, so the common one-action case needs no
+/// brackets. Array items keep their own positions for error messages; a single table
+/// is positioned by the enclosing `Spanned`.
+#[derive(Debug)]
+pub enum RawActions {
+    One(RawAction),
+    Many(Vec<Spanned<RawAction>>),
+}
+
+impl<'de> Deserialize<'de> for RawActions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ActionsVisitor;
+
+        impl<'de> Visitor<'de> for ActionsVisitor {
+            type Value = RawActions;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a hook action table or an array of them")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawAction::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawActions::One)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut all = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    all.push(item);
+                }
+                Ok(RawActions::Many(all))
+            }
+        }
+
+        deserializer.deserialize_any(ActionsVisitor)
+    }
+}

@@ -1,0 +1,833 @@
+//! Turns the raw file into a [`Config`]: fills defaults, checks every value, and maps
+//! each problem to the line, column and key it came from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{
+    RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawProbe,
+    RawTarget,
+};
+use super::{
+    Address, Backoff, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration, Keepalive,
+    Probe, Server, Target,
+};
+
+/// The built-in defaults, documented in the README's config reference.
+pub mod builtin {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "127.0.0.1:9464";
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const FAILURE_THRESHOLD: u32 = 5;
+    pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+    pub const BACKOFF_MULTIPLIER: f64 = 2.0;
+    pub const BACKOFF_JITTER: f64 = 0.2;
+    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+    pub const KEEPALIVE_COUNT: u32 = 3;
+    pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const RECOVER_AFTER: Duration = Duration::ZERO;
+    pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+    pub const MAX_CONCURRENT_HOOKS: usize = 64;
+    pub const HTTP_PATH: &str = "/";
+    pub const HTTP_STATUS: u16 = 200;
+}
+
+/// The kernel takes keepalive times in whole seconds up to this value.
+const MAX_KEEPALIVE_SECS: u64 = 32767;
+/// The kernel's limit on `TCP_KEEPCNT`.
+const MAX_KEEPALIVE_COUNT: i64 = 127;
+const MAX_NAME_LEN: usize = 128;
+const MAX_CONCURRENT_HOOKS: i64 = 4096;
+
+pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
+    let mut ctx = Ctx {
+        text,
+        file,
+        diags: Vec::new(),
+    };
+    let raw = match deserialize(text) {
+        Ok(raw) => raw,
+        Err((span, key, message)) => {
+            ctx.err(span, key, message);
+            return Err(ctx.diags);
+        }
+    };
+    let config = ctx.config(raw);
+    if ctx.diags.is_empty() {
+        Ok(config)
+    } else {
+        // Inherited values are checked once on their own and again through each target:
+        // report each problem once.
+        ctx.diags.sort_by(|a, b| {
+            (a.line, a.column, &a.key, &a.message).cmp(&(b.line, b.column, &b.key, &b.message))
+        });
+        ctx.diags.dedup();
+        Err(ctx.diags)
+    }
+}
+
+/// Deserializes while tracking the key path, which serde errors alone do not name.
+fn deserialize(text: &str) -> Result<RawConfig, (Option<Range<usize>>, String, String)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        // Name the key a duplicate-key error points at.
+        let key = match (e.message(), e.span()) {
+            ("duplicate key", Some(span)) => text.get(span).unwrap_or_default().trim().to_owned(),
+            _ => String::new(),
+        };
+        (e.span(), key, e.message().to_owned())
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // `Spanned` values show up as a private field name in the path.
+        let key = match e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "")
+        {
+            p if p == "." => String::new(),
+            p => p,
+        };
+        let inner = e.into_inner();
+        let message = reword(&key, inner.message());
+        (inner.span(), key, message)
+    })
+}
+
+/// Serde's messages name Rust types; operators think in TOML.
+fn reword(key: &str, message: &str) -> String {
+    if key == "targets" && message.starts_with("invalid type: map") {
+        return "targets must be an array of tables: write each one as [[targets]], not [targets]"
+            .to_owned();
+    }
+    message
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a boolean", "expected true or false")
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+/// A value and where it was written; `key` names it in messages.
+struct At<T> {
+    value: T,
+    span: Range<usize>,
+    key: String,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let (line, column) = span.map_or((1, 1), |s| line_col(self.text, s.start));
+        self.diags.push(Diagnostic {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(&raw);
+        let defaults = &raw.defaults;
+        let max_concurrent_hooks = match &defaults.max_concurrent_hooks {
+            None => builtin::MAX_CONCURRENT_HOOKS,
+            Some(v) => {
+                let n = *v.get_ref();
+                if !(1..=MAX_CONCURRENT_HOOKS).contains(&n) {
+                    self.err(
+                        Some(v.span()),
+                        "defaults.max_concurrent_hooks",
+                        format!("must be between 1 and {MAX_CONCURRENT_HOOKS}, got {n}"),
+                    );
+                }
+                n.clamp(1, MAX_CONCURRENT_HOOKS) as usize
+            }
+        };
+        self.check_defaults(defaults);
+        if raw.targets.is_empty() {
+            self.err(
+                None,
+                "targets",
+                "no [[targets]] defined: add at least one target to watch",
+            );
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut targets = Vec::with_capacity(raw.targets.len());
+        for (i, t) in raw.targets.iter().enumerate() {
+            let name = t.get_ref().name.get_ref();
+            if let Some(first) = seen.insert(name.clone(), i) {
+                self.err(
+                    Some(t.get_ref().name.span()),
+                    format!("targets[{i}].name"),
+                    format!("duplicate target name \"{name}\" (first used by targets[{first}])"),
+                );
+            }
+            targets.push(self.target(i, t.get_ref(), defaults));
+        }
+        Config {
+            server,
+            defaults: Globals {
+                max_concurrent_hooks,
+            },
+            targets,
+        }
+    }
+
+    fn server(&mut self, raw: &RawConfig) -> Server {
+        let listen = match &raw.server.listen {
+            None => builtin::LISTEN
+                .parse()
+                .expect("the built-in listen address parses"),
+            Some(v) => v.get_ref().parse().unwrap_or_else(|_| {
+                self.err(
+                    Some(v.span()),
+                    "server.listen",
+                    format!(
+                        "invalid listen address \"{}\": expected IP:port, e.g. \"127.0.0.1:9464\"",
+                        v.get_ref()
+                    ),
+                );
+                builtin::LISTEN
+                    .parse()
+                    .expect("the built-in listen address parses")
+            }),
+        };
+        let state_file = raw.server.state_file.as_ref().and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                self.err(Some(v.span()), "server.state_file", "must not be empty");
+                None
+            } else {
+                Some(v.get_ref().into())
+            }
+        });
+        Server { listen, state_file }
+    }
+
+    fn target(&mut self, i: usize, t: &RawTarget, d: &RawDefaults) -> Target {
+        let key = |k: &str| format!("targets[{i}].{k}");
+        let name = t.name.get_ref().clone();
+        if !valid_name(&name) {
+            self.err(
+                Some(t.name.span()),
+                key("name"),
+                format!(
+                    "invalid target name \"{name}\": use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -"
+                ),
+            );
+        }
+        let address = t.address.get_ref().parse::<Address>().unwrap_or_else(|e| {
+            self.err(Some(t.address.span()), key("address"), e.to_string());
+            Address::new("invalid", 1)
+        });
+
+        let connect_timeout = self.duration(
+            pick(&t.connect_timeout, &d.connect_timeout, i, "connect_timeout"),
+            builtin::CONNECT_TIMEOUT,
+            false,
+        );
+        let hook_timeout = self.duration(
+            pick(&t.hook_timeout, &d.hook_timeout, i, "hook_timeout"),
+            builtin::HOOK_TIMEOUT,
+            false,
+        );
+        let recover_after = self.duration(
+            pick(&t.recover_after, &d.recover_after, i, "recover_after"),
+            builtin::RECOVER_AFTER,
+            true,
+        );
+        let resolve_interval = self.duration(
+            pick(
+                &t.resolve_interval,
+                &d.resolve_interval,
+                i,
+                "resolve_interval",
+            ),
+            builtin::RESOLVE_INTERVAL,
+            false,
+        );
+        let failure_threshold = self.threshold(pick(
+            &t.failure_threshold,
+            &d.failure_threshold,
+            i,
+            "failure_threshold",
+        ));
+        let backoff = self.backoff(i, t.backoff.as_ref(), d.backoff.as_ref());
+        let keepalive = self.keepalive(i, t.keepalive.as_ref(), d.keepalive.as_ref());
+        let probe = match (&t.probe, &d.probe) {
+            (Some(p), _) => self.probe(p, &key("probe")),
+            (None, Some(p)) => self.probe(p, "defaults.probe"),
+            (None, None) => Probe::Tcp,
+        };
+        let hooks = self.hooks(i, t.hooks.as_ref(), d.hooks.as_ref());
+        Target {
+            name,
+            address,
+            probe,
+            required: t.required.or(d.required).unwrap_or(true),
+            connect_timeout,
+            failure_threshold,
+            backoff,
+            keepalive,
+            hook_timeout,
+            recover_after,
+            resolve_interval,
+            hooks,
+        }
+    }
+
+    /// Checks `[defaults]` on its own, so that a bad inherited value is reported even
+    /// when every target overrides it, or when there is no target yet.
+    fn check_defaults(&mut self, d: &RawDefaults) {
+        for (v, name, zero_ok) in [
+            (&d.connect_timeout, "connect_timeout", false),
+            (&d.hook_timeout, "hook_timeout", false),
+            (&d.recover_after, "recover_after", true),
+            (&d.resolve_interval, "resolve_interval", false),
+        ] {
+            self.duration(pick(&None, v, 0, name), Duration::ZERO, zero_ok);
+        }
+        self.threshold(pick(&None, &d.failure_threshold, 0, "failure_threshold"));
+        self.backoff(0, None, d.backoff.as_ref());
+        self.keepalive(0, None, d.keepalive.as_ref());
+        if let Some(p) = &d.probe {
+            self.probe(p, "defaults.probe");
+        }
+        self.hooks(0, None, d.hooks.as_ref());
+    }
+
+    fn threshold(&mut self, v: Option<At<i64>>) -> u32 {
+        match v {
+            None => builtin::FAILURE_THRESHOLD,
+            Some(at) => match u32::try_from(at.value) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.err(
+                        Some(at.span),
+                        at.key,
+                        format!("must be between 1 and {}, got {}", u32::MAX, at.value),
+                    );
+                    builtin::FAILURE_THRESHOLD
+                }
+            },
+        }
+    }
+
+    fn duration(
+        &mut self,
+        v: Option<At<HumanDuration>>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> HumanDuration {
+        match v {
+            None => HumanDuration(default),
+            Some(at) if at.value.get().is_zero() && !zero_ok => {
+                self.err(Some(at.span), at.key, "duration must be greater than zero");
+                HumanDuration(default)
+            }
+            Some(at) => at.value,
+        }
+    }
+
+    fn backoff(
+        &mut self,
+        i: usize,
+        t: Option<&Spanned<RawBackoff>>,
+        d: Option<&Spanned<RawBackoff>>,
+    ) -> Backoff {
+        let t = t.map(Spanned::get_ref);
+        let d = d.map(Spanned::get_ref);
+        let field = |f: fn(&RawBackoff) -> Option<&Spanned<HumanDuration>>, name: &str| {
+            pick_nested(t.and_then(f), d.and_then(f), i, "backoff", name)
+        };
+        let initial = field(|b| b.initial.as_ref(), "initial");
+        let max = field(|b| b.max.as_ref(), "max");
+        // Blame the value closest to the target: a target's own `max` below an inherited
+        // `initial` is that target's mistake, not the defaults'.
+        let blame = match (&initial, &max) {
+            (Some(i), Some(m)) if m.key.starts_with("targets") && !i.key.starts_with("targets") => {
+                Some((m.span.clone(), m.key.clone()))
+            }
+            (Some(i), _) => Some((i.span.clone(), i.key.clone())),
+            (None, Some(m)) => Some((m.span.clone(), m.key.clone())),
+            (None, None) => None,
+        };
+        let initial = self.duration(initial, builtin::BACKOFF_INITIAL, false);
+        let max = self.duration(max, builtin::BACKOFF_MAX, false);
+        if let (true, Some((span, key))) = (initial > max, blame) {
+            self.err(
+                Some(span),
+                key,
+                format!("initial ({initial}) must not be greater than max ({max})"),
+            );
+        }
+        let float = |f: fn(&RawBackoff) -> Option<&Spanned<f64>>, name: &str| {
+            pick_nested(t.and_then(f), d.and_then(f), i, "backoff", name)
+        };
+        let multiplier = match float(|b| b.multiplier.as_ref(), "multiplier") {
+            None => builtin::BACKOFF_MULTIPLIER,
+            Some(at) if at.value.is_finite() && (1.0..=100.0).contains(&at.value) => at.value,
+            Some(at) => {
+                self.err(
+                    Some(at.span),
+                    at.key,
+                    format!("must be between 1.0 and 100.0, got {}", at.value),
+                );
+                builtin::BACKOFF_MULTIPLIER
+            }
+        };
+        let jitter = match float(|b| b.jitter.as_ref(), "jitter") {
+            None => builtin::BACKOFF_JITTER,
+            Some(at) if at.value.is_finite() && (0.0..=1.0).contains(&at.value) => at.value,
+            Some(at) => {
+                self.err(
+                    Some(at.span),
+                    at.key,
+                    format!("must be between 0.0 and 1.0, got {}", at.value),
+                );
+                builtin::BACKOFF_JITTER
+            }
+        };
+        Backoff {
+            initial,
+            max,
+            multiplier,
+            jitter,
+        }
+    }
+
+    fn keepalive(
+        &mut self,
+        i: usize,
+        t: Option<&Spanned<RawKeepalive>>,
+        d: Option<&Spanned<RawKeepalive>>,
+    ) -> Keepalive {
+        let t = t.map(Spanned::get_ref);
+        let d = d.map(Spanned::get_ref);
+        let mut seconds = |at: Option<At<HumanDuration>>, default: Duration| -> HumanDuration {
+            let Some(at) = at else {
+                return HumanDuration(default);
+            };
+            let v = at.value.get();
+            if v.subsec_nanos() != 0 || v.as_secs() == 0 || v.as_secs() > MAX_KEEPALIVE_SECS {
+                self.err(
+                    Some(at.span),
+                    at.key,
+                    format!(
+                        "must be a whole number of seconds from 1s to {MAX_KEEPALIVE_SECS}s (the kernel's unit), got {}",
+                        at.value
+                    ),
+                );
+                return HumanDuration(default);
+            }
+            at.value
+        };
+        let idle = seconds(
+            pick_nested(
+                t.and_then(|k| k.idle.as_ref()),
+                d.and_then(|k| k.idle.as_ref()),
+                i,
+                "keepalive",
+                "idle",
+            ),
+            builtin::KEEPALIVE_IDLE,
+        );
+        let interval = seconds(
+            pick_nested(
+                t.and_then(|k| k.interval.as_ref()),
+                d.and_then(|k| k.interval.as_ref()),
+                i,
+                "keepalive",
+                "interval",
+            ),
+            builtin::KEEPALIVE_INTERVAL,
+        );
+        let count = match pick_nested(
+            t.and_then(|k| k.count.as_ref()),
+            d.and_then(|k| k.count.as_ref()),
+            i,
+            "keepalive",
+            "count",
+        ) {
+            None => builtin::KEEPALIVE_COUNT,
+            Some(at) if (1..=MAX_KEEPALIVE_COUNT).contains(&at.value) => at.value as u32,
+            Some(at) => {
+                self.err(
+                    Some(at.span),
+                    at.key,
+                    format!(
+                        "must be between 1 and {MAX_KEEPALIVE_COUNT}, got {}",
+                        at.value
+                    ),
+                );
+                builtin::KEEPALIVE_COUNT
+            }
+        };
+        Keepalive {
+            idle,
+            interval,
+            count,
+        }
+    }
+
+    fn probe(&mut self, p: &Spanned<RawProbe>, key: &str) -> Probe {
+        let span = p.span();
+        let (kind, kind_span, table) = match p.get_ref() {
+            RawProbe::Kind(k) => (k.as_str(), span.clone(), None),
+            RawProbe::Table(t) => (t.kind.get_ref().as_str(), t.kind.span(), Some(t)),
+        };
+        let kind_key = if table.is_some() {
+            format!("{key}.kind")
+        } else {
+            key.to_owned()
+        };
+        // Settings that only make sense for some kinds are rejected elsewhere, so a
+        // misplaced `path` cannot be silently ignored.
+        let only_for = |this: &mut Self, name: &str, v: Option<Range<usize>>, allowed: &[&str]| {
+            if let Some(s) = v {
+                if !allowed.contains(&kind) {
+                    this.err(
+                        Some(s),
+                        format!("{key}.{name}"),
+                        format!(
+                            "`{name}` is a setting of the {} probe, not of \"{kind}\"",
+                            allowed.join("/")
+                        ),
+                    );
+                }
+            }
+        };
+        if let Some(t) = table {
+            only_for(self, "path", t.path.as_ref().map(Spanned::span), &["http"]);
+            only_for(
+                self,
+                "expect_status",
+                t.expect_status.as_ref().map(Spanned::span),
+                &["http"],
+            );
+            only_for(self, "host", t.host.as_ref().map(Spanned::span), &["http"]);
+            only_for(
+                self,
+                "password_env",
+                t.password_env.as_ref().map(Spanned::span),
+                &["redis"],
+            );
+        }
+        match kind {
+            "tcp" => Probe::Tcp,
+            "postgres" => Probe::Postgres,
+            "mysql" => Probe::Mysql,
+            "redis" => {
+                let password_env = table.and_then(|t| t.password_env.as_ref()).map(|v| {
+                    if !valid_env_name(v.get_ref()) {
+                        self.err(
+                            Some(v.span()),
+                            format!("{key}.password_env"),
+                            format!(
+                                "\"{}\" is not a valid environment variable name",
+                                v.get_ref()
+                            ),
+                        );
+                    }
+                    v.get_ref().clone()
+                });
+                Probe::Redis { password_env }
+            }
+            "http" => {
+                let path = match table.and_then(|t| t.path.as_ref()) {
+                    None => builtin::HTTP_PATH.to_owned(),
+                    Some(v) => {
+                        let p = v.get_ref();
+                        if !p.starts_with('/')
+                            || p.bytes().any(|b| b.is_ascii_control() || b == b' ')
+                        {
+                            self.err(
+                                Some(v.span()),
+                                format!("{key}.path"),
+                                format!("\"{p}\" must start with '/' and contain no spaces or control characters"),
+                            );
+                        }
+                        p.clone()
+                    }
+                };
+                let expect_status = match table.and_then(|t| t.expect_status.as_ref()) {
+                    None => builtin::HTTP_STATUS,
+                    Some(v) => match u16::try_from(*v.get_ref()) {
+                        Ok(s) if (100..=599).contains(&s) => s,
+                        _ => {
+                            self.err(
+                                Some(v.span()),
+                                format!("{key}.expect_status"),
+                                format!(
+                                    "must be an HTTP status from 100 to 599, got {}",
+                                    v.get_ref()
+                                ),
+                            );
+                            builtin::HTTP_STATUS
+                        }
+                    },
+                };
+                let host = table.and_then(|t| t.host.as_ref()).map(|v| {
+                    if v.get_ref().is_empty()
+                        || v.get_ref()
+                            .bytes()
+                            .any(|b| b.is_ascii_control() || b == b' ')
+                    {
+                        self.err(
+                            Some(v.span()),
+                            format!("{key}.host"),
+                            "must be a non-empty host name without spaces",
+                        );
+                    }
+                    v.get_ref().clone()
+                });
+                Probe::Http {
+                    path,
+                    expect_status,
+                    host,
+                }
+            }
+            other => {
+                self.err(
+                    Some(kind_span),
+                    kind_key,
+                    format!("unknown probe kind \"{other}\": expected one of tcp, redis, postgres, mysql, http"),
+                );
+                Probe::Tcp
+            }
+        }
+    }
+
+    fn hooks(&mut self, i: usize, t: Option<&RawHooks>, d: Option<&RawHooks>) -> Hooks {
+        let event =
+            |this: &mut Self, f: fn(&RawHooks) -> Option<&Spanned<RawActions>>, name: &str| {
+                // A target's list for an event replaces the inherited one as a whole:
+                // merging two lists would leave the order of actions ambiguous.
+                match (t.and_then(f), d.and_then(f)) {
+                    (Some(v), _) => this.actions(v, &format!("targets[{i}].hooks.{name}")),
+                    (None, Some(v)) => this.actions(v, &format!("defaults.hooks.{name}")),
+                    (None, None) => Vec::new(),
+                }
+            };
+        Hooks {
+            on_connect: event(self, |h| h.on_connect.as_ref(), "on_connect"),
+            on_disconnect: event(self, |h| h.on_disconnect.as_ref(), "on_disconnect"),
+            on_failure: event(self, |h| h.on_failure.as_ref(), "on_failure"),
+            on_recover: event(self, |h| h.on_recover.as_ref(), "on_recover"),
+        }
+    }
+
+    fn actions(&mut self, v: &Spanned<RawActions>, key: &str) -> Vec<HookAction> {
+        match v.get_ref() {
+            RawActions::One(a) => self.action(a, v.span(), key).into_iter().collect(),
+            RawActions::Many(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(n, a)| self.action(a.get_ref(), a.span(), &format!("{key}[{n}]")))
+                .collect(),
+        }
+    }
+
+    fn action(&mut self, a: &RawAction, span: Range<usize>, key: &str) -> Option<HookAction> {
+        let set = [a.command.is_some(), a.shell.is_some(), a.webhook.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if set != 1 {
+            self.err(
+                Some(span),
+                key,
+                "a hook action needs exactly one of `command`, `shell` or `webhook`",
+            );
+            return None;
+        }
+        if a.webhook.is_none() {
+            for (name, s) in [
+                ("headers", a.headers.as_ref().map(Spanned::span)),
+                ("secret_env", a.secret_env.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(s) = s {
+                    self.err(
+                        Some(s),
+                        format!("{key}.{name}"),
+                        format!("`{name}` applies only to `webhook` actions"),
+                    );
+                }
+            }
+        }
+        if let Some(c) = &a.command {
+            if c.get_ref().first().is_none_or(|p| p.is_empty()) {
+                self.err(
+                    Some(c.span()),
+                    format!("{key}.command"),
+                    "must name a program: an array like [\"/path/to/program\", \"arg\"]",
+                );
+                return None;
+            }
+            return Some(HookAction::Command {
+                command: c.get_ref().clone(),
+            });
+        }
+        if let Some(s) = &a.shell {
+            if s.get_ref().trim().is_empty() {
+                self.err(Some(s.span()), format!("{key}.shell"), "must not be empty");
+                return None;
+            }
+            return Some(HookAction::Shell {
+                shell: s.get_ref().clone(),
+            });
+        }
+        let w = a.webhook.as_ref().expect("exactly one action kind is set");
+        if let Err(why) = check_url(w.get_ref()) {
+            self.err(Some(w.span()), format!("{key}.webhook"), why);
+            return None;
+        }
+        let headers: BTreeMap<String, String> = a
+            .headers
+            .as_ref()
+            .map(|h| h.get_ref().clone())
+            .unwrap_or_default();
+        if let Some(h) = &a.headers {
+            for (name, value) in h.get_ref() {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                    || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+                {
+                    self.err(
+                        Some(h.span()),
+                        format!("{key}.headers"),
+                        format!("invalid HTTP header \"{name}\": names are tokens and values hold no line breaks"),
+                    );
+                }
+            }
+        }
+        let secret_env = a.secret_env.as_ref().map(|s| {
+            if !valid_env_name(s.get_ref()) {
+                self.err(
+                    Some(s.span()),
+                    format!("{key}.secret_env"),
+                    format!(
+                        "\"{}\" is not a valid environment variable name",
+                        s.get_ref()
+                    ),
+                );
+            }
+            s.get_ref().clone()
+        });
+        Some(HookAction::Webhook {
+            webhook: w.get_ref().clone(),
+            headers,
+            secret_env,
+        })
+    }
+}
+
+/// The target's own value if set, else the inherited one, remembering which it was so
+/// that an error points at the line that actually holds the value.
+fn pick<T: Clone>(
+    t: &Option<Spanned<T>>,
+    d: &Option<Spanned<T>>,
+    i: usize,
+    name: &str,
+) -> Option<At<T>> {
+    match (t, d) {
+        (Some(v), _) => Some(at(v, format!("targets[{i}].{name}"))),
+        (None, Some(v)) => Some(at(v, format!("defaults.{name}"))),
+        (None, None) => None,
+    }
+}
+
+fn pick_nested<T: Clone>(
+    t: Option<&Spanned<T>>,
+    d: Option<&Spanned<T>>,
+    i: usize,
+    table: &str,
+    name: &str,
+) -> Option<At<T>> {
+    match (t, d) {
+        (Some(v), _) => Some(at(v, format!("targets[{i}].{table}.{name}"))),
+        (None, Some(v)) => Some(at(v, format!("defaults.{table}.{name}"))),
+        (None, None) => None,
+    }
+}
+
+fn at<T: Clone>(v: &Spanned<T>, key: String) -> At<T> {
+    At {
+        value: v.get_ref().clone(),
+        span: v.span(),
+        key,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("\"{url}\" must be an http:// or https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("\"{url}\" contains spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_characters_from_one() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        assert_eq!(line_col(text, text.find('=').unwrap()), (1, 3));
+        let second_eq = text.rfind('=').unwrap();
+        assert_eq!(line_col(text, second_eq), (2, 4));
+    }
+}

@@ -1,0 +1,15 @@
+//! tether: a sidecar that holds a connection to each dependency of an application,
+//! notices the moment it dies, reconnects with backoff and runs the user's hooks so the
+//! application can fail over to a fallback and back.
+
+pub mod backoff;
+pub mod check;
+pub mod checker;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod machine;
+pub mod net;
+pub mod observe;
+pub mod sidecar;
+pub mod supervisor;

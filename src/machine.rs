@@ -1,0 +1,342 @@
+//! The state machine of one target: what each connect outcome means, which hooks it
+//! fires and when to try again. No I/O and no clock reads: time is an input, so every
+//! rule here is tested exactly and without sockets.
+//!
+//! ```text
+//!            connected                       closed by peer
+//! connecting ─────────▶ up ◀──────────────▶ (reconnecting, still up)
+//!     │                 ▲ │                        │ reconnect failed
+//!     │ failed          │ └──── connected ─────┐   ▼
+//!     └───────────────▶ down ──(threshold)──▶ failed
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::backoff::ReconnectBackoff;
+use crate::config;
+
+/// The state of a target as users see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not yet reached since start.
+    Connecting,
+    /// A connection is held.
+    Up,
+    /// The last attempt failed; fewer than `failure_threshold` in a row.
+    Down,
+    /// `failure_threshold` attempts in a row failed: the application runs on its
+    /// fallback until `on_recover`.
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::Connecting, State::Up, State::Down, State::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Up => "up",
+            State::Down => "down",
+            State::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The events hooks are attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Connect,
+    Disconnect,
+    Failure,
+    Recover,
+}
+
+impl Event {
+    pub const ALL: [Event; 4] = [
+        Event::Connect,
+        Event::Disconnect,
+        Event::Failure,
+        Event::Recover,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Connect => "connect",
+            Event::Disconnect => "disconnect",
+            Event::Failure => "failure",
+            Event::Recover => "recover",
+        }
+    }
+
+    /// The config key of this event's hooks.
+    pub fn hook_key(self) -> &'static str {
+        match self {
+            Event::Connect => "on_connect",
+            Event::Disconnect => "on_disconnect",
+            Event::Failure => "on_failure",
+            Event::Recover => "on_recover",
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the checker observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A connect attempt (and its probe) succeeded.
+    Connected,
+    /// A connect attempt failed.
+    ConnectFailed(Arc<str>),
+    /// The held connection was lost (closed, reset, timed out, or the probe failed).
+    Lost(Arc<str>),
+    /// The deadline of the last [`Next::Hold`] has passed.
+    Tick,
+}
+
+/// What the checker must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Keep the connection; feed [`Input::Tick`] at `until` if set.
+    Hold { until: Option<Instant> },
+    /// Connect again without delay.
+    ConnectNow,
+    /// Connect again after this delay.
+    ConnectAfter(Duration),
+}
+
+/// One published state change: the record hooks, the status API and metrics consume.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// Increases by one per event of this target for the life of the process.
+    pub seq: u64,
+    pub event: Event,
+    pub previous: State,
+    pub state: State,
+    /// Consecutive failed attempts at the time of the event.
+    pub failures: u32,
+    pub last_error: Option<Arc<str>>,
+    /// Wall-clock time of the observation that caused the event.
+    pub at: SystemTime,
+}
+
+/// The result of feeding one input.
+#[derive(Debug, PartialEq)]
+pub struct Step {
+    /// At most two: `disconnect` + `failure` when the first failure reaches a threshold
+    /// of 1, or `connect` + `recover` when `recover_after` is zero.
+    pub transitions: Vec<Transition>,
+    pub next: Next,
+}
+
+/// Where the machine is; finer than [`State`] because a lost connection being replaced
+/// is still `up` to users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Up,
+    /// The held connection was lost and an immediate reconnect is under way. Shown as
+    /// `up`: servers that close idle sessions must not raise a false alarm.
+    Reconnecting,
+    Down,
+    Failed,
+}
+
+/// The state machine of one target.
+#[derive(Debug)]
+pub struct Machine {
+    phase: Phase,
+    /// Consecutive failed attempts; 0 while up.
+    failures: u32,
+    threshold: u32,
+    recover_after: Duration,
+    /// `on_failure` has fired and `on_recover` has not: the application is on its
+    /// fallback, whatever the connection does meanwhile.
+    outage: bool,
+    /// When `on_recover` is due, while up after an outage.
+    recover_at: Option<Instant>,
+    last_error: Option<Arc<str>>,
+    next_seq: u64,
+    backoff: ReconnectBackoff,
+}
+
+impl Machine {
+    /// `first_seq` continues a previous incarnation's numbering after a restart, so
+    /// event ids never repeat within a process.
+    pub fn new(target: &config::Target, first_seq: u64) -> Machine {
+        Machine {
+            phase: Phase::Connecting,
+            failures: 0,
+            threshold: target.failure_threshold,
+            recover_after: target.recover_after.get(),
+            outage: false,
+            recover_at: None,
+            last_error: None,
+            next_seq: first_seq,
+            backoff: ReconnectBackoff::new(&target.backoff),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match self.phase {
+            Phase::Connecting => State::Connecting,
+            Phase::Up | Phase::Reconnecting => State::Up,
+            Phase::Down => State::Down,
+            Phase::Failed => State::Failed,
+        }
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn last_error(&self) -> Option<&Arc<str>> {
+        self.last_error.as_ref()
+    }
+
+    /// The sequence number the next event will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether the application is on its fallback (between `on_failure` and `on_recover`).
+    pub fn in_outage(&self) -> bool {
+        self.outage
+    }
+
+    /// Feeds one observation made at `now` (monotonic) / `wall` (for the record).
+    pub fn on(&mut self, input: Input, now: Instant, wall: SystemTime) -> Step {
+        let mut out = Emitter {
+            transitions: Vec::new(),
+            wall,
+        };
+        let next = match input {
+            Input::Connected => self.connected(now, &mut out),
+            Input::ConnectFailed(error) => self.attempt_failed(error, &mut out),
+            Input::Lost(error) => match self.phase {
+                Phase::Up => {
+                    self.last_error = Some(error);
+                    self.phase = Phase::Reconnecting;
+                    Next::ConnectNow
+                }
+                // Only a held connection can be lost; anything else is a failed attempt.
+                _ => self.attempt_failed(error, &mut out),
+            },
+            Input::Tick => self.tick(now, &mut out),
+        };
+        Step {
+            transitions: out.transitions,
+            next,
+        }
+    }
+
+    fn connected(&mut self, now: Instant, out: &mut Emitter) -> Next {
+        let previous = self.state();
+        self.backoff.reset();
+        self.failures = 0;
+        match self.phase {
+            Phase::Up => {}
+            // The replaced connection was never reported lost: nothing to announce.
+            Phase::Reconnecting => self.phase = Phase::Up,
+            Phase::Connecting | Phase::Down | Phase::Failed => {
+                self.phase = Phase::Up;
+                self.emit(out, Event::Connect, previous);
+                if self.outage && self.recover_at.is_none() {
+                    self.recover_at = Some(now + self.recover_after);
+                }
+            }
+        }
+        self.tick(now, out)
+    }
+
+    fn attempt_failed(&mut self, error: Arc<str>, out: &mut Emitter) -> Next {
+        self.last_error = Some(error);
+        self.failures = self.failures.saturating_add(1);
+        let previous = self.state();
+        match self.phase {
+            Phase::Connecting | Phase::Reconnecting | Phase::Up => {
+                // A drop before `recover_after` passed continues the outage: the
+                // application is still on its fallback, so the target is `failed`
+                // again, without a second `on_failure`.
+                self.recover_at = None;
+                self.phase = if self.outage {
+                    Phase::Failed
+                } else {
+                    Phase::Down
+                };
+                self.emit(out, Event::Disconnect, previous);
+            }
+            Phase::Down | Phase::Failed => {}
+        }
+        if self.phase == Phase::Down && self.failures >= self.threshold {
+            let previous = self.state();
+            self.phase = Phase::Failed;
+            self.outage = true;
+            self.emit(out, Event::Failure, previous);
+        }
+        if self.phase == Phase::Failed {
+            Next::ConnectAfter(self.backoff.steady_delay())
+        } else {
+            Next::ConnectAfter(self.backoff.next_delay())
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Emitter) -> Next {
+        match self.phase {
+            Phase::Up => {
+                if let Some(at) = self.recover_at {
+                    if now >= at {
+                        self.recover_at = None;
+                        self.outage = false;
+                        self.emit(out, Event::Recover, State::Up);
+                    }
+                }
+                Next::Hold {
+                    until: self.recover_at,
+                }
+            }
+            Phase::Reconnecting => Next::ConnectNow,
+            // A tick while not holding is stale; the pending attempt stands.
+            Phase::Connecting | Phase::Down | Phase::Failed => Next::ConnectNow,
+        }
+    }
+
+    fn emit(&mut self, out: &mut Emitter, event: Event, previous: State) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        out.transitions.push(Transition {
+            seq,
+            event,
+            previous,
+            state: self.state(),
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            at: out.wall,
+        });
+    }
+}
+
+struct Emitter {
+    transitions: Vec<Transition>,
+    wall: SystemTime,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! Connecting to a target: name resolution on every attempt, socket options set before
+//! the handshake, and the classification of what ended a held connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+use crate::config::{Address, Keepalive};
+
+/// Why a connect attempt failed, worded for `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("resolve {host}: no addresses")]
+    NoAddresses { host: String },
+    #[error("resolve {host}: timed out after {after:?}")]
+    ResolveTimeout { host: String, after: Duration },
+    #[error("connect {addr}: {}{}", describe(.source), and_others(*.others))]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+        /// How many other resolved addresses failed too.
+        others: usize,
+    },
+    #[error("connect {addr}: timed out after {after:?}{}", and_others(*.others))]
+    Timeout {
+        addr: SocketAddr,
+        after: Duration,
+        others: usize,
+    },
+}
+
+fn and_others(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => " (and 1 other address)".to_owned(),
+        n => format!(" (and {n} other addresses)"),
+    }
+}
+
+/// Short, stable wording for the errors operators see most, without the
+/// "(os error 111)" noise of `io::Error`'s own display.
+pub fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        io::ErrorKind::ConnectionReset => "connection reset by peer".to_owned(),
+        io::ErrorKind::ConnectionAborted => "connection aborted".to_owned(),
+        io::ErrorKind::TimedOut => "timed out (keepalive or user timeout)".to_owned(),
+        io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
+        io::ErrorKind::BrokenPipe => "broken pipe".to_owned(),
+        _ => match e.raw_os_error() {
+            Some(code) => format!("{} (errno {code})", strip_os_suffix(&e.to_string())),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn strip_os_suffix(s: &str) -> &str {
+    s.find(" (os error").map_or(s, |i| &s[..i])
+}
+
+/// Resolves the target's host, freshly on every call so a moved dependency is followed.
+pub async fn resolve(address: &Address, limit: Duration) -> Result<Vec<SocketAddr>, ConnectError> {
+    if let Some(ip) = address.ip() {
+        return Ok(vec![SocketAddr::new(ip, address.port())]);
+    }
+    let host = address.host();
+    let lookup = tokio::net::lookup_host((host, address.port()));
+    match timeout(limit, lookup).await {
+        Err(_) => Err(ConnectError::ResolveTimeout {
+            host: host.to_owned(),
+            after: limit,
+        }),
+        Ok(Err(source)) => Err(ConnectError::Resolve {
+            host: host.to_owned(),
+            source,
+        }),
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            if addrs.is_empty() {
+                Err(ConnectError::NoAddresses {
+                    host: host.to_owned(),
+                })
+            } else {
+                Ok(addrs)
+            }
+        }
+    }
+}
+
+/// Resolves and connects, trying each address in turn, each within `connect_timeout`.
+pub async fn connect(
+    address: &Address,
+    connect_timeout: Duration,
+    keepalive: &Keepalive,
+) -> Result<TcpStream, ConnectError> {
+    let addrs = resolve(address, connect_timeout).await?;
+    let total = addrs.len();
+    let mut last = None;
+    for addr in addrs {
+        match connect_addr(addr, connect_timeout, keepalive).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    let others = total - 1;
+    Err(
+        match last.expect("resolution returned at least one address") {
+            ConnectError::Connect { addr, source, .. } => ConnectError::Connect {
+                addr,
+                source,
+                others,
+            },
+            ConnectError::Timeout { addr, after, .. } => ConnectError::Timeout {
+                addr,
+                after,
+                others,
+            },
+            other => other,
+        },
+    )
+}
+
+/// Connects to one address with keepalive and `TCP_USER_TIMEOUT` already set, so the
+/// connection is protected against silent peer death from its first byte.
+pub async fn connect_addr(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    keepalive: &Keepalive,
+) -> Result<TcpStream, ConnectError> {
+    let io_err = |source| ConnectError::Connect {
+        addr,
+        source,
+        others: 0,
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(io_err)?;
+    tune(&socket, keepalive).map_err(io_err)?;
+    match timeout(connect_timeout, socket.connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(io_err(source)),
+        Err(_) => Err(ConnectError::Timeout {
+            addr,
+            after: connect_timeout,
+            others: 0,
+        }),
+    }
+}
+
+fn tune(socket: &TcpSocket, keepalive: &Keepalive) -> io::Result<()> {
+    let sock = SockRef::from(socket);
+    sock.set_keepalive(true)?;
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(keepalive.idle.get())
+            .with_interval(keepalive.interval.get())
+            .with_retries(keepalive.count),
+    )?;
+    // Without it, data the peer never acknowledges is retransmitted for ~15 minutes
+    // before the kernel gives up, whatever keepalive says.
+    sock.set_tcp_user_timeout(Some(keepalive.dead_after()))?;
+    sock.set_tcp_nodelay(true)?;
+    Ok(())
+}
+
+/// What a read on a held connection told us.
+#[derive(Debug)]
+pub enum Readiness {
+    /// The peer sent bytes (servers may greet or send notices); the connection lives.
+    Data(usize),
+    /// Nothing to read after all (a spurious wake-up).
+    Nothing,
+    /// The connection is gone, with the reason for `last_error`.
+    Closed(String),
+}
+
+/// Reads whatever is pending on a held connection without blocking. A scratch buffer
+/// is used rather than `peek`, which would spin forever on a peer that sends data.
+pub fn drain(stream: &TcpStream) -> Readiness {
+    let mut scratch = [0u8; 512];
+    match stream.try_read(&mut scratch) {
+        Ok(0) => Readiness::Closed("connection closed by peer".to_owned()),
+        Ok(n) => Readiness::Data(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Readiness::Nothing,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Readiness::Nothing,
+        Err(e) => Readiness::Closed(describe(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    fn keepalive() -> Keepalive {
+        Keepalive {
+            idle: HumanDuration(Duration::from_secs(7)),
+            interval: HumanDuration(Duration::from_secs(3)),
+            count: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_keepalive_and_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = connect_addr(addr, Duration::from_secs(1), &keepalive())
+            .await
+            .unwrap();
+        let sock = SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(19))
+        );
+        assert!(sock.tcp_nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_plainly() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let address = Address::new("127.0.0.1", port);
+        let e = connect(&address, Duration::from_secs(1), &keepalive())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("connect 127.0.0.1:{port}: connection refused")
+        );
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_on_each_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let address = Address::new("localhost", port);
+        let addrs = resolve(&address, Duration::from_secs(2)).await.unwrap();
+        assert!(addrs.iter().any(|a| a.ip().is_loopback()));
+        // localhost may resolve to ::1 first where nothing listens: the next address is tried.
+        connect(&address, Duration::from_secs(1), &keepalive())
+            .await
+            .unwrap();
+    }
+}

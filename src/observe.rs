@@ -1,0 +1,135 @@
+//! What checker actors publish, and the listeners that consume it.
+//!
+//! Listeners are called synchronously from the checker that observed the change, so
+//! they must be quick and must never block: they record into their own state (a gauge,
+//! a registry slot, a hook queue) and return. This keeps publication allocation-free
+//! on the hot path and ordered per target, with no shared channel to saturate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Target;
+use crate::machine::Transition;
+
+/// A listener to checker reports.
+pub trait Observer: Send + Sync + 'static {
+    /// An actor for `target` started (or restarted) and is about to connect.
+    fn started(&self, _target: &Target) {}
+
+    /// A connect attempt finished, successfully or not, after `elapsed`.
+    fn attempt(&self, _target: &Target, _ok: bool, _elapsed: Duration) {}
+
+    /// A held connection was lost. Counted even when the immediate reconnect succeeds
+    /// and no transition follows.
+    fn lost(&self, _target: &Target, _error: &str) {}
+
+    /// A state change, in the order the target went through them.
+    fn transition(&self, target: &Target, transition: &Transition);
+
+    /// The actor for `target` stopped for good (removed, or the sidecar is stopping).
+    fn stopped(&self, _target: &Target) {}
+}
+
+/// Fans reports out to several listeners, in order.
+#[derive(Clone, Default)]
+pub struct Observers(Vec<Arc<dyn Observer>>);
+
+impl Observers {
+    pub fn new() -> Observers {
+        Observers(Vec::new())
+    }
+
+    pub fn with(mut self, observer: Arc<dyn Observer>) -> Observers {
+        self.0.push(observer);
+        self
+    }
+}
+
+impl Observer for Observers {
+    fn started(&self, target: &Target) {
+        self.0.iter().for_each(|o| o.started(target));
+    }
+
+    fn attempt(&self, target: &Target, ok: bool, elapsed: Duration) {
+        self.0.iter().for_each(|o| o.attempt(target, ok, elapsed));
+    }
+
+    fn lost(&self, target: &Target, error: &str) {
+        self.0.iter().for_each(|o| o.lost(target, error));
+    }
+
+    fn transition(&self, target: &Target, transition: &Transition) {
+        self.0.iter().for_each(|o| o.transition(target, transition));
+    }
+
+    fn stopped(&self, target: &Target) {
+        self.0.iter().for_each(|o| o.stopped(target));
+    }
+}
+
+/// One transition with the name of its target, as delivered on a channel.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub target: Arc<str>,
+    pub address: Arc<str>,
+    pub transition: Transition,
+}
+
+/// Publishes transitions on an unbounded channel, for consumers that want to await
+/// them. Unbounded because a checker must never wait on a consumer; consumers are
+/// expected to keep up (they only move records into their own queues).
+pub struct ChannelObserver(mpsc::UnboundedSender<Published>);
+
+impl ChannelObserver {
+    pub fn new() -> (ChannelObserver, mpsc::UnboundedReceiver<Published>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ChannelObserver(tx), rx)
+    }
+}
+
+impl Observer for ChannelObserver {
+    fn transition(&self, target: &Target, transition: &Transition) {
+        // A closed receiver means nobody listens any more; that is not the checker's concern.
+        let _ = self.0.send(Published {
+            target: target.name.as_str().into(),
+            address: target.address.to_string().into(),
+            transition: transition.clone(),
+        });
+    }
+}
+
+/// Logs every transition as one structured event.
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn transition(&self, target: &Target, t: &Transition) {
+        let error = t.last_error.as_deref().unwrap_or("");
+        match t.event {
+            crate::machine::Event::Connect | crate::machine::Event::Recover => tracing::info!(
+                target: "tether::transition",
+                target_name = %target.name,
+                address = %target.address,
+                event = %t.event,
+                from = %t.previous,
+                to = %t.state,
+                failures = t.failures,
+                event_id = %format_args!("{}:{}", target.name, t.seq),
+                "{} is {} ({})", target.name, t.state, t.event,
+            ),
+            _ => tracing::warn!(
+                target: "tether::transition",
+                target_name = %target.name,
+                address = %target.address,
+                event = %t.event,
+                from = %t.previous,
+                to = %t.state,
+                failures = t.failures,
+                error = %error,
+                event_id = %format_args!("{}:{}", target.name, t.seq),
+                "{} is {} ({}): {}", target.name, t.state, t.event, error,
+            ),
+        }
+    }
+}

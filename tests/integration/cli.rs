@@ -1,0 +1,211 @@
+//! The `tether` binary as scripts and init containers use it: exit codes, `probe`,
+//! `wait`, and a clean stop on SIGTERM.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Behaviour, Listener, dead_port};
+
+pub fn tether() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` passes.
+pub fn poll(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("tether did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_watches_the_configured_targets_and_stops_cleanly_on_sigterm() {
+    let listener = Listener::start(Behaviour::Hold).await;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[targets]]\nname = \"dep\"\naddress = \"{}\"\n",
+        listener.address()
+    )
+    .unwrap();
+    let mut child = tether()
+        .args(["run", "-c"])
+        .arg(file.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::task::spawn_blocking({
+        let l = listener.accepted_counter();
+        move || {
+            poll(Duration::from_secs(10), "connection from tether", || {
+                l() >= 1
+            })
+        }
+    })
+    .await
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let mut log = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        (status, log)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "exit {:?}; log:\n{}",
+        status.0,
+        status.1
+    );
+    assert!(
+        status.1.contains("dep is up (connect)"),
+        "log:\n{}",
+        status.1
+    );
+    assert!(status.1.contains("received SIGTERM"), "log:\n{}", status.1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_exits_0_for_a_live_address_and_1_for_a_dead_one() {
+    let listener = Listener::start(Behaviour::Hold).await;
+    let addr = listener.address();
+    let out =
+        tokio::task::spawn_blocking(move || tether().args(["probe", &addr]).output().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is healthy"));
+
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let out = tether().args(["probe", &dead]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("connection refused"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_returns_once_every_address_answers() {
+    let mut late = Listener::start(Behaviour::Hold).await;
+    let early = Listener::start(Behaviour::Hold).await;
+    late.kill().await;
+    let args = [
+        "wait".to_owned(),
+        early.address(),
+        late.address(),
+        "--timeout".into(),
+        "20s".into(),
+    ];
+    let mut child = tether().args(&args).stderr(Stdio::piped()).spawn().unwrap();
+    // Bring the second one up only once tether has seen it refuse; keep draining its
+    // stderr afterwards.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let late_addr = late.address();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr) {
+            if line.unwrap().contains(&format!("waiting for {late_addr}")) {
+                let _ = seen_tx.send(());
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || seen_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("tether wait reports the address it waits for");
+    late.restore(Behaviour::Hold).await;
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn wait_gives_up_with_1_after_its_timeout() {
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let started = Instant::now();
+    let out = tether()
+        .args(["wait", &dead, "--timeout", "700ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not healthy after"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn version_and_help_describe_the_tool() {
+    let out = tether().arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("tether {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = tether().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["run", "check-config", "probe", "wait"] {
+        assert!(
+            help.contains(command),
+            "--help does not list {command}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn the_config_path_falls_back_to_tether_config_then_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n";
+    std::fs::write(dir.path().join("tether.toml"), good).unwrap();
+    std::fs::write(
+        dir.path().join("other.toml"),
+        good.replace("\"a\"", "\"from_env\""),
+    )
+    .unwrap();
+
+    let out = tether()
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_remove("TETHER_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name = \"a\""));
+
+    let out = tether()
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env("TETHER_CONFIG", dir.path().join("other.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("name = \"from_env\""),
+        "{out:?}"
+    );
+}

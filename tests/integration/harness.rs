@@ -1,0 +1,255 @@
+//! Drives the library's supervisor against real loopback listeners and records what
+//! the checkers publish, with bounded waits instead of sleeps.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tether::config::{Config, Target};
+use tether::machine::{Event, State, Transition};
+use tether::observe::Observer;
+use tether::supervisor::Supervisor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// What a checker reported, with the moment the test saw it.
+#[derive(Clone, Debug)]
+pub enum Record {
+    Attempt { ok: bool, at: Instant },
+    Lost { error: String, at: Instant },
+    Transition { t: Transition, at: Instant },
+}
+
+/// An observer that keeps every report of every target.
+#[derive(Default)]
+pub struct Recorder {
+    records: Mutex<Vec<(String, Record)>>,
+    changed: Notify,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Recorder> {
+        Arc::new(Recorder::default())
+    }
+
+    fn push(&self, target: &Target, r: Record) {
+        self.records.lock().unwrap().push((target.name.clone(), r));
+        self.changed.notify_waiters();
+    }
+
+    /// The records of one target so far.
+    pub fn of(&self, target: &str) -> Vec<Record> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == target)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    pub fn transitions(&self, target: &str) -> Vec<(Transition, Instant)> {
+        self.of(target)
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Transition { t, at } => Some((t, at)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn events(&self, target: &str) -> Vec<Event> {
+        self.transitions(target)
+            .into_iter()
+            .map(|(t, _)| t.event)
+            .collect()
+    }
+
+    pub fn state(&self, target: &str) -> Option<State> {
+        self.transitions(target).last().map(|(t, _)| t.state)
+    }
+
+    /// Waits until `done` holds for the target's records, or panics after `limit`
+    /// showing what was recorded.
+    pub async fn until<T>(
+        &self,
+        target: &str,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[Record]) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = done(&self.of(target)) {
+                return v;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "{target}: no {what} within {limit:?}; recorded: {:#?}",
+                    self.of(target)
+                );
+            }
+        }
+    }
+
+    /// Waits for the `n`-th (from 1) occurrence of `event` and returns it.
+    pub async fn nth_event(
+        &self,
+        target: &str,
+        event: Event,
+        n: usize,
+        limit: Duration,
+    ) -> (Transition, Instant) {
+        self.until(target, limit, &format!("{event} #{n}"), |records| {
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Transition { t, at } if t.event == event => Some((t.clone(), *at)),
+                    _ => None,
+                })
+                .nth(n - 1)
+        })
+        .await
+    }
+}
+
+impl Observer for Recorder {
+    fn attempt(&self, target: &Target, ok: bool, _elapsed: Duration) {
+        self.push(
+            target,
+            Record::Attempt {
+                ok,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn lost(&self, target: &Target, error: &str) {
+        self.push(
+            target,
+            Record::Lost {
+                error: error.to_owned(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn transition(&self, target: &Target, t: &Transition) {
+        self.push(
+            target,
+            Record::Transition {
+                t: t.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+/// Starts a supervisor for a config given as TOML text.
+pub fn watch(toml: &str, recorder: &Arc<Recorder>) -> Supervisor {
+    let config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
+    Supervisor::start(&config, recorder.clone())
+}
+
+/// A loopback listener that accepts and holds connections, and can be killed and
+/// brought back on the same port, like a server process.
+pub struct Listener {
+    port: u16,
+    task: Option<JoinHandle<()>>,
+    accepted: Arc<Mutex<usize>>,
+}
+
+/// What the listener does with each connection it accepts.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// Keep it open until killed.
+    Hold,
+    /// Close it after this long, while still accepting new ones.
+    CloseAfter(Duration),
+}
+
+impl Listener {
+    pub async fn start(behaviour: Behaviour) -> Listener {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut me = Listener {
+            port,
+            task: None,
+            accepted: Arc::default(),
+        };
+        me.serve(l, behaviour);
+        me
+    }
+
+    fn serve(&mut self, l: TcpListener, behaviour: Behaviour) {
+        let accepted = self.accepted.clone();
+        self.task = Some(tokio::spawn(async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            let mut closers = tokio::task::JoinSet::new();
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                *accepted.lock().unwrap() += 1;
+                match behaviour {
+                    Behaviour::Hold => held.push(s),
+                    Behaviour::CloseAfter(d) => {
+                        closers.spawn(async move {
+                            tokio::time::sleep(d).await;
+                            drop(s);
+                        });
+                    }
+                }
+            }
+        }));
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A handle on the accepted count that can move to another thread.
+    pub fn accepted_counter(&self) -> impl Fn() -> usize + Send + 'static {
+        let accepted = self.accepted.clone();
+        move || *accepted.lock().unwrap()
+    }
+
+    /// Connections accepted since start.
+    pub fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap()
+    }
+
+    /// Closes the listening socket and every accepted connection, as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&mut self, behaviour: Behaviour) {
+        let l = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(l, behaviour);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A loopback port with nothing listening on it.
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

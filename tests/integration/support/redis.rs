@@ -1,0 +1,132 @@
+//! A throwaway `redis-server` on loopback, for tests that need a real Redis to watch, freeze and
+//! kill.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::process::{ServerProcess, StartError};
+use super::{Exchange, START_TIMEOUT, require_binary, workdir};
+
+/// A `redis-server` child process with nothing persisted to disk.
+#[derive(Debug)]
+pub struct RedisServer {
+    // Declared before `dir`: fields drop in order, so the server is dead before its directory
+    // is removed.
+    process: ServerProcess,
+    port: u16,
+    binary: PathBuf,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and returns once it answers PING.
+    pub fn start() -> Self {
+        let binary = require_binary("redis-server", "redis-server");
+        let dir = workdir("redis");
+        let process = ServerProcess::new("redis-server", dir.path().join("server.log"), None);
+        let mut server = Self {
+            process,
+            port: 0,
+            binary,
+            dir,
+        };
+        let (binary, dir) = (&server.binary, server.dir.path());
+        server.port = server
+            .process
+            .start_on_free_port(|process, port| launch(process, binary, dir, port));
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, the form tether's configuration takes.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The scratch directory holding the server's working files and `server.log`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the server has logged so far, for assertions and failure messages.
+    pub fn log(&self) -> String {
+        super::log_tail(self.process.log_path())
+    }
+
+    /// One PING exchange, as a client (or tether) would see it now.
+    pub fn probe(&self, timeout: Duration) -> io::Result<()> {
+        ping(self.port, timeout)
+    }
+
+    /// SIGKILLs the server and waits until it is dead: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Freezes the server with SIGSTOP: connections still complete from the listen backlog but
+    /// nothing answers, like a hung host.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Thaws a server frozen by [`stop`](Self::stop).
+    pub fn cont(&mut self) {
+        self.process.cont();
+    }
+
+    /// Starts the server again on the same port (killing it first if it still runs), so a
+    /// dependency that went away comes back where clients expect it.
+    pub fn restart(&mut self) {
+        self.process.shut_down();
+        if let Err(err) = launch(&mut self.process, &self.binary, self.dir.path(), self.port) {
+            self.process
+                .fail(format_args!("restart on port {}: {err}", self.port));
+        }
+    }
+}
+
+fn launch(
+    process: &mut ServerProcess,
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+) -> Result<(), StartError> {
+    let mut command = Command::new(binary);
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--daemonize", "no"]);
+    process.spawn(command);
+    process.wait_ready(START_TIMEOUT, || ping(port, Duration::from_secs(1)))
+}
+
+/// Sends PING in RESP and expects `+PONG`. A server still loading its dataset replies
+/// `-LOADING`, which is an error here because it cannot serve yet.
+pub fn ping(port: u16, timeout: Duration) -> io::Result<()> {
+    let mut exchange = Exchange::connect(port, timeout)?;
+    exchange.send(b"*1\r\n$4\r\nPING\r\n")?;
+    let reply = exchange.receive_until(b"\r\n", 512)?;
+    if reply.starts_with(b"+PONG") {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("PING answered {:?}", String::from_utf8_lossy(&reply)),
+        ))
+    }
+}
