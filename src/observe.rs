@@ -5,13 +5,14 @@
 //! a registry slot, a hook queue) and return. This keeps publication allocation-free
 //! on the hot path and ordered per target, with no shared channel to saturate.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::config::Target;
-use crate::machine::Transition;
+use crate::machine::{Event, Transition};
 
 /// A listener to checker reports.
 pub trait Observer: Send + Sync + 'static {
@@ -28,8 +29,53 @@ pub trait Observer: Send + Sync + 'static {
     /// A state change, in the order the target went through them.
     fn transition(&self, target: &Target, transition: &Transition);
 
+    /// The held connection was moved to another address because the target's name
+    /// now resolves elsewhere (DNS failover, a re-pointed service).
+    fn address_changed(&self, _target: &Target, _from: SocketAddr, _to: SocketAddr) {}
+
+    /// One hook action finished (or was given up on).
+    fn hook_run(&self, _target: &Target, _event: Event, _result: HookResult, _elapsed: Duration) {}
+
+    /// Pending hook events of `target` were merged because it changed state faster
+    /// than its hooks ran; `count` events were dropped from the queue.
+    fn hooks_coalesced(&self, _target: &Target, _count: u64) {}
+
+    /// The actor for `target` crashed and was restarted by its supervisor.
+    fn restarted(&self, _target: &Target) {}
+
     /// The actor for `target` stopped for good (removed, or the sidecar is stopping).
     fn stopped(&self, _target: &Target) {}
+}
+
+/// How a hook action ended, as counted by `tether_hook_runs_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookResult {
+    /// Exit status 0, or a 2xx answer.
+    Ok,
+    /// A non-zero exit status, or an HTTP error status after every retry.
+    Failed,
+    /// Outlived `hook_timeout` and was killed (or its delivery given up).
+    Timeout,
+    /// Could not be run at all: spawn failure, unreachable webhook.
+    Error,
+}
+
+impl HookResult {
+    pub const ALL: [HookResult; 4] = [
+        HookResult::Ok,
+        HookResult::Failed,
+        HookResult::Timeout,
+        HookResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookResult::Ok => "ok",
+            HookResult::Failed => "failed",
+            HookResult::Timeout => "timeout",
+            HookResult::Error => "error",
+        }
+    }
 }
 
 /// Fans reports out to several listeners, in order.
@@ -62,6 +108,26 @@ impl Observer for Observers {
 
     fn transition(&self, target: &Target, transition: &Transition) {
         self.0.iter().for_each(|o| o.transition(target, transition));
+    }
+
+    fn address_changed(&self, target: &Target, from: SocketAddr, to: SocketAddr) {
+        self.0
+            .iter()
+            .for_each(|o| o.address_changed(target, from, to));
+    }
+
+    fn hook_run(&self, target: &Target, event: Event, result: HookResult, elapsed: Duration) {
+        self.0
+            .iter()
+            .for_each(|o| o.hook_run(target, event, result, elapsed));
+    }
+
+    fn hooks_coalesced(&self, target: &Target, count: u64) {
+        self.0.iter().for_each(|o| o.hooks_coalesced(target, count));
+    }
+
+    fn restarted(&self, target: &Target) {
+        self.0.iter().for_each(|o| o.restarted(target));
     }
 
     fn stopped(&self, target: &Target) {
@@ -107,7 +173,7 @@ impl Observer for LogObserver {
     fn transition(&self, target: &Target, t: &Transition) {
         let error = t.last_error.as_deref().unwrap_or("");
         match t.event {
-            crate::machine::Event::Connect | crate::machine::Event::Recover => tracing::info!(
+            Event::Connect | Event::Recover => tracing::info!(
                 target: "tether::transition",
                 target_name = %target.name,
                 address = %target.address,
