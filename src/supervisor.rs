@@ -89,6 +89,7 @@ async fn supervise(target: Arc<Target>, observer: Arc<dyn Observer>, cancel: Can
         match outcome {
             Ok(()) => break,
             Err(e) if e.is_panic() => {
+                observer.restarted(&target);
                 let delay = pace.next_delay();
                 tracing::error!(
                     target_name = %target.name,
