@@ -7,6 +7,7 @@ pub mod check;
 pub mod checker;
 pub mod cli;
 pub mod config;
+pub mod hooks;
 pub mod logging;
 pub mod machine;
 pub mod net;

@@ -46,8 +46,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(async {
                 let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-                sidecar::run(config, Observers::new(), shutdown).await;
-                Ok(ExitCode::SUCCESS)
+                sidecar::adopt_orphans();
+                match sidecar::run(config, Observers::new(), shutdown).await {
+                    Ok(()) => Ok(ExitCode::SUCCESS),
+                    Err(e) if e.is_config() => {
+                        eprintln!("tether: {e}");
+                        Ok(ExitCode::from(EXIT_BAD_CONFIG))
+                    }
+                    Err(e) => Err(e.into()),
+                }
             })
         }
         Command::Probe {

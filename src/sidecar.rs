@@ -1,17 +1,45 @@
-//! The running sidecar: wires the config to the supervisor and the listeners, and
-//! runs until told to stop.
+//! The running sidecar: wires the config to the supervisor, the hook runner and the
+//! listeners, and runs until told to stop.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
-use crate::observe::{LogObserver, Observers};
+use crate::hooks::{HookRunner, HooksError, reaper};
+use crate::observe::{LogObserver, Observer, Observers};
 use crate::supervisor::Supervisor;
 
-/// Runs the sidecar for `config` until `shutdown` resolves, then stops every actor.
-pub async fn run(config: Config, extra: Observers, shutdown: impl Future<Output = ()>) {
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The config is valid but cannot be used in this environment (exit 2, like a bad
+    /// config).
+    #[error(transparent)]
+    Hooks(#[from] HooksError),
+}
+
+impl SidecarError {
+    /// Whether the error lies in the config (exit 2) rather than the environment (1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, SidecarError::Hooks(_))
+    }
+}
+
+/// Runs the sidecar for `config` until `shutdown` resolves, then stops every actor
+/// and lets hooks in flight finish.
+pub async fn run(
+    config: Config,
+    extra: Observers,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
-    let observers = extra.with(Arc::new(LogObserver));
+    // Hook results go to the listeners (metrics, logs), never back into the runner.
+    let report: Arc<dyn Observer> = Arc::new(extra.clone().with(Arc::new(LogObserver)));
+    let hooks = HookRunner::new(&config, report.clone())?;
+    let observers = extra
+        .with(Arc::new(LogObserver))
+        .with(Arc::new(hooks.clone()));
     let supervisor = Supervisor::start(&config, Arc::new(observers));
     tracing::info!(
         targets = supervisor.len(),
@@ -21,7 +49,34 @@ pub async fn run(config: Config, extra: Observers, shutdown: impl Future<Output 
     shutdown.await;
     tracing::info!("shutting down");
     supervisor.shutdown().await;
+    let grace = config
+        .targets
+        .iter()
+        .map(|t| t.hook_timeout.get())
+        .max()
+        .unwrap_or(Duration::ZERO);
+    if !hooks.drain(grace).await {
+        tracing::warn!(
+            ?grace,
+            "hooks still running after the grace period; leaving them"
+        );
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Hook commands may leave orphans behind; tether adopts and reaps them, so it is safe
+/// as PID 1 of a container and leaves no zombies under a service manager.
+///
+/// Process-wide: only the `tether` binary calls this. A program embedding the library
+/// reaps its own children.
+pub fn adopt_orphans() {
+    if let Err(e) = reaper::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans of hooks go to init");
+    }
+    if let Err(e) = reaper::spawn_orphan_reaper() {
+        tracing::warn!(error = %e, "cannot watch SIGCHLD; orphans of hooks may linger as zombies");
+    }
 }
 
 /// Each target holds a socket and a few more may be open while reconnecting; the

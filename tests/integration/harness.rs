@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tether::config::{Config, Target};
 use tether::machine::{Event, State, Transition};
-use tether::observe::Observer;
+use tether::observe::{HookResult, Observer, Observers};
 use tether::supervisor::Supervisor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -18,6 +18,8 @@ pub enum Record {
     Attempt { ok: bool, at: Instant },
     Lost { error: String, at: Instant },
     Transition { t: Transition, at: Instant },
+    Hook { event: Event, result: HookResult },
+    Coalesced { count: u64 },
 }
 
 /// An observer that keeps every report of every target.
@@ -145,6 +147,86 @@ impl Observer for Recorder {
                 at: Instant::now(),
             },
         );
+    }
+
+    fn hook_run(&self, target: &Target, event: Event, result: HookResult, _elapsed: Duration) {
+        self.push(target, Record::Hook { event, result });
+    }
+
+    fn hooks_coalesced(&self, target: &Target, count: u64) {
+        self.push(target, Record::Coalesced { count });
+    }
+}
+
+impl Recorder {
+    /// Hook runs of a target so far, in completion order.
+    pub fn hooks(&self, target: &str) -> Vec<(Event, HookResult)> {
+        self.of(target)
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Hook { event, result, .. } => Some((event, result)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits until the target's hooks have run `n` times.
+    pub async fn hook_runs(
+        &self,
+        target: &str,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<(Event, HookResult)> {
+        self.until(target, limit, &format!("{n} hook runs"), |records| {
+            let runs: Vec<_> = records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Hook { event, result, .. } => Some((*event, *result)),
+                    _ => None,
+                })
+                .collect();
+            (runs.len() >= n).then_some(runs)
+        })
+        .await
+    }
+}
+
+/// The whole sidecar (hooks included) running in this process.
+pub struct Sidecar {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Sidecar {
+    pub fn start(toml: &str, recorder: &Arc<Recorder>) -> Sidecar {
+        let config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let observers = Observers::new().with(recorder.clone());
+        let task = tokio::spawn(async move {
+            tether::sidecar::run(config, observers, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the sidecar starts");
+        });
+        Sidecar {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops it and waits for hooks in flight, as SIGTERM would.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -5,6 +5,8 @@ mod cli;
 mod config_errors;
 mod config_examples;
 mod harness;
+mod hooks;
+mod receiver;
 mod servers;
 mod support;
 mod watcher;

@@ -1,0 +1,167 @@
+//! Command and shell hooks: a child process in its own process group, given the event
+//! as environment variables and as JSON on standard input, killed with everything it
+//! started if it outlives its timeout.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout};
+
+use super::payload::Payload;
+use super::reaper;
+use crate::observe::HookResult;
+
+/// How much of a hook's output is kept for the log.
+const OUTPUT_CAP: usize = 4096;
+/// Between SIGTERM and SIGKILL for a hook that timed out.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// How long to wait for output after the hook exited: a background process it left
+/// behind may hold the pipe open for ever.
+const OUTPUT_LINGER: Duration = Duration::from_millis(200);
+
+/// How one run ended, with what the log should show.
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: HookResult,
+    /// Exit status or the reason it could not run.
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `argv` directly: no shell ever sees target data.
+pub async fn run_argv(argv: &[String], payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    run(cmd, payload, json, limit).await
+}
+
+/// Runs the user's shell text with `sh -c`; target data arrives only as variables.
+pub async fn run_shell(script: &str, payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(script);
+    run(cmd, payload, json, limit).await
+}
+
+async fn run(mut cmd: Command, payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+    cmd.envs(payload.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a timeout kills the hook and everything it started.
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = match reaper::spawn(&mut cmd) {
+        Ok(child) => child,
+        Err(e) => {
+            return Outcome {
+                result: HookResult::Error,
+                status: format!("cannot start: {e}"),
+                stdout: String::new(),
+                stderr: String::new(),
+            };
+        }
+    };
+    let pid = child.id().expect("a just-spawned child has a pid");
+    let stdout = capture(child.stdout.take());
+    let stderr = capture(child.stderr.take());
+    let stdin = child.stdin.take();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A hook that ignores its input may close it early: not an error.
+            let _ = stdin.write_all(json).await;
+        }
+    };
+
+    let run = async {
+        feed.await;
+        child.wait().await
+    };
+    let (result, status) = match timeout(limit, run).await {
+        Ok(Ok(status)) => (classify(status), describe(status)),
+        Ok(Err(e)) => (HookResult::Error, format!("cannot wait for it: {e}")),
+        Err(_) => {
+            kill_group(pid, &mut child).await;
+            (
+                HookResult::Timeout,
+                format!("killed after the {limit:?} hook timeout"),
+            )
+        }
+    };
+    reaper::reaped(pid);
+    Outcome {
+        result,
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+    }
+}
+
+/// SIGTERM to the whole group, SIGKILL after a grace period, then reap the hook.
+async fn kill_group(pid: u32, child: &mut tokio::process::Child) {
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    if timeout(KILL_GRACE, child.wait()).await.is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    } else {
+        // The leader went; members that ignored SIGTERM must not survive it.
+        sleep(Duration::from_millis(10)).await;
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
+fn classify(status: ExitStatus) -> HookResult {
+    if status.success() {
+        HookResult::Ok
+    } else {
+        HookResult::Failed
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Reads a pipe to its end, keeping the first `OUTPUT_CAP` bytes; the rest is drained
+/// so the hook never blocks on a full pipe.
+fn capture<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> Option<JoinHandle<Vec<u8>>> {
+    let mut pipe = pipe?;
+    Some(tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = OUTPUT_CAP.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+        kept
+    }))
+}
+
+async fn collect(handle: Option<JoinHandle<Vec<u8>>>) -> String {
+    let Some(mut handle) = handle else {
+        return String::new();
+    };
+    match timeout(OUTPUT_LINGER, &mut handle).await {
+        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).trim_end().to_owned(),
+        _ => {
+            handle.abort();
+            String::new()
+        }
+    }
+}

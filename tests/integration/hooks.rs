@@ -1,0 +1,512 @@
+//! Hooks with real processes and a real HTTP receiver: order, environment, payload,
+//! signatures, retries, timeouts with process-group kills, bursts, and isolation
+//! between targets.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tether::machine::Event;
+use tether::observe::HookResult;
+
+use crate::cli::{poll, tether};
+use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar};
+use crate::receiver::Receiver;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// A command hook that records its environment and standard input under `dir`, one
+/// file pair per event id. Target data arrives only as variables and stdin.
+fn recording_hook(dir: &Path) -> String {
+    format!(
+        r#"{{ command = ["/bin/sh", "-c", "env | grep ^TETHER_ | sort > \"$0/$TETHER_EVENT_ID.env\"; cat > \"$0/$TETHER_EVENT_ID.json\"; echo $TETHER_EVENT >> \"$0/order\"", "{}"] }}"#,
+        dir.display()
+    )
+}
+
+fn read_env(path: &Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environment_and_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = recording_hook(dir.path());
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "db-1.primary"
+            address = "{}"
+            failure_threshold = 2
+            backoff = {{ initial = "20ms", max = "100ms" }}
+            [targets.hooks]
+            on_connect = {hook}
+            on_disconnect = {hook}
+            on_failure = {hook}
+            on_recover = {hook}
+            "#,
+            listener.address()
+        ),
+        &rec,
+    );
+    let t = "db-1.primary";
+    rec.hook_runs(t, 1, LIMIT).await;
+    listener.kill().await;
+    rec.hook_runs(t, 3, LIMIT).await;
+    listener.restore(Behaviour::Hold).await;
+    let runs = rec.hook_runs(t, 5, LIMIT).await;
+    assert!(runs.iter().all(|(_, r)| *r == HookResult::Ok), "{runs:?}");
+    sidecar.stop().await;
+
+    let order = std::fs::read_to_string(dir.path().join("order")).unwrap();
+    assert_eq!(
+        order.lines().collect::<Vec<_>>(),
+        ["connect", "disconnect", "failure", "connect", "recover"]
+    );
+    // Event 2 is the failure: check every variable against the published transition
+    // and the JSON on stdin.
+    let failure = rec
+        .transitions(t)
+        .into_iter()
+        .find(|(tr, _)| tr.event == Event::Failure)
+        .unwrap()
+        .0;
+    assert_eq!(failure.seq, 2);
+    let env = read_env(&dir.path().join("db-1.primary:2.env"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("db-1.primary:2.json")).unwrap())
+            .unwrap();
+    let expected = [
+        ("TETHER_TARGET", "target", "db-1.primary".to_owned()),
+        ("TETHER_ADDRESS", "address", listener.address()),
+        ("TETHER_EVENT", "event", "failure".to_owned()),
+        ("TETHER_EVENT_ID", "event_id", "db-1.primary:2".to_owned()),
+        ("TETHER_STATE", "state", "failed".to_owned()),
+        ("TETHER_PREVIOUS_STATE", "previous_state", "down".to_owned()),
+        (
+            "TETHER_LAST_ERROR",
+            "last_error",
+            failure.last_error.as_deref().unwrap().to_owned(),
+        ),
+    ];
+    for (var, field, value) in expected {
+        assert_eq!(env[var], value, "{var}");
+        assert_eq!(json[field], value.as_str(), "{field}");
+    }
+    assert_eq!(env["TETHER_FAILURES"], "2");
+    assert_eq!(json["failures"], 2);
+    assert_eq!(env["TETHER_TIMESTAMP"], json["timestamp"].as_str().unwrap());
+    assert!(env["TETHER_TIMESTAMP"].ends_with('Z') && env["TETHER_TIMESTAMP"].len() == 24);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_webhook_carries_a_verifiable_hmac_of_its_body() {
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var("TETHER_TEST_HOOK_SECRET", "s3cret-key") };
+    let receiver = Receiver::start(&[]).await;
+    let listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "cache"
+            address = "{}"
+            [targets.hooks]
+            on_connect = {{ webhook = "{}", secret_env = "TETHER_TEST_HOOK_SECRET", headers = {{ X-Team = "payments" }} }}
+            "#,
+            listener.address(),
+            receiver.url("/store")
+        ),
+        &rec,
+    );
+    let got = receiver.until(1, LIMIT).await;
+    sidecar.stop().await;
+    let req = &got[0];
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/store"));
+    assert_eq!(req.headers["content-type"], "application/json");
+    assert_eq!(req.headers["x-team"], "payments");
+    assert_eq!(req.headers["x-tether-event-id"], "cache:0");
+    let expected = tether::hooks::signature(
+        &tether::hooks::Secret::new(b"s3cret-key".to_vec()),
+        &req.body,
+    );
+    assert_eq!(req.headers["x-tether-signature"], expected);
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(body["event"], "connect");
+    assert_eq!(body["event_id"], "cache:0");
+    assert_eq!(body["last_error"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_receiver_that_fails_twice_then_accepts_gets_exactly_one_successful_delivery() {
+    let receiver = Receiver::start(&[503, 500]).await;
+    let listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "api"
+            address = "{}"
+            hook_timeout = "10s"
+            [targets.hooks]
+            on_connect = {{ webhook = "{}" }}
+            "#,
+            listener.address(),
+            receiver.url("/hook")
+        ),
+        &rec,
+    );
+    let runs = rec.hook_runs("api", 1, LIMIT).await;
+    assert_eq!(runs, [(Event::Connect, HookResult::Ok)]);
+    sidecar.stop().await;
+    let answered: Vec<u16> = receiver.requests().iter().map(|r| r.answered).collect();
+    assert_eq!(
+        answered,
+        [503, 500, 200],
+        "retried until accepted, then stopped"
+    );
+    let ids: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.headers["x-tether-event-id"].clone())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == "api:0"),
+        "the same event each time: {ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_webhook_is_counted_as_an_error_and_watching_goes_on() {
+    let dead = format!("http://127.0.0.1:{}/hook", crate::harness::dead_port());
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "api"
+            address = "{}"
+            hook_timeout = "300ms"
+            [targets.hooks]
+            on_connect = {{ webhook = "{dead}" }}
+            "#,
+            listener.address()
+        ),
+        &rec,
+    );
+    let runs = rec.hook_runs("api", 1, LIMIT).await;
+    assert_eq!(runs, [(Event::Connect, HookResult::Error)]);
+    listener.kill().await;
+    rec.nth_event("api", Event::Disconnect, 1, LIMIT).await;
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_command_is_counted_and_the_next_hooks_still_run() {
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "q"
+            address = "{}"
+            [targets.hooks]
+            on_connect = [{{ shell = "echo broken >&2; exit 3" }}, {{ command = ["/nonexistent/hook"] }}]
+            on_disconnect = {{ command = ["/bin/true"] }}
+            "#,
+            listener.address()
+        ),
+        &rec,
+    );
+    rec.hook_runs("q", 2, LIMIT).await;
+    listener.kill().await;
+    let runs = rec.hook_runs("q", 3, LIMIT).await;
+    sidecar.stop().await;
+    assert_eq!(
+        runs,
+        [
+            (Event::Connect, HookResult::Failed),
+            (Event::Connect, HookResult::Error),
+            (Event::Disconnect, HookResult::Ok)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_flapping_200_times_with_a_slow_hook_ends_with_the_hook_seeing_the_final_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("seen");
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let hook = format!(
+        r#"{{ shell = "sleep 0.05; echo $TETHER_EVENT >> '{}'" }}"#,
+        log.display()
+    );
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "flappy"
+            address = "{}"
+            failure_threshold = 1
+            backoff = {{ initial = "1ms", max = "2ms", jitter = 0.0 }}
+            [targets.hooks]
+            on_connect = {hook}
+            on_disconnect = {hook}
+            on_failure = {hook}
+            on_recover = {hook}
+            "#,
+            listener.address()
+        ),
+        &rec,
+    );
+    rec.nth_event("flappy", Event::Connect, 1, LIMIT).await;
+    // 200 changes of the dependency within about a second, each one seen by tether.
+    for i in 1..=100 {
+        listener.kill().await;
+        rec.nth_event("flappy", Event::Disconnect, i, LIMIT).await;
+        listener.restore(Behaviour::Hold).await;
+        rec.nth_event("flappy", Event::Connect, i + 1, LIMIT).await;
+    }
+    let transitions = rec.transitions("flappy");
+    let last = transitions.last().unwrap().0.event;
+    assert_eq!(last, Event::Recover, "the target ends up and recovered");
+    // Wait until the hook has run the final event, then stop.
+    poll(LIMIT, "final hook run", || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().last() == Some("recover"))
+    });
+    sidecar.stop().await;
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let seen: Vec<&str> = seen.lines().collect();
+    assert_eq!(seen.last(), Some(&"recover"), "{seen:?}");
+    // The application's view alternates in each pair and ends up connected.
+    let link: Vec<_> = seen
+        .iter()
+        .filter(|e| ["connect", "disconnect"].contains(e))
+        .collect();
+    assert!(link.windows(2).all(|w| w[0] != w[1]), "{link:?}");
+    assert_eq!(link.last(), Some(&&"connect"));
+    let mode: Vec<_> = seen
+        .iter()
+        .filter(|e| ["failure", "recover"].contains(e))
+        .collect();
+    assert!(mode.windows(2).all(|w| w[0] != w[1]), "{mode:?}");
+    let coalesced: u64 = rec
+        .of("flappy")
+        .iter()
+        .map(|r| {
+            if let Record::Coalesced { count } = r {
+                *count
+            } else {
+                0
+            }
+        })
+        .sum();
+    assert!(
+        coalesced > 0,
+        "a 50 ms hook cannot keep up with 400 events in a second"
+    );
+    assert_eq!(
+        seen.len() as u64 + coalesced,
+        transitions.len() as u64,
+        "every event either ran or was counted as coalesced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_hook_on_one_target_does_not_delay_another_targets_hooks() {
+    let a = Listener::start(Behaviour::Hold).await;
+    let mut b = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [defaults]
+            max_concurrent_hooks = 2
+            [[targets]]
+            name = "a"
+            address = "{}"
+            hook_timeout = "3s"
+            [targets.hooks]
+            on_connect = {{ command = ["/bin/sleep", "60"] }}
+            on_disconnect = {{ command = ["/bin/sleep", "60"] }}
+            [[targets]]
+            name = "b"
+            address = "{}"
+            [targets.hooks]
+            on_connect = {{ command = ["/bin/true"] }}
+            on_disconnect = {{ command = ["/bin/true"] }}
+            "#,
+            a.address(),
+            b.address()
+        ),
+        &rec,
+    );
+    rec.hook_runs("b", 1, LIMIT).await;
+    b.kill().await;
+    let runs = rec.hook_runs("b", 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        runs,
+        [
+            (Event::Connect, HookResult::Ok),
+            (Event::Disconnect, HookResult::Ok)
+        ]
+    );
+    assert!(rec.hooks("a").is_empty(), "a's hook is still hanging");
+    sidecar.stop().await;
+    assert_eq!(rec.hooks("a"), [(Event::Connect, HookResult::Timeout)]);
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_data_and_arguments_reach_a_command_hook_only_as_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = "x$(touch pwned);`touch pwned2`|y";
+    let listener = Listener::start(Behaviour::Hold).await;
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            r#"
+            [[targets]]
+            name = "db.-_1"
+            address = "{}"
+            [targets.hooks]
+            on_connect = {{ command = ["/usr/bin/touch", "--", "{}/{hostile}"] }}
+            "#,
+            listener.address(),
+            dir.path().display()
+        ),
+        &rec,
+    );
+    assert_eq!(rec.hook_runs("db.-_1", 1, LIMIT).await[0].1, HookResult::Ok);
+    sidecar.stop().await;
+    assert!(
+        dir.path().join(hostile).exists(),
+        "the argument was passed verbatim"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "nothing was executed: {names:?}");
+    assert!(!Path::new("pwned").exists() && !Path::new("pwned2").exists());
+}
+
+/// Is `pid` still in the process table (running or as a zombie)?
+fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = Listener::start(Behaviour::Hold).await;
+    let config = dir.path().join("tether.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            [[targets]]
+            name = "db"
+            address = "{}"
+            hook_timeout = "1s"
+            [targets.hooks]
+            on_connect = {{ shell = "sleep 60 & echo $! > '{d}/grandchild'; echo $$ > '{d}/hook'; wait" }}
+            on_disconnect = {{ shell = "sleep 3 & echo $! > '{d}/orphan'" }}
+            "#,
+            listener.address(),
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = tether()
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tether_pid = child.id();
+    let (hook, grandchild) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || {
+            let mut pids = (None, None);
+            poll(LIMIT, "hook pid files", || {
+                pids = (
+                    read_pid(&dir.join("hook")),
+                    read_pid(&dir.join("grandchild")),
+                );
+                pids.0.is_some() && pids.1.is_some()
+            });
+            (pids.0.unwrap(), pids.1.unwrap())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(exists(hook) && exists(grandchild));
+    // Killed at the 1 s timeout (plus the SIGTERM grace), and reaped: gone entirely.
+    tokio::task::spawn_blocking(move || {
+        poll(Duration::from_secs(10), "hook and grandchild gone", || {
+            !exists(hook) && !exists(grandchild)
+        })
+    })
+    .await
+    .unwrap();
+
+    // A hook that exits leaving a background job behind: tether adopts the orphan
+    // (it is a child subreaper) and reaps it when it exits.
+    drop(listener);
+    let orphan = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || {
+            let mut pid = None;
+            poll(LIMIT, "orphan pid file", || {
+                pid = read_pid(&dir.join("orphan"));
+                pid.is_some()
+            });
+            pid.unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        poll(LIMIT, "orphan adopted by tether", || {
+            parent_of(orphan) == Some(tether_pid)
+        });
+        poll(Duration::from_secs(10), "orphan reaped", || !exists(orphan));
+    })
+    .await
+    .unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tether_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
