@@ -6,8 +6,7 @@
 //! keepalive watches for silent peer death, and the task sleeps until the socket turns
 //! readable.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::net::TcpStream;
@@ -15,7 +14,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
-use crate::machine::{Input, Machine, Next};
+use crate::machine::{Input, Machine, Next, Snapshot};
 use crate::net::{self, Readiness};
 use crate::observe::Observer;
 
@@ -28,9 +27,9 @@ pub struct Checker {
     observer: Arc<dyn Observer>,
     /// Cancelled when the target is removed or the sidecar stops.
     cancel: CancellationToken,
-    /// The next event sequence number, kept outside the actor so that a restarted
-    /// actor continues the numbering instead of repeating event ids.
-    seq: Arc<AtomicU64>,
+    /// What the application was last told, kept outside the actor so that a
+    /// restarted actor continues from it instead of repeating or skipping events.
+    memory: Arc<Mutex<Snapshot>>,
 }
 
 impl Checker {
@@ -38,15 +37,15 @@ impl Checker {
         target: Arc<Target>,
         observer: Arc<dyn Observer>,
         cancel: CancellationToken,
-        seq: Arc<AtomicU64>,
+        memory: Arc<Mutex<Snapshot>>,
     ) -> Checker {
-        let machine = Machine::new(&target, seq.load(Ordering::Acquire));
+        let machine = Machine::resume(&target, &memory.lock().unwrap_or_else(|p| p.into_inner()));
         Checker {
             target,
             machine,
             observer,
             cancel,
-            seq,
+            memory,
         }
     }
 
@@ -62,14 +61,12 @@ impl Checker {
                 input = self.observe(next, &mut held) => input,
             };
             let step = self.machine.on(input, Instant::now(), SystemTime::now());
-            self.seq.store(self.machine.next_seq(), Ordering::Release);
+            *self.memory.lock().unwrap_or_else(|p| p.into_inner()) = self.machine.snapshot();
             for t in &step.transitions {
                 self.observer.transition(&self.target, t);
             }
             next = step.next;
         }
-        drop(held);
-        self.observer.stopped(&self.target);
     }
 
     /// Carries out `next` and returns what came of it.
@@ -89,6 +86,8 @@ impl Checker {
 
     async fn attempt(&self, held: &mut Option<TcpStream>) -> Input {
         *held = None;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::check(&self.target.name);
         let t = &self.target;
         let started = Instant::now();
         let result = net::connect(&t.address, t.connect_timeout.get(), &t.keepalive).await;

@@ -28,7 +28,21 @@ pub const DEFAULT_PATH: &str = "tether.toml";
 pub struct Config {
     pub server: Server,
     pub defaults: Globals,
+    pub supervisor: Supervision,
     pub targets: Vec<Target>,
+}
+
+/// `[supervisor]`: how crashed actors are restarted, and how long shutdown may take.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Supervision {
+    /// An actor may be restarted this many times within `max_seconds`; one more crash
+    /// marks its target `failed` and pauses it for `cooldown` (OTP's intensity/period).
+    pub max_restarts: u32,
+    pub max_seconds: u32,
+    pub cooldown: HumanDuration,
+    /// How long SIGTERM waits for hooks in flight; defaults to the largest
+    /// `hook_timeout`.
+    pub shutdown_grace: HumanDuration,
 }
 
 /// `[server]`: the HTTP endpoints and the optional state file.

@@ -54,8 +54,8 @@ struct Inner {
     queues: RwLock<HashMap<String, Arc<Mutex<TargetQueue>>>>,
     /// Bounds hook runs in flight across all targets.
     limit: Arc<Semaphore>,
-    /// Webhook keys by environment variable name, read once at start.
-    secrets: HashMap<String, Secret>,
+    /// Webhook keys by environment variable name, read at start and on reload.
+    secrets: RwLock<HashMap<String, Secret>>,
     http: reqwest::Client,
     /// Receives hook results (metrics); never this runner itself.
     report: Arc<dyn Observer>,
@@ -91,35 +91,7 @@ impl HookRunner {
     /// Reads every webhook secret the config names from the environment, so a missing
     /// one stops the start instead of surfacing at the first outage.
     pub fn new(config: &Config, report: Arc<dyn Observer>) -> Result<HookRunner, HooksError> {
-        let mut secrets = HashMap::new();
-        for target in &config.targets {
-            for event in Event::ALL {
-                for action in actions(target, event) {
-                    let HookAction::Webhook {
-                        webhook,
-                        secret_env: Some(var),
-                        ..
-                    } = action
-                    else {
-                        continue;
-                    };
-                    let Some(value) = std::env::var_os(var) else {
-                        return Err(HooksError::MissingSecret {
-                            target: target.name.clone(),
-                            event: event.hook_key(),
-                            url: webhook.clone(),
-                            var: var.clone(),
-                        });
-                    };
-                    secrets.insert(
-                        var.clone(),
-                        Secret::new(
-                            std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()).to_vec(),
-                        ),
-                    );
-                }
-            }
-        }
+        let secrets = read_secrets(config)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
@@ -130,12 +102,24 @@ impl HookRunner {
             inner: Arc::new(Inner {
                 queues: RwLock::default(),
                 limit: Arc::new(Semaphore::new(config.defaults.max_concurrent_hooks)),
-                secrets,
+                secrets: RwLock::new(secrets),
                 http,
                 report,
                 tracker: TaskTracker::new(),
             }),
         })
+    }
+
+    /// Reads the secrets a new config names; on error the running ones stay, and the
+    /// reload must be refused.
+    pub fn reload(&self, config: &Config) -> Result<(), HooksError> {
+        let secrets = read_secrets(config)?;
+        *self
+            .inner
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = secrets;
+        Ok(())
     }
 
     /// Stops taking new work and waits up to `grace` for hooks in flight; returns
@@ -283,12 +267,19 @@ impl HookRunner {
                 headers,
                 secret_env,
             } => {
-                let secret = secret_env.as_ref().and_then(|v| self.inner.secrets.get(v));
+                let secret = secret_env.as_ref().and_then(|v| {
+                    self.inner
+                        .secrets
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(v)
+                        .cloned()
+                });
                 let o = webhook::deliver(
                     &self.inner.http,
                     webhook,
                     headers,
-                    secret,
+                    secret.as_ref(),
                     &job.payload.event_id,
                     json.to_vec(),
                     job.timeout,
@@ -308,6 +299,35 @@ impl Observer for HookRunner {
         }
         self.enqueue(target, transition);
     }
+}
+
+/// Every webhook secret the config names, from the environment.
+fn read_secrets(config: &Config) -> Result<HashMap<String, Secret>, HooksError> {
+    let mut secrets = HashMap::new();
+    for target in &config.targets {
+        for event in Event::ALL {
+            for action in actions(target, event) {
+                let HookAction::Webhook {
+                    webhook,
+                    secret_env: Some(var),
+                    ..
+                } = action
+                else {
+                    continue;
+                };
+                let Some(value) = std::env::var_os(var) else {
+                    return Err(HooksError::MissingSecret {
+                        target: target.name.clone(),
+                        event: event.hook_key(),
+                        url: webhook.clone(),
+                        var: var.clone(),
+                    });
+                };
+                secrets.insert(var.clone(), Secret::new(value.into_encoded_bytes()));
+            }
+        }
+    }
+    Ok(secrets)
 }
 
 fn actions(target: &Target, event: Event) -> &[HookAction] {

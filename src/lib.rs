@@ -7,6 +7,8 @@ pub mod check;
 pub mod checker;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod hooks;
 pub mod logging;
 pub mod machine;

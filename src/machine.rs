@@ -177,21 +177,105 @@ pub struct Machine {
     backoff: ReconnectBackoff,
 }
 
+/// What must survive a restart of a target's actor, so that the new incarnation
+/// neither repeats nor skips an event: the numbering, and what the application was
+/// last told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub next_seq: u64,
+    pub state: State,
+    /// `on_failure` fired and `on_recover` has not.
+    pub outage: bool,
+    pub failures: u32,
+    pub last_error: Option<Arc<str>>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot {
+            next_seq: 0,
+            state: State::Connecting,
+            outage: false,
+            failures: 0,
+            last_error: None,
+        }
+    }
+}
+
 impl Machine {
     /// `first_seq` continues a previous incarnation's numbering after a restart, so
     /// event ids never repeat within a process.
     pub fn new(target: &config::Target, first_seq: u64) -> Machine {
+        Machine::resume(
+            target,
+            &Snapshot {
+                next_seq: first_seq,
+                ..Snapshot::default()
+            },
+        )
+    }
+
+    /// A machine that continues where a crashed or replaced one stopped. It connects
+    /// anew; a target that was `up` is treated like a lost connection being replaced,
+    /// so a quick reconnect announces nothing and a failed one announces the outage.
+    pub fn resume(target: &config::Target, from: &Snapshot) -> Machine {
         Machine {
-            phase: Phase::Connecting,
-            failures: 0,
+            phase: match from.state {
+                State::Connecting => Phase::Connecting,
+                State::Up => Phase::Reconnecting,
+                State::Down => Phase::Down,
+                State::Failed => Phase::Failed,
+            },
+            failures: from.failures,
             threshold: target.failure_threshold,
             recover_after: target.recover_after.get(),
-            outage: false,
+            outage: from.outage,
             recover_at: None,
-            last_error: None,
-            next_seq: first_seq,
+            last_error: from.last_error.clone(),
+            next_seq: from.next_seq,
             backoff: ReconnectBackoff::new(&target.backoff),
         }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            next_seq: self.next_seq,
+            state: self.state(),
+            outage: self.outage,
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// The supervisor gave up on the target's actor (it crashed too often): the target
+    /// is `failed` until the actor is tried again, and the application is told once.
+    pub fn give_up(&mut self, reason: Arc<str>, wall: SystemTime) -> Vec<Transition> {
+        let mut out = Emitter {
+            transitions: Vec::new(),
+            wall,
+        };
+        self.last_error = Some(reason);
+        self.failures = self.failures.saturating_add(1).max(self.threshold);
+        self.recover_at = None;
+        let previous = self.state();
+        if matches!(
+            self.phase,
+            Phase::Connecting | Phase::Up | Phase::Reconnecting
+        ) {
+            self.phase = if self.outage {
+                Phase::Failed
+            } else {
+                Phase::Down
+            };
+            self.emit(&mut out, Event::Disconnect, previous);
+        }
+        let previous = self.state();
+        self.phase = Phase::Failed;
+        if !self.outage {
+            self.outage = true;
+            self.emit(&mut out, Event::Failure, previous);
+        }
+        out.transitions
     }
 
     pub fn state(&self) -> State {
@@ -253,8 +337,14 @@ impl Machine {
         self.failures = 0;
         match self.phase {
             Phase::Up => {}
-            // The replaced connection was never reported lost: nothing to announce.
-            Phase::Reconnecting => self.phase = Phase::Up,
+            // The replaced connection was never reported lost: nothing to announce. A
+            // recovery pending before a restart starts its wait over.
+            Phase::Reconnecting => {
+                self.phase = Phase::Up;
+                if self.outage && self.recover_at.is_none() {
+                    self.recover_at = Some(now + self.recover_after);
+                }
+            }
             Phase::Connecting | Phase::Down | Phase::Failed => {
                 self.phase = Phase::Up;
                 self.emit(out, Event::Connect, previous);

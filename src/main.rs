@@ -5,11 +5,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use std::path::PathBuf;
+
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 use tether::cli::{Cli, Command, ConfigArg};
 use tether::config::{self, Address, Config, ConfigError};
 use tether::observe::Observers;
+use tether::sidecar::Control;
 use tether::{check, logging, sidecar};
 
 /// Exit status for an invalid config (the CLI contract).
@@ -44,10 +48,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
+            let path = config::resolve_path(arg.path.as_deref());
             runtime()?.block_on(async {
-                let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+                let control = signals(path).context("cannot install signal handlers")?;
                 sidecar::adopt_orphans();
-                match sidecar::run(config, Observers::new(), shutdown).await {
+                match sidecar::run(config, Observers::new(), control).await {
                     Ok(()) => Ok(ExitCode::SUCCESS),
                     Err(e) if e.is_config() => {
                         eprintln!("tether: {e}");
@@ -117,14 +122,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+/// Turns signals into requests to the sidecar: SIGHUP reloads `path`, the first
+/// SIGTERM or SIGINT stops gracefully, a second one exits at once.
+fn signals(path: PathBuf) -> std::io::Result<mpsc::Receiver<Control>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("received SIGTERM"),
-            _ = int.recv() => tracing::info!("received SIGINT"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut stopping = false;
+        loop {
+            let (name, code) = tokio::select! {
+                _ = term.recv() => ("SIGTERM", 143),
+                _ = int.recv() => ("SIGINT", 130),
+                _ = hup.recv() => {
+                    tracing::info!(config = %path.display(), "received SIGHUP: reloading");
+                    let loaded = Config::load(&path);
+                    let _ = tx.send(Control::Reload(Box::new(loaded))).await;
+                    continue;
+                }
+            };
+            if stopping {
+                tracing::warn!("received {name} again: exiting at once");
+                std::process::exit(code);
+            }
+            tracing::info!("received {name}: shutting down (send it again to exit at once)");
+            stopping = true;
+            let _ = tx.send(Control::Shutdown).await;
         }
-    })
+    });
+    Ok(rx)
 }

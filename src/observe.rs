@@ -43,6 +43,9 @@ pub trait Observer: Send + Sync + 'static {
     /// The actor for `target` crashed and was restarted by its supervisor.
     fn restarted(&self, _target: &Target) {}
 
+    /// A config reload was applied (`ok`) or rejected, keeping the running config.
+    fn reloaded(&self, _ok: bool) {}
+
     /// The actor for `target` stopped for good (removed, or the sidecar is stopping).
     fn stopped(&self, _target: &Target) {}
 }
@@ -128,6 +131,10 @@ impl Observer for Observers {
 
     fn restarted(&self, target: &Target) {
         self.0.iter().for_each(|o| o.restarted(target));
+    }
+
+    fn reloaded(&self, ok: bool) {
+        self.0.iter().for_each(|o| o.reloaded(ok));
     }
 
     fn stopped(&self, target: &Target) {

@@ -1,11 +1,11 @@
 //! The running sidecar: wires the config to the supervisor, the hook runner and the
 //! listeners, and runs until told to stop.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::config::Config;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ConfigError};
 use crate::hooks::{HookRunner, HooksError, reaper};
 use crate::observe::{LogObserver, Observer, Observers};
 use crate::supervisor::Supervisor;
@@ -26,12 +26,22 @@ impl SidecarError {
     }
 }
 
-/// Runs the sidecar for `config` until `shutdown` resolves, then stops every actor
-/// and lets hooks in flight finish.
+/// What the process asks of a running sidecar.
+#[derive(Debug)]
+pub enum Control {
+    /// Apply a new config (SIGHUP); a config that failed to load is logged and counted,
+    /// and the running one kept.
+    Reload(Box<Result<Config, ConfigError>>),
+    /// Stop (SIGTERM, SIGINT): close connections and let hooks in flight finish.
+    Shutdown,
+}
+
+/// Runs the sidecar for `config` until told to stop (or until `control` closes),
+/// then stops every actor and lets hooks in flight finish within the shutdown grace.
 pub async fn run(
     config: Config,
     extra: Observers,
-    shutdown: impl Future<Output = ()>,
+    mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
     // Hook results go to the listeners (metrics, logs), never back into the runner.
@@ -40,29 +50,64 @@ pub async fn run(
     let observers = extra
         .with(Arc::new(LogObserver))
         .with(Arc::new(hooks.clone()));
-    let supervisor = Supervisor::start(&config, Arc::new(observers));
+    let mut supervisor = Supervisor::start(&config, Arc::new(observers));
     tracing::info!(
         targets = supervisor.len(),
         version = env!("CARGO_PKG_VERSION"),
         "tether started"
     );
-    shutdown.await;
+    let mut current = config;
+    while let Some(Control::Reload(loaded)) = control.recv().await {
+        match *loaded {
+            Ok(new) => match hooks.reload(&new) {
+                Ok(()) => {
+                    let summary = supervisor.reload(&new);
+                    tracing::info!(
+                        added = ?summary.added,
+                        removed = ?summary.removed,
+                        changed = ?summary.changed,
+                        unchanged = summary.unchanged,
+                        "config reloaded"
+                    );
+                    warn_restart_only(&current, &new);
+                    report.reloaded(true);
+                    current = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload refused; keeping the running config");
+                    report.reloaded(false);
+                }
+            },
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("config reload failed: {line}");
+                }
+                tracing::error!("keeping the running config");
+                report.reloaded(false);
+            }
+        }
+    }
     tracing::info!("shutting down");
     supervisor.shutdown().await;
-    let grace = config
-        .targets
-        .iter()
-        .map(|t| t.hook_timeout.get())
-        .max()
-        .unwrap_or(Duration::ZERO);
+    let grace = current.supervisor.shutdown_grace.get();
     if !hooks.drain(grace).await {
         tracing::warn!(
             ?grace,
-            "hooks still running after the grace period; leaving them"
+            "hooks still running after the shutdown grace; leaving them"
         );
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Settings that a running sidecar cannot change in place.
+fn warn_restart_only(old: &Config, new: &Config) {
+    if old.server != new.server {
+        tracing::warn!("[server] changed: takes effect at the next start");
+    }
+    if old.defaults != new.defaults {
+        tracing::warn!("max_concurrent_hooks changed: takes effect at the next start");
+    }
 }
 
 /// Hook commands may leave orphans behind; tether adopts and reaps them, so it is safe

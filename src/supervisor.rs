@@ -1,17 +1,20 @@
-//! Owns the set of checker actors: starts one per target, restarts one that panics
-//! without touching the others, and stops them all on shutdown.
+//! Owns the set of checker actors, OTP-style: one actor per target, each restarted
+//! when it crashes without touching the others, within a restart intensity beyond
+//! which its target is marked `failed` and left to cool down; reloads apply a config
+//! by difference, so unchanged targets keep their connections.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use tokio::time::sleep;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::ReconnectBackoff;
 use crate::checker::Checker;
-use crate::config::{Config, Target};
+use crate::config::{Config, Supervision, Target};
+use crate::machine::{Machine, Snapshot};
 use crate::observe::Observer;
 
 /// The running actors.
@@ -21,12 +24,29 @@ pub struct Supervisor {
     /// Tracks the supervising tasks, so shutdown can wait for every actor to end.
     tracker: TaskTracker,
     observer: Arc<dyn Observer>,
+    policy: Supervision,
     actors: HashMap<String, Actor>,
 }
 
 /// What the supervisor keeps of one actor.
 struct Actor {
     target: Arc<Target>,
+    cancel: CancellationToken,
+    /// What the application was last told about this target; survives restarts and
+    /// reloads so event ids continue and no event repeats.
+    memory: Arc<Mutex<Snapshot>>,
+    /// The supervising task; a replacement waits for it so two incarnations never
+    /// publish for the same target at once.
+    task: JoinHandle<()>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
 }
 
 impl Supervisor {
@@ -36,10 +56,11 @@ impl Supervisor {
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
             observer,
+            policy: config.supervisor.clone(),
             actors: HashMap::with_capacity(config.targets.len()),
         };
         for target in &config.targets {
-            sup.spawn(Arc::new(target.clone()));
+            sup.spawn(Arc::new(target.clone()), Arc::default(), None);
         }
         sup
     }
@@ -57,11 +78,69 @@ impl Supervisor {
         self.actors.values().map(|a| &a.target)
     }
 
-    fn spawn(&mut self, target: Arc<Target>) {
+    fn spawn(
+        &mut self,
+        target: Arc<Target>,
+        memory: Arc<Mutex<Snapshot>>,
+        after: Option<JoinHandle<()>>,
+    ) {
         let cancel = self.root.child_token();
-        self.tracker
-            .spawn(supervise(target.clone(), self.observer.clone(), cancel));
-        self.actors.insert(target.name.clone(), Actor { target });
+        let task = self.tracker.spawn(supervise(
+            target.clone(),
+            self.observer.clone(),
+            cancel.clone(),
+            memory.clone(),
+            self.policy.clone(),
+            after,
+        ));
+        self.actors.insert(
+            target.name.clone(),
+            Actor {
+                target,
+                cancel,
+                memory,
+                task,
+            },
+        );
+    }
+
+    /// Applies a new config: starts new targets, stops removed ones, replaces changed
+    /// ones (continuing their event numbering) and leaves the rest untouched.
+    pub fn reload(&mut self, config: &Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        self.policy = config.supervisor.clone();
+        let wanted: HashMap<&str, &Target> = config
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        let current: Vec<String> = self.actors.keys().cloned().collect();
+        for name in current {
+            if !wanted.contains_key(name.as_str()) {
+                let actor = self.actors.remove(&name).expect("listed above");
+                actor.cancel.cancel();
+                summary.removed.push(name);
+            }
+        }
+        for target in &config.targets {
+            match self.actors.get(&target.name) {
+                None => {
+                    self.spawn(Arc::new(target.clone()), Arc::default(), None);
+                    summary.added.push(target.name.clone());
+                }
+                Some(actor) if *actor.target.as_ref() == *target => summary.unchanged += 1,
+                Some(_) => {
+                    let old = self.actors.remove(&target.name).expect("matched above");
+                    old.cancel.cancel();
+                    self.spawn(Arc::new(target.clone()), old.memory, Some(old.task));
+                    summary.changed.push(target.name.clone());
+                }
+            }
+        }
+        summary.added.sort();
+        summary.removed.sort();
+        summary.changed.sort();
+        summary
     }
 
     /// Stops every actor and waits until all have closed their connections.
@@ -72,37 +151,99 @@ impl Supervisor {
     }
 }
 
-/// Runs one target's checker, restarting it if it panics. Each incarnation runs as its
-/// own task so that a panic unwinds only that task; the event numbering survives.
-async fn supervise(target: Arc<Target>, observer: Arc<dyn Observer>, cancel: CancellationToken) {
-    let seq = Arc::new(AtomicU64::new(0));
-    // Pace restarts like reconnects, so a checker that panics at once cannot spin.
-    let mut pace = ReconnectBackoff::new(&target.backoff);
+/// Runs one target's checker, restarting it when it crashes. Each incarnation runs as
+/// its own task so that a panic unwinds only that task.
+async fn supervise(
+    target: Arc<Target>,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+    memory: Arc<Mutex<Snapshot>>,
+    policy: Supervision,
+    after: Option<JoinHandle<()>>,
+) {
+    if let Some(previous) = after {
+        let _ = previous.await;
+    }
+    let window = Duration::from_secs(u64::from(policy.max_seconds));
+    let mut crashes: VecDeque<Instant> = VecDeque::new();
     loop {
         let checker = Checker::new(
             target.clone(),
             observer.clone(),
             cancel.clone(),
-            seq.clone(),
+            memory.clone(),
         );
-        let outcome = tokio::spawn(checker.run()).await;
-        match outcome {
+        let reason = match tokio::spawn(checker.run()).await {
             Ok(()) => break,
-            Err(e) if e.is_panic() => {
-                observer.restarted(&target);
-                let delay = pace.next_delay();
-                tracing::error!(
-                    target_name = %target.name,
-                    restart_in = ?delay,
-                    "checker panicked; restarting it from connecting"
-                );
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = sleep(delay) => {}
-                }
-            }
-            // Cancelled from outside: the runtime is shutting down.
+            Err(e) if e.is_panic() => panic_message(e.into_panic()),
+            // Aborted from outside: the runtime is shutting down.
             Err(_) => break,
+        };
+        if cancel.is_cancelled() {
+            break;
+        }
+        observer.restarted(&target);
+        let now = Instant::now();
+        crashes.push_back(now);
+        while crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            crashes.pop_front();
+        }
+        if crashes.len() <= policy.max_restarts as usize {
+            tracing::error!(
+                target_name = %target.name,
+                error = %reason,
+                restarts = crashes.len(),
+                "checker crashed; restarting it"
+            );
+            continue;
+        }
+        tracing::error!(
+            target_name = %target.name,
+            error = %reason,
+            max_restarts = policy.max_restarts,
+            max_seconds = policy.max_seconds,
+            cooldown = %policy.cooldown,
+            "checker crashed too often; marking the target failed and pausing it"
+        );
+        give_up(&target, &*observer, &memory, &reason, crashes.len(), window);
+        crashes.clear();
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = sleep(policy.cooldown.get()) => {}
         }
     }
+    observer.stopped(&target);
+}
+
+/// Publishes the transitions that mark a target failed after too many crashes.
+fn give_up(
+    target: &Target,
+    observer: &dyn Observer,
+    memory: &Mutex<Snapshot>,
+    reason: &str,
+    crashes: usize,
+    window: Duration,
+) {
+    let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
+    let mut machine = Machine::resume(target, &memory);
+    let transitions = machine.give_up(
+        format!("checker crashed {crashes} times within {window:?}: {reason}").into(),
+        SystemTime::now(),
+    );
+    *memory = machine.snapshot();
+    drop(memory);
+    for t in &transitions {
+        observer.transition(target, t);
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
 }

@@ -18,7 +18,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub defaults: RawDefaults,
     #[serde(default)]
+    pub supervisor: RawSupervisor,
+    #[serde(default)]
     pub targets: Vec<Spanned<RawTarget>>,
+}
+
+/// `[supervisor]`: restart intensity of crashed actors, and shutdown.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupervisor {
+    pub max_restarts: Option<Spanned<i64>>,
+    pub max_seconds: Option<Spanned<i64>>,
+    pub cooldown: Option<Spanned<HumanDuration>>,
+    pub shutdown_grace: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,7 @@ use super::raw::{
 };
 use super::{
     Address, Backoff, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration, Keepalive,
-    Probe, Server, Target,
+    Probe, Server, Supervision, Target,
 };
 
 /// The built-in defaults, documented in the README's config reference.
@@ -37,6 +37,9 @@ pub mod builtin {
     pub const MAX_CONCURRENT_HOOKS: usize = 64;
     pub const HTTP_PATH: &str = "/";
     pub const HTTP_STATUS: u16 = 200;
+    pub const MAX_RESTARTS: u32 = 5;
+    pub const MAX_SECONDS: u32 = 60;
+    pub const COOLDOWN: Duration = Duration::from_secs(30);
 }
 
 /// The kernel takes keepalive times in whole seconds up to this value.
@@ -180,12 +183,57 @@ impl Ctx<'_> {
             }
             targets.push(self.target(i, t.get_ref(), defaults));
         }
+        let supervisor = self.supervision(&raw, &targets);
         Config {
             server,
             defaults: Globals {
                 max_concurrent_hooks,
             },
+            supervisor,
             targets,
+        }
+    }
+
+    fn supervision(&mut self, raw: &RawConfig, targets: &[Target]) -> Supervision {
+        let s = &raw.supervisor;
+        let mut int = |v: &Option<Spanned<i64>>, key: &str, max: i64, default: u32| match v {
+            None => default,
+            Some(v) if (1..=max).contains(v.get_ref()) => *v.get_ref() as u32,
+            Some(v) => {
+                self.err(
+                    Some(v.span()),
+                    format!("supervisor.{key}"),
+                    format!("must be between 1 and {max}, got {}", v.get_ref()),
+                );
+                default
+            }
+        };
+        let max_restarts = int(&s.max_restarts, "max_restarts", 1000, builtin::MAX_RESTARTS);
+        let max_seconds = int(&s.max_seconds, "max_seconds", 86400, builtin::MAX_SECONDS);
+        let cooldown = self.duration(
+            s.cooldown
+                .as_ref()
+                .map(|v| at(v, "supervisor.cooldown".to_owned())),
+            builtin::COOLDOWN,
+            false,
+        );
+        let largest_hook_timeout = targets
+            .iter()
+            .map(|t| t.hook_timeout.get())
+            .max()
+            .unwrap_or(builtin::HOOK_TIMEOUT);
+        let shutdown_grace = self.duration(
+            s.shutdown_grace
+                .as_ref()
+                .map(|v| at(v, "supervisor.shutdown_grace".to_owned())),
+            largest_hook_timeout,
+            true,
+        );
+        Supervision {
+            max_restarts,
+            max_seconds,
+            cooldown,
+            shutdown_grace,
         }
     }
 

@@ -294,3 +294,49 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_resumed_machine_neither_repeats_nor_skips_events() {
+    let t = target(2, 0, 0.2);
+    let mut h = Harness::new(&t);
+    h.feed(Input::Connected);
+    let snap = h.machine.snapshot();
+    assert_eq!(
+        (snap.next_seq, snap.state, snap.outage),
+        (1, State::Up, false)
+    );
+
+    // Restarted while up: a quick reconnect is silent, a failed one is the outage.
+    let mut m = Machine::resume(&t, &snap);
+    let step = m.on(Input::Connected, Instant::now(), SystemTime::UNIX_EPOCH);
+    assert!(step.transitions.is_empty());
+    let mut m = Machine::resume(&t, &snap);
+    let step = m.on(err("refused"), Instant::now(), SystemTime::UNIX_EPOCH);
+    let events: Vec<_> = step.transitions.iter().map(|t| (t.seq, t.event)).collect();
+    assert_eq!(events, [(1, Event::Disconnect)]);
+}
+
+#[test]
+fn giving_up_marks_the_target_failed_once_and_recovery_follows_the_next_connect() {
+    let t = target(5, 0, 0.2);
+    let mut m = Machine::new(&t, 0);
+    m.on(Input::Connected, Instant::now(), SystemTime::UNIX_EPOCH);
+    let given_up = m.give_up("checker crashed".into(), SystemTime::UNIX_EPOCH);
+    let events: Vec<_> = given_up.iter().map(|t| (t.event, t.state)).collect();
+    assert_eq!(
+        events,
+        [
+            (Event::Disconnect, State::Down),
+            (Event::Failure, State::Failed)
+        ]
+    );
+    assert!(
+        m.give_up("again".into(), SystemTime::UNIX_EPOCH).is_empty(),
+        "once per outage"
+    );
+
+    let mut m = Machine::resume(&t, &m.snapshot());
+    let step = m.on(Input::Connected, Instant::now(), SystemTime::UNIX_EPOCH);
+    let events: Vec<_> = step.transitions.iter().map(|t| t.event).collect();
+    assert_eq!(events, [Event::Connect, Event::Recover]);
+}

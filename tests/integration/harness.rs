@@ -20,6 +20,7 @@ pub enum Record {
     Transition { t: Transition, at: Instant },
     Hook { event: Event, result: HookResult },
     Coalesced { count: u64 },
+    Restarted,
 }
 
 /// An observer that keeps every report of every target.
@@ -156,6 +157,10 @@ impl Observer for Recorder {
     fn hooks_coalesced(&self, target: &Target, count: u64) {
         self.push(target, Record::Coalesced { count });
     }
+
+    fn restarted(&self, target: &Target) {
+        self.push(target, Record::Restarted);
+    }
 }
 
 impl Recorder {
@@ -193,33 +198,35 @@ impl Recorder {
 
 /// The whole sidecar (hooks included) running in this process.
 pub struct Sidecar {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    control: tokio::sync::mpsc::Sender<tether::sidecar::Control>,
     task: JoinHandle<()>,
 }
 
 impl Sidecar {
     pub fn start(toml: &str, recorder: &Arc<Recorder>) -> Sidecar {
         let config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (control, rx) = tokio::sync::mpsc::channel(4);
         let observers = Observers::new().with(recorder.clone());
         let task = tokio::spawn(async move {
-            tether::sidecar::run(config, observers, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the sidecar starts");
+            tether::sidecar::run(config, observers, rx)
+                .await
+                .expect("the sidecar starts");
         });
-        Sidecar {
-            stop: Some(stop),
-            task,
-        }
+        Sidecar { control, task }
+    }
+
+    /// Applies a new config, as SIGHUP would.
+    pub async fn reload(&self, toml: &str) {
+        let config = Config::parse(toml, "test.toml".as_ref());
+        self.control
+            .send(tether::sidecar::Control::Reload(Box::new(config)))
+            .await
+            .unwrap();
     }
 
     /// Stops it and waits for hooks in flight, as SIGTERM would.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.control.send(tether::sidecar::Control::Shutdown).await;
         (&mut self.task).await.unwrap();
     }
 }
@@ -242,6 +249,8 @@ pub struct Listener {
     port: u16,
     task: Option<JoinHandle<()>>,
     accepted: Arc<Mutex<usize>>,
+    /// Held connections the peer has not closed.
+    open: Arc<Mutex<usize>>,
 }
 
 /// What the listener does with each connection it accepts.
@@ -261,6 +270,7 @@ impl Listener {
             port,
             task: None,
             accepted: Arc::default(),
+            open: Arc::default(),
         };
         me.serve(l, behaviour);
         me
@@ -268,8 +278,10 @@ impl Listener {
 
     fn serve(&mut self, l: TcpListener, behaviour: Behaviour) {
         let accepted = self.accepted.clone();
+        let open = self.open.clone();
         self.task = Some(tokio::spawn(async move {
-            let mut held: Vec<TcpStream> = Vec::new();
+            // Owned by this task: aborting it closes every connection, as a crash would.
+            let mut held = tokio::task::JoinSet::new();
             let mut closers = tokio::task::JoinSet::new();
             loop {
                 let Ok((s, _)) = l.accept().await else {
@@ -277,7 +289,21 @@ impl Listener {
                 };
                 *accepted.lock().unwrap() += 1;
                 match behaviour {
-                    Behaviour::Hold => held.push(s),
+                    Behaviour::Hold => {
+                        let open = open.clone();
+                        *open.lock().unwrap() += 1;
+                        held.spawn(async move {
+                            let _gone = OpenGuard(open);
+                            let mut s: TcpStream = s;
+                            let mut buf = [0u8; 64];
+                            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await
+                            {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        });
+                    }
                     Behaviour::CloseAfter(d) => {
                         closers.spawn(async move {
                             tokio::time::sleep(d).await;
@@ -291,6 +317,11 @@ impl Listener {
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Held connections still open from the peer's side.
+    pub fn open(&self) -> usize {
+        *self.open.lock().unwrap()
     }
 
     /// A handle on the accepted count that can move to another thread.
@@ -324,6 +355,15 @@ impl Drop for Listener {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+/// Counts a held connection as closed when its task ends, however it ends.
+struct OpenGuard(Arc<Mutex<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() -= 1;
     }
 }
 

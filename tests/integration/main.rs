@@ -8,5 +8,6 @@ mod harness;
 mod hooks;
 mod receiver;
 mod servers;
+mod supervision;
 mod support;
 mod watcher;

@@ -1,0 +1,414 @@
+//! Supervision, live reload and shutdown: crashed actors restart alone, a crash loop
+//! marks its target failed, SIGHUP applies a config by difference (or keeps the
+//! running one), SIGTERM waits for hooks in flight.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use tether::machine::Event;
+
+use crate::cli::{poll, tether};
+use crate::harness::{Behaviour, Listener, Recorder, Sidecar};
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// `tether run` as a child process, with its log lines on a channel.
+struct Running {
+    child: Child,
+    log: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = tether()
+            .args(["run", "--log-format", "text", "-c"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            log,
+            seen: Vec::new(),
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for a log line containing `text`; returns it.
+    fn expect_log(&mut self, text: &str, limit: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
+            return l.clone();
+        }
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {text:?} within {limit:?}; log:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tether did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn target(name: &str, listener: &Listener, extra: &str) -> String {
+    format!(
+        "[[targets]]\nname = \"{name}\"\naddress = \"{}\"\n{extra}\n",
+        listener.address()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_ones_alone() {
+    let (unchanged, changed, removed, added) = (
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let head = "[server]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &path,
+        format!(
+            "{head}{}{}{}",
+            target("unchanged", &unchanged, ""),
+            target("changed", &changed, "failure_threshold = 3"),
+            target("removed", &removed, "")
+        ),
+    )
+    .unwrap();
+    let mut tether = Running::start(&path);
+    let counts = || (unchanged.accepted(), changed.accepted(), removed.accepted());
+    poll(LIMIT, "all three connected", || counts() == (1, 1, 1));
+
+    std::fs::write(
+        &path,
+        format!(
+            "{head}{}{}{}",
+            target("unchanged", &unchanged, ""),
+            target("changed", &changed, "failure_threshold = 4"),
+            target("added", &added, "")
+        ),
+    )
+    .unwrap();
+    tether.signal(Signal::SIGHUP);
+    let line = tether.expect_log("config reloaded", LIMIT);
+    assert!(line.contains(r#"added=["added"]"#), "{line}");
+    assert!(line.contains(r#"removed=["removed"]"#), "{line}");
+    assert!(line.contains(r#"changed=["changed"]"#), "{line}");
+    poll(LIMIT, "reload applied", || {
+        added.accepted() == 1
+            && changed.accepted() == 2
+            && changed.open() == 1
+            && removed.open() == 0
+    });
+    assert_eq!(
+        unchanged.accepted(),
+        1,
+        "the unchanged target kept its connection"
+    );
+    assert_eq!(unchanged.open(), 1);
+    // The replaced actor announced nothing new: its reconnect replaced a live connection.
+    assert!(
+        !tether
+            .seen
+            .iter()
+            .any(|l| l.contains("changed is up (connect)") && l.contains("changed:1"))
+    );
+
+    tether.signal(Signal::SIGTERM);
+    assert!(tether.wait(LIMIT).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_broken_file_keeps_everything_running() {
+    let a = Listener::start(Behaviour::Hold).await;
+    let b = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let good = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        target("a", &a, ""),
+        target("b", &b, "")
+    );
+    std::fs::write(&path, &good).unwrap();
+    let mut tether = Running::start(&path);
+    poll(LIMIT, "both connected", || {
+        a.accepted() == 1 && b.accepted() == 1
+    });
+
+    std::fs::write(
+        &path,
+        format!("{good}\n[[targets]]\nname = \"a\"\naddress = \"nowhere\"\n"),
+    )
+    .unwrap();
+    tether.signal(Signal::SIGHUP);
+    let line = tether.expect_log("config reload failed", LIMIT);
+    assert!(
+        line.contains("tether.toml:"),
+        "names file, line and column: {line}"
+    );
+    tether.expect_log("keeping the running config", LIMIT);
+    assert!(tether.child.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(
+        (a.accepted(), a.open(), b.accepted(), b.open()),
+        (1, 1, 1, 1)
+    );
+
+    // A later good reload still works.
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            target("a", &a, "")
+        ),
+    )
+    .unwrap();
+    tether.signal(Signal::SIGHUP);
+    tether.expect_log("config reloaded", LIMIT);
+    poll(LIMIT, "b stopped", || b.open() == 0);
+    assert_eq!(a.accepted(), 1);
+    tether.signal(Signal::SIGTERM);
+    assert!(tether.wait(LIMIT).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
+    let l = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"10s\"\n{}",
+            target(
+                "db",
+                &l,
+                &format!(
+                    "hook_timeout = \"20s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 1.5; touch '{d}/finished'\" }}"
+                )
+            )
+        ),
+    )
+    .unwrap();
+    let mut tether = Running::start(&path);
+    poll(LIMIT, "hook started", || {
+        dir.path().join("started").exists()
+    });
+    let asked = std::time::Instant::now();
+    tether.signal(Signal::SIGTERM);
+    let status = tether.wait(LIMIT);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        dir.path().join("finished").exists(),
+        "the hook was allowed to finish"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "within the grace period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once() {
+    let l = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            target(
+                "db",
+                &l,
+                &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 60\" }}")
+            )
+        ),
+    )
+    .unwrap();
+    let mut tether = Running::start(&path);
+    poll(LIMIT, "hook started", || {
+        dir.path().join("started").exists()
+    });
+    tether.signal(Signal::SIGTERM);
+    tether.expect_log("shutting down", LIMIT);
+    tether.signal(Signal::SIGTERM);
+    let status = tether.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_for_changed_ones() {
+    let (a, b) = (
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+    );
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!("{}{}", target("keep", &a, ""), target("tune", &b, "")),
+        &rec,
+    );
+    rec.nth_event("keep", Event::Connect, 1, LIMIT).await;
+    rec.nth_event("tune", Event::Connect, 1, LIMIT).await;
+    sidecar
+        .reload(&format!(
+            "{}{}",
+            target("keep", &a, ""),
+            target("tune", &b, "failure_threshold = 9")
+        ))
+        .await;
+    poll(LIMIT, "tune reconnected", || b.accepted() == 2);
+    drop(b);
+    let (down, _) = rec.nth_event("tune", Event::Disconnect, 1, LIMIT).await;
+    assert_eq!(down.seq, 1, "numbering continues after the replacement");
+    assert_eq!(rec.events("keep"), [Event::Connect]);
+    assert_eq!(a.accepted(), 1);
+    sidecar.stop().await;
+}
+
+#[cfg(feature = "fault-injection")]
+mod faults {
+    use super::*;
+    use crate::harness::Record;
+    use tether::machine::State;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_panicking_actor_is_restarted_without_touching_the_others() {
+        let (a, b, c) = (
+            Listener::start(Behaviour::Hold).await,
+            Listener::start(Behaviour::Hold).await,
+            Listener::start(Behaviour::Hold).await,
+        );
+        tether::fault::panic_on_connect("crashes-once", 1);
+        let rec = Recorder::new();
+        let sidecar = Sidecar::start(
+            &format!(
+                "{}{}{}",
+                target("steady-a", &a, ""),
+                target("crashes-once", &b, ""),
+                target("steady-c", &c, "")
+            ),
+            &rec,
+        );
+        rec.nth_event("crashes-once", Event::Connect, 1, LIMIT)
+            .await;
+        rec.nth_event("steady-a", Event::Connect, 1, LIMIT).await;
+        rec.nth_event("steady-c", Event::Connect, 1, LIMIT).await;
+        let restarts = rec
+            .of("crashes-once")
+            .iter()
+            .filter(|r| matches!(r, Record::Restarted))
+            .count();
+        assert_eq!(restarts, 1);
+        assert_eq!((a.accepted(), b.accepted(), c.accepted()), (1, 1, 1));
+        assert!(
+            rec.of("steady-a")
+                .iter()
+                .all(|r| !matches!(r, Record::Restarted))
+        );
+        assert_eq!(
+            rec.events("crashes-once"),
+            [Event::Connect],
+            "the crash itself is no event"
+        );
+        sidecar.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_actor_crashing_beyond_its_intensity_marks_the_target_failed_once_then_recovers() {
+        let l = Listener::start(Behaviour::Hold).await;
+        tether::fault::panic_on_connect("crash-loop", 1000);
+        let rec = Recorder::new();
+        let sidecar = Sidecar::start(
+            &format!(
+                "[supervisor]\nmax_restarts = 3\nmax_seconds = 10\ncooldown = \"500ms\"\n{}",
+                target("crash-loop", &l, "")
+            ),
+            &rec,
+        );
+        let (failed, _) = rec.nth_event("crash-loop", Event::Failure, 1, LIMIT).await;
+        assert_eq!(failed.state, State::Failed);
+        let error = failed.last_error.as_deref().unwrap();
+        assert!(
+            error.contains("crashed 4 times") && error.contains("injected fault"),
+            "{error}"
+        );
+        assert_eq!(
+            rec.events("crash-loop"),
+            [Event::Disconnect, Event::Failure]
+        );
+
+        // The cause goes away; after the cool-down the target comes back and recovers.
+        tether::fault::panic_on_connect("crash-loop", 0);
+        rec.nth_event("crash-loop", Event::Recover, 1, LIMIT).await;
+        assert_eq!(
+            rec.events("crash-loop"),
+            [
+                Event::Disconnect,
+                Event::Failure,
+                Event::Connect,
+                Event::Recover
+            ]
+        );
+        let seqs: Vec<u64> = rec
+            .transitions("crash-loop")
+            .iter()
+            .map(|(t, _)| t.seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3], "numbering continued across restarts");
+        sidecar.stop().await;
+    }
+}
