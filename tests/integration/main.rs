@@ -6,6 +6,7 @@ mod config_errors;
 mod config_examples;
 mod harness;
 mod hooks;
+mod netns;
 mod receiver;
 mod servers;
 mod supervision;
