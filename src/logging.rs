@@ -1,6 +1,8 @@
 //! Log output: human text by default, JSON lines for log pipelines; the filter comes
 //! from `--log-level`, else `RUST_LOG`, else `info`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -14,8 +16,11 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // Colour only for a person at a terminal, never into a log pipeline.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

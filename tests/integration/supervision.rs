@@ -27,9 +27,13 @@ struct Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
-        let mut child = tether()
-            .args(["run", "--log-format", "text", "-c"])
-            .arg(config)
+        let mut cmd = tether();
+        cmd.args(["run", "-c"]).arg(config);
+        Running::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: std::process::Command) -> Running {
+        let mut child = cmd
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -411,4 +415,72 @@ mod faults {
         assert_eq!(seqs, [0, 1, 2, 3], "numbering continued across restarts");
         sidecar.stop().await;
     }
+}
+
+/// Runs `tether run` with the given open-files limits.
+fn start_with_nofile(config: &Path, soft: u64, hard: u64) -> Running {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = tether();
+    cmd.args(["run", "-c"]).arg(config);
+    // SAFETY: only async-signal-safe work (one setrlimit call) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                .map_err(std::io::Error::from)
+        });
+    }
+    Running::spawn(cmd)
+}
+
+fn open_files_limit(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_raises_the_open_files_limit_and_warns_when_targets_may_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Listener::start(Behaviour::Hold).await;
+    let small = dir.path().join("small.toml");
+    std::fs::write(
+        &small,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            target("one", &l, "")
+        ),
+    )
+    .unwrap();
+    let mut tether = start_with_nofile(&small, 256, 4096);
+    tether.expect_log("tether started", LIMIT);
+    assert_eq!(open_files_limit(tether.child.id()), "4096 4096");
+    tether.signal(Signal::SIGTERM);
+    assert!(tether.wait(LIMIT).success());
+
+    let many = dir.path().join("many.toml");
+    let targets: String = (0..100)
+        .map(|i| {
+            format!(
+                "[[targets]]\nname = \"t{i}\"\naddress = \"{}\"\n",
+                l.address()
+            )
+        })
+        .collect();
+    std::fs::write(
+        &many,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{targets}"),
+    )
+    .unwrap();
+    let mut tether = start_with_nofile(&many, 128, 128);
+    let warning = tether.expect_log("open-files limit may be too small", LIMIT);
+    assert!(warning.contains("targets=100"), "{warning}");
+    tether.signal(Signal::SIGTERM);
+    assert!(tether.wait(LIMIT).success());
 }
