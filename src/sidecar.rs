@@ -91,9 +91,11 @@ pub async fn run(
     supervisor.shutdown().await;
     let grace = current.supervisor.shutdown_grace.get();
     if !hooks.drain(grace).await {
+        let killed = reaper::kill_all();
         tracing::warn!(
             ?grace,
-            "hooks still running after the shutdown grace; leaving them"
+            killed,
+            "hooks still running after the shutdown grace were killed"
         );
     }
     tracing::info!("stopped");

@@ -38,6 +38,19 @@ pub fn reaped(pid: u32) {
     live().remove(&pid);
 }
 
+/// Kills every hook process still running, with its process group: shutdown's grace
+/// period is over. Returns how many groups were signalled.
+pub fn kill_all() -> usize {
+    let live = live();
+    for pid in live.iter() {
+        let _ = nix::sys::signal::killpg(
+            Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    live.len()
+}
+
 /// Makes orphans of this process's descendants its children, not init's.
 pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)

@@ -484,3 +484,48 @@ async fn startup_raises_the_open_files_limit_and_warns_when_targets_may_not_fit(
     tether.signal(Signal::SIGTERM);
     assert!(tether.wait(LIMIT).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_outliving_the_shutdown_grace_is_killed_and_tether_still_exits_0_in_time() {
+    let l = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"1s\"\n{}",
+            target(
+                "db",
+                &l,
+                &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"echo $$ > '{d}/hook'; sleep 60\" }}")
+            )
+        ),
+    )
+    .unwrap();
+    let mut tether = Running::start(&path);
+    let pid_file = dir.path().join("hook");
+    poll(LIMIT, "hook started", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let hook: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let asked = std::time::Instant::now();
+    tether.signal(Signal::SIGTERM);
+    let status = tether.wait(LIMIT);
+    assert!(status.success(), "{status:?}");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM with a 1 s grace"
+    );
+    tether.expect_log("killed", LIMIT);
+    poll(Duration::from_secs(5), "hook process gone", || {
+        !Path::new(&format!("/proc/{hook}")).exists()
+            || std::fs::read_to_string(format!("/proc/{hook}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+}
