@@ -11,5 +11,6 @@ pub mod logging;
 pub mod machine;
 pub mod net;
 pub mod observe;
+pub mod probe;
 pub mod sidecar;
 pub mod supervisor;
