@@ -5,6 +5,7 @@ mod cli;
 mod config_errors;
 mod config_examples;
 mod harness;
+mod moves;
 mod probes;
 mod servers;
 mod support;

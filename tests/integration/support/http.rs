@@ -25,6 +25,8 @@ pub enum Framing {
 #[derive(Default)]
 struct Counters {
     connections: AtomicUsize,
+    /// Connections accepted and not yet closed by either side.
+    open: AtomicUsize,
     requests: AtomicUsize,
 }
 
@@ -61,13 +63,19 @@ impl HttpServer {
                         continue;
                     };
                     counters.connections.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(serve(
+                    counters.open.fetch_add(1, Ordering::SeqCst);
+                    let counters = counters.clone();
+                    let serving = serve(
                         stream,
                         framing,
                         status.clone(),
                         counters.clone(),
                         requests.clone(),
-                    ));
+                    );
+                    connections.spawn(async move {
+                        serving.await;
+                        counters.open.fetch_sub(1, Ordering::SeqCst);
+                    });
                 }
             }
         });
@@ -96,6 +104,12 @@ impl HttpServer {
 
     pub fn connections(&self) -> usize {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections still open: a client closing one is seen at once, as the server is
+    /// always reading.
+    pub fn open_connections(&self) -> usize {
+        self.counters.open.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> usize {
