@@ -457,18 +457,95 @@ async fn an_http_service_that_closes_after_each_answer_gets_one_connection_per_c
     assert_eq!(http.connections(), http.requests());
 }
 
-// === Redis authentication, through the real binary ===
+// === Redis: -LOADING and authentication ===
+
+/// Sends one command to a test Redis and returns the first line of its reply.
+fn redis_command(port: u16, args: &[&str]) -> String {
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let mut exchange = Exchange::connect(port, Duration::from_secs(10)).unwrap();
+    exchange.send(command.as_bytes()).unwrap();
+    let reply = exchange.receive_until(b"\r\n", 512).unwrap();
+    String::from_utf8(reply).unwrap().trim_end().to_owned()
+}
 
 /// Makes the server require `password`, as a production Redis would.
 fn require_password(port: u16, password: &str) {
-    let mut exchange = Exchange::connect(port, Duration::from_secs(5)).unwrap();
-    let command = format!(
-        "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n${}\r\n{password}\r\n",
-        password.len()
+    assert_eq!(
+        redis_command(port, &["CONFIG", "SET", "requirepass", password]),
+        "+OK"
     );
-    exchange.send(command.as_bytes()).unwrap();
-    assert_eq!(exchange.receive_until(b"\r\n", 512).unwrap(), b"+OK\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loading_redis_is_unhealthy_until_its_dataset_is_in_memory() {
+    let primary = blocking(RedisServer::start);
+    let replica = blocking(RedisServer::start);
+    // A dataset the replica takes about two seconds (longer than a check interval) to load, during which it keeps
+    // answering clients, with -LOADING.
+    let filled = redis_command(
+        primary.port(),
+        &[
+            "EVAL",
+            "for i = 1, 20000 do redis.call('SET', 'key' .. i, i) end return 1",
+            "0",
+        ],
+    );
+    assert_eq!(filled, ":1");
+    // Send the dataset at once rather than after the default five-second grace.
+    assert_eq!(
+        redis_command(
+            primary.port(),
+            &["CONFIG", "SET", "repl-diskless-sync-delay", "0"]
+        ),
+        "+OK"
+    );
+    for (key, value) in [
+        ("key-load-delay", "100"),
+        ("loading-process-events-interval-bytes", "1024"),
+    ] {
+        assert_eq!(
+            redis_command(replica.port(), &["CONFIG", "SET", key, value]),
+            "+OK"
+        );
+    }
+
+    let rec = Recorder::new();
+    let config = format!(
+        "[[targets]]\nname = \"replica\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\n",
+        replica.addr()
+    );
+    let sup = watch(&config, &rec);
+    rec.nth_event("replica", Event::Connect, 1, LIMIT).await;
+
+    // A full resynchronisation makes the replica load the primary's dataset.
+    let started = Instant::now();
+    let port = primary.port().to_string();
+    assert_eq!(
+        redis_command(replica.port(), &["REPLICAOF", "127.0.0.1", &port]),
+        "+OK"
+    );
+    let (after, error) = lost_since(&rec, "replica", started).await;
+    assert!(
+        error.ends_with("PING answered -LOADING Redis is loading the dataset in memory"),
+        "unexpected reason {error:?}"
+    );
+    let (down, _) = rec.nth_event("replica", Event::Disconnect, 1, LIMIT).await;
+    assert!(
+        down.last_error.as_deref().unwrap().contains("-LOADING"),
+        "{down:?}"
+    );
+    let (_, up_at) = rec.nth_event("replica", Event::Connect, 2, LIMIT).await;
+    eprintln!(
+        "redis: loading noticed after {after:?}, up again {:?} after the resync began",
+        up_at.duration_since(started)
+    );
+    sup.shutdown().await;
+}
+
+// === Redis authentication, through the real binary ===
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_auth_takes_the_password_from_the_environment_and_never_logs_it() {
