@@ -1,13 +1,13 @@
 //! One-off checks for `tether probe` and `tether wait`, through the same connect path
-//! the sidecar uses.
+//! and probes the sidecar uses.
 
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::backoff::ReconnectBackoff;
-use crate::config::{self, Address, HumanDuration, Keepalive};
-use crate::net;
+use crate::config::{self, Address, HumanDuration, Keepalive, Probe};
+use crate::probe::{self, Prober};
 
 /// Keepalive settings for one-off connections, which are closed right away anyway.
 const ONE_OFF_KEEPALIVE: Keepalive = Keepalive {
@@ -28,10 +28,12 @@ pub const WAIT_BACKOFF: config::Backoff = config::Backoff {
 /// The longest a single attempt of `tether wait` may take.
 const WAIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Checks an address once; the error says why it is not healthy.
-pub async fn probe_once(address: &Address, limit: Duration) -> Result<(), String> {
-    match timeout(limit, net::connect(address, limit, &ONE_OFF_KEEPALIVE)).await {
-        Ok(Ok(_stream)) => Ok(()),
+/// Checks an address once with `probe`; the error says why it is not healthy.
+pub async fn probe_once(address: &Address, probe: &Probe, limit: Duration) -> Result<(), String> {
+    let prober = Prober::new(probe, address);
+    let attempt = probe::connect(address, &prober, limit, &ONE_OFF_KEEPALIVE);
+    match timeout(limit, attempt).await {
+        Ok(Ok(_connection)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("{address}: no answer within {limit:?}")),
     }
@@ -41,14 +43,16 @@ pub async fn probe_once(address: &Address, limit: Duration) -> Result<(), String
 /// failing, with their last error.
 pub async fn wait_all(
     addresses: &[Address],
+    probe: &Probe,
     limit: Duration,
 ) -> Result<(), Vec<(Address, String)>> {
     let deadline = Instant::now() + limit;
     let mut set = tokio::task::JoinSet::new();
     for address in addresses {
         let address = address.clone();
+        let probe = probe.clone();
         set.spawn(async move {
-            let result = wait_one(&address, deadline).await;
+            let result = wait_one(&address, &probe, deadline).await;
             (address, result)
         });
     }
@@ -66,7 +70,7 @@ pub async fn wait_all(
     }
 }
 
-async fn wait_one(address: &Address, deadline: Instant) -> Result<(), String> {
+async fn wait_one(address: &Address, probe: &Probe, deadline: Instant) -> Result<(), String> {
     let started = Instant::now();
     let mut backoff = ReconnectBackoff::new(&WAIT_BACKOFF);
     let mut reported = false;
@@ -75,7 +79,7 @@ async fn wait_one(address: &Address, deadline: Instant) -> Result<(), String> {
         if left.is_zero() {
             return Err("timed out".to_owned());
         }
-        match probe_once(address, left.min(WAIT_ATTEMPT_TIMEOUT)).await {
+        match probe_once(address, probe, left.min(WAIT_ATTEMPT_TIMEOUT)).await {
             Ok(()) => {
                 say(format_args!(
                     "{address} is up (after {:.1?})",

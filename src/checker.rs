@@ -2,10 +2,14 @@
 //! end from the socket's readiness (not by polling), feeds what it saw to the state
 //! machine and does what the machine says.
 //!
-//! A healthy, idle target costs one registered socket and no timer: the kernel's
-//! keepalive watches for silent peer death, and the task sleeps until the socket turns
-//! readable.
+//! A healthy, idle `tcp` target at an IP address costs one registered socket and no
+//! timer: the kernel's keepalive watches for silent peer death, and the task sleeps
+//! until the socket turns readable. Two things add a timer while up: a protocol probe,
+//! which checks the server again at every keepalive interval, and a host name, which is
+//! resolved again every `resolve_interval` so that a moved target is followed.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -17,11 +21,14 @@ use crate::config::Target;
 use crate::machine::{Input, Machine, Next, Snapshot};
 use crate::net::{self, Readiness};
 use crate::observe::Observer;
+use crate::probe::{self, Connection, Prober};
 
 /// One target's actor.
 pub struct Checker {
     /// The target's settings; shared with the supervisor and the listeners.
     target: Arc<Target>,
+    /// The target's probe, with its settings read once at start.
+    prober: Prober,
     machine: Machine,
     /// Receives every report, synchronously and in order.
     observer: Arc<dyn Observer>,
@@ -32,6 +39,21 @@ pub struct Checker {
     memory: Arc<Mutex<Snapshot>>,
 }
 
+/// The connection an up target holds, and what is due on it.
+struct Link {
+    conn: Connection,
+    /// When the probe runs again; `None` for `tcp`, which has nothing to ask.
+    next_check: Option<Instant>,
+    /// When the host name is resolved again; `None` for an IP address.
+    next_resolve: Option<Instant>,
+}
+
+/// What woke a held connection's task.
+enum Wake {
+    Readable(io::Result<()>),
+    Timer,
+}
+
 impl Checker {
     pub fn new(
         target: Arc<Target>,
@@ -40,8 +62,10 @@ impl Checker {
         memory: Arc<Mutex<Snapshot>>,
     ) -> Checker {
         let machine = Machine::resume(&target, &memory.lock().unwrap_or_else(|p| p.into_inner()));
+        let prober = Prober::new(&target.probe, &target.address);
         Checker {
             target,
+            prober,
             machine,
             observer,
             cancel,
@@ -53,7 +77,7 @@ impl Checker {
     pub async fn run(mut self) {
         self.observer.started(&self.target);
         let mut next = Next::ConnectNow;
-        let mut held: Option<TcpStream> = None;
+        let mut held: Option<Link> = None;
         loop {
             let input = tokio::select! {
                 biased;
@@ -70,7 +94,7 @@ impl Checker {
     }
 
     /// Carries out `next` and returns what came of it.
-    async fn observe(&self, next: Next, held: &mut Option<TcpStream>) -> Input {
+    async fn observe(&self, next: Next, held: &mut Option<Link>) -> Input {
         match next {
             Next::ConnectNow => self.attempt(held).await,
             Next::ConnectAfter(delay) => {
@@ -78,53 +102,176 @@ impl Checker {
                 self.attempt(held).await
             }
             Next::Hold { until } => match held {
-                Some(stream) => self.hold(stream, until).await,
+                Some(link) => self.hold(link, until).await,
                 None => Input::Lost("no connection held".into()),
             },
         }
     }
 
-    async fn attempt(&self, held: &mut Option<TcpStream>) -> Input {
+    /// One connect attempt: resolve, handshake, and the first probe, which decides
+    /// whether the attempt succeeded.
+    async fn attempt(&self, held: &mut Option<Link>) -> Input {
         *held = None;
         #[cfg(feature = "fault-injection")]
         crate::fault::check(&self.target.name);
         let t = &self.target;
         let started = Instant::now();
-        let result = net::connect(&t.address, t.connect_timeout.get(), &t.keepalive).await;
+        let result = probe::connect(
+            &t.address,
+            &self.prober,
+            t.connect_timeout.get(),
+            &t.keepalive,
+        )
+        .await;
         self.observer.attempt(t, result.is_ok(), started.elapsed());
         match result {
-            Ok(stream) => {
-                *held = Some(stream);
+            Ok(conn) => {
+                *held = Some(self.link(conn));
                 Input::Connected
             }
             Err(e) => Input::ConnectFailed(e.to_string().into()),
         }
     }
 
-    /// Waits until the held connection ends or `until` passes.
-    async fn hold(&self, stream: &TcpStream, until: Option<Instant>) -> Input {
-        let deadline = async {
-            match until {
-                Some(at) => sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
+    fn link(&self, conn: Connection) -> Link {
+        let now = Instant::now();
+        let t = &self.target;
+        Link {
+            conn,
+            next_check: self
+                .prober
+                .is_periodic()
+                .then(|| now + t.keepalive.interval.get()),
+            next_resolve: t
+                .address
+                .ip()
+                .is_none()
+                .then(|| now + t.resolve_interval.get()),
+        }
+    }
+
+    /// Waits until the held connection ends, a check fails, or `until` passes; runs the
+    /// checks and re-resolutions that fall due meanwhile.
+    async fn hold(&self, link: &mut Link, until: Option<Instant>) -> Input {
         loop {
-            tokio::select! {
-                ready = stream.readable() => {
+            let wake_at = [until, link.next_check, link.next_resolve]
+                .into_iter()
+                .flatten()
+                .min();
+            let woke = tokio::select! {
+                biased;
+                ready = readable(link.conn.stream.as_ref()) => Wake::Readable(ready),
+                () = sleep_until_some(wake_at) => Wake::Timer,
+            };
+            match woke {
+                Wake::Readable(ready) => {
                     let reason = match ready {
                         Err(e) => net::describe(&e),
-                        Ok(()) => match net::drain(stream) {
-                            Readiness::Closed(reason) => reason,
-                            Readiness::Data(_) | Readiness::Nothing => continue,
+                        Ok(()) => match link.conn.stream.as_ref().map(net::drain) {
+                            Some(Readiness::Closed(reason)) => reason,
+                            _ => continue,
                         },
                     };
-                    self.observer.lost(&self.target, &reason);
-                    return Input::Lost(reason.into());
+                    return self.lost(reason);
                 }
-                () = &mut deadline => return Input::Tick,
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if until.is_some_and(|at| now >= at) {
+                        return Input::Tick;
+                    }
+                    if link.next_check.is_some_and(|at| now >= at) {
+                        if let Err(reason) = self.recheck(link).await {
+                            return self.lost(reason);
+                        }
+                    }
+                    if link.next_resolve.is_some_and(|at| now >= at) {
+                        self.follow(link).await;
+                    }
+                }
             }
         }
+    }
+
+    fn lost(&self, reason: String) -> Input {
+        self.observer.lost(&self.target, &reason);
+        Input::Lost(reason.into())
+    }
+
+    /// Probes the server again (see [`probe::recheck`]) and schedules the next check.
+    async fn recheck(&self, link: &mut Link) -> Result<(), String> {
+        let t = &self.target;
+        probe::recheck(
+            &mut link.conn,
+            &self.prober,
+            t.connect_timeout.get(),
+            &t.keepalive,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        link.next_check = Some(Instant::now() + t.keepalive.interval.get());
+        Ok(())
+    }
+
+    /// Resolves the target's name again; if the held address is no longer among the
+    /// answers (a DNS failover, a re-pointed service), connects to a new address first
+    /// and only then lets go of the old one, so the move costs no `down`. If no new
+    /// address answers, the old connection is kept until the next resolution.
+    async fn follow(&self, link: &mut Link) {
+        let t = &self.target;
+        link.next_resolve = Some(Instant::now() + t.resolve_interval.get());
+        let limit = t.connect_timeout.get();
+        let addrs = match net::resolve(&t.address, limit).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::debug!(target_name = %t.name, error = %e, "re-resolution failed; keeping the connection");
+                return;
+            }
+        };
+        let from = link.conn.peer;
+        if addrs.iter().any(|a| same_endpoint(*a, from)) {
+            return;
+        }
+        match probe::connect_any(&t.address, &addrs, &self.prober, limit, &t.keepalive).await {
+            Ok(conn) => {
+                let to = conn.peer;
+                let next_resolve = link.next_resolve;
+                *link = self.link(conn);
+                link.next_resolve = next_resolve;
+                tracing::info!(
+                    target_name = %t.name,
+                    address = %t.address,
+                    %from,
+                    %to,
+                    "{} moved from {from} to {to}", t.name,
+                );
+                self.observer.address_changed(t, from, to);
+            }
+            Err(e) => tracing::warn!(
+                target_name = %t.name,
+                address = %t.address,
+                %from,
+                error = %e,
+                "{} now resolves elsewhere, but no new address answers; keeping {from}", t.name,
+            ),
+        }
+    }
+}
+
+/// The same IP and port; IPv6 flow labels and scopes do not make another server.
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip() == b.ip() && a.port() == b.port()
+}
+
+async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
+    match stream {
+        Some(stream) => stream.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::duration;
+use crate::config::{self, duration};
 
 /// Holds a connection to each dependency of an application, notices the moment it
 /// dies, reconnects with backoff, and runs hooks so the application can switch to a
@@ -110,6 +110,31 @@ pub struct CheckArgs {
 pub enum ProbeKind {
     /// The TCP handshake completes
     Tcp,
+    /// PING is answered by +PONG (or -NOAUTH)
+    Redis,
+    /// An SSLRequest is answered by S or N
+    Postgres,
+    /// The server greets with a protocol-10 handshake (MySQL, MariaDB)
+    Mysql,
+    /// GET / is answered by 200
+    Http,
+}
+
+impl ProbeKind {
+    /// The probe with the same defaults a config file gets for a bare kind.
+    pub fn probe(self) -> config::Probe {
+        match self {
+            ProbeKind::Tcp => config::Probe::Tcp,
+            ProbeKind::Redis => config::Probe::Redis { password_env: None },
+            ProbeKind::Postgres => config::Probe::Postgres,
+            ProbeKind::Mysql => config::Probe::Mysql,
+            ProbeKind::Http => config::Probe::Http {
+                path: config::builtin::HTTP_PATH.to_owned(),
+                expect_status: config::builtin::HTTP_STATUS,
+                host: None,
+            },
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 pub use address::{Address, AddressError};
 pub use duration::HumanDuration;
+pub use validate::builtin;
 
 /// Where `tether run` looks when neither `-c` nor `$TETHER_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "tether.toml";

@@ -14,5 +14,6 @@ pub mod logging;
 pub mod machine;
 pub mod net;
 pub mod observe;
+pub mod probe;
 pub mod sidecar;
 pub mod supervisor;

@@ -63,10 +63,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Probe {
-            address, timeout, ..
+            address,
+            check: args,
+            timeout,
         } => {
             let address = parse_address(&address)?;
-            let result = runtime()?.block_on(check::probe_once(&address, timeout));
+            let probe = args.probe.probe();
+            let result = runtime()?.block_on(check::probe_once(&address, &probe, timeout));
             Ok(match result {
                 Ok(()) => {
                     println!("{address} is healthy");
@@ -79,13 +82,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Wait {
-            addresses, timeout, ..
+            addresses,
+            check: args,
+            timeout,
         } => {
+            let probe = args.probe.probe();
             let addresses = addresses
                 .iter()
                 .map(|a| parse_address(a))
                 .collect::<anyhow::Result<Vec<Address>>>()?;
-            let result = runtime()?.block_on(check::wait_all(&addresses, timeout));
+            let result = runtime()?.block_on(check::wait_all(&addresses, &probe, timeout));
             Ok(match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(failed) => {

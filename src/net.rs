@@ -40,11 +40,31 @@ pub enum ConnectError {
     },
 }
 
-fn and_others(n: usize) -> String {
+/// " (and N other addresses)" for an error that names only the last address tried.
+pub(crate) fn and_others(n: usize) -> String {
     match n {
         0 => String::new(),
         1 => " (and 1 other address)".to_owned(),
         n => format!(" (and {n} other addresses)"),
+    }
+}
+
+impl ConnectError {
+    /// The same error, saying that `others` more addresses failed as well.
+    pub fn with_others(self, others: usize) -> ConnectError {
+        match self {
+            ConnectError::Connect { addr, source, .. } => ConnectError::Connect {
+                addr,
+                source,
+                others,
+            },
+            ConnectError::Timeout { addr, after, .. } => ConnectError::Timeout {
+                addr,
+                after,
+                others,
+            },
+            other => other,
+        }
     }
 }
 
@@ -114,22 +134,9 @@ pub async fn connect(
             Err(e) => last = Some(e),
         }
     }
-    let others = total - 1;
-    Err(
-        match last.expect("resolution returned at least one address") {
-            ConnectError::Connect { addr, source, .. } => ConnectError::Connect {
-                addr,
-                source,
-                others,
-            },
-            ConnectError::Timeout { addr, after, .. } => ConnectError::Timeout {
-                addr,
-                after,
-                others,
-            },
-            other => other,
-        },
-    )
+    Err(last
+        .expect("resolution returned at least one address")
+        .with_others(total - 1))
 }
 
 /// Connects to one address with keepalive and `TCP_USER_TIMEOUT` already set, so the

@@ -4,10 +4,12 @@
 // Shared by every test module, and no single module uses all of it.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod mariadb;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod sidecar;
 
 use std::env;
 use std::fs;

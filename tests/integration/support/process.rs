@@ -475,7 +475,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// Linux sends the parent-death signal when the *thread* that forked the child exits, not the
 /// process. Test threads (and tokio's blocking-pool threads) come and go, so all spawning is done
 /// by one thread that lives as long as the test binary.
-fn spawn(mut command: Command) -> io::Result<Child> {
+pub fn spawn(mut command: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (requests, incoming) = mpsc::channel::<SpawnRequest>();

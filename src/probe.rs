@@ -1,0 +1,363 @@
+//! Protocol probes: what "healthy" means on the wire for each kind of target, and the
+//! connect path (resolve, TCP handshake, first probe) that the sidecar, `tether probe`
+//! and `tether wait` all share.
+//!
+//! A TCP handshake only proves that a kernel accepts connections: a frozen or wedged
+//! server still completes it from its listen backlog. A probe makes the server itself
+//! answer. Each protocol lives in its own module behind [`Protocol`]; [`Prober`] picks
+//! one for a target's settings.
+
+mod http;
+mod mysql;
+mod postgres;
+mod redis;
+mod tcp;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{self, Address, Keepalive};
+use crate::net::{self, ConnectError};
+
+/// What a healthy answer leaves of the connection it was given on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Afterwards {
+    /// The connection can carry the next check (Redis, HTTP keep-alive, TCP).
+    Reuse,
+    /// The connection stays open and is held to notice its closure, but cannot carry
+    /// another check: the next one needs a fresh connection (PostgreSQL and MySQL, whose
+    /// only unauthenticated exchange is the opening one).
+    Hold,
+    /// The server is closing the connection (HTTP `Connection: close`, a MySQL error
+    /// packet): holding it would only produce a reconnect, so it is dropped and checks
+    /// run on fresh connections.
+    Drop,
+}
+
+/// Why a probe found a server unhealthy, worded for `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{}", net::describe(.0))]
+    Io(#[from] io::Error),
+    #[error("connection closed before the answer")]
+    Closed,
+    /// The server answered, but not with what healthy means for this protocol.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// The answer is not this protocol at all (a wrong port, a proxy's error page).
+    #[error("not a {protocol} answer: {detail}")]
+    Garbled {
+        protocol: &'static str,
+        detail: String,
+    },
+}
+
+/// One protocol's check.
+pub trait Protocol {
+    /// Asks the server on `stream` whether it is healthy. `stream` is either `fresh` (the
+    /// TCP handshake just completed) or the connection this protocol said it could reuse.
+    /// The caller bounds the time; a check only needs to read until it can decide.
+    fn check(
+        &self,
+        stream: &mut TcpStream,
+        fresh: bool,
+    ) -> impl Future<Output = Result<Afterwards, ProbeError>> + Send;
+}
+
+/// The probe of one target, ready to run: settings resolved (the Redis password read from
+/// its environment variable) once, when the target's actor starts.
+#[derive(Debug)]
+pub enum Prober {
+    Tcp(tcp::Tcp),
+    Redis(redis::Redis),
+    Postgres(postgres::Postgres),
+    Mysql(mysql::Mysql),
+    Http(http::Http),
+}
+
+impl Prober {
+    /// Builds the probe for `probe`; `address` is the target's, for the HTTP `Host` header.
+    pub fn new(probe: &config::Probe, address: &Address) -> Prober {
+        match probe {
+            config::Probe::Tcp => Prober::Tcp(tcp::Tcp),
+            config::Probe::Redis { password_env } => {
+                Prober::Redis(redis::Redis::from_env(password_env.as_deref()))
+            }
+            config::Probe::Postgres => Prober::Postgres(postgres::Postgres),
+            config::Probe::Mysql => Prober::Mysql(mysql::Mysql),
+            config::Probe::Http {
+                path,
+                expect_status,
+                host,
+            } => Prober::Http(http::Http::new(
+                path,
+                *expect_status,
+                host.clone().unwrap_or_else(|| address.to_string()),
+            )),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Prober::Tcp(_) => "tcp",
+            Prober::Redis(_) => "redis",
+            Prober::Postgres(_) => "postgres",
+            Prober::Mysql(_) => "mysql",
+            Prober::Http(_) => "http",
+        }
+    }
+
+    /// Whether a held connection is checked again at every keepalive interval. Not for
+    /// `tcp`: the kernel's keepalive watches its connection, and a healthy idle target
+    /// costs no timer.
+    pub fn is_periodic(&self) -> bool {
+        !matches!(self, Prober::Tcp(_))
+    }
+
+    /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the
+    /// server `limit` to answer.
+    pub async fn check(
+        &self,
+        stream: &mut TcpStream,
+        fresh: bool,
+        limit: Duration,
+    ) -> Result<Afterwards, ProbeError> {
+        let check = async {
+            match self {
+                Prober::Tcp(p) => p.check(stream, fresh).await,
+                Prober::Redis(p) => p.check(stream, fresh).await,
+                Prober::Postgres(p) => p.check(stream, fresh).await,
+                Prober::Mysql(p) => p.check(stream, fresh).await,
+                Prober::Http(p) => p.check(stream, fresh).await,
+            }
+        };
+        timeout(limit, check)
+            .await
+            .unwrap_or(Err(ProbeError::Timeout(limit)))
+    }
+}
+
+/// Why a connect attempt (handshake and first probe) failed, worded for `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{kind} probe {addr}: {source}{}", net::and_others(*.others))]
+    Probe {
+        kind: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: ProbeError,
+        /// How many other resolved addresses failed too.
+        others: usize,
+    },
+}
+
+/// A connection whose server passed its first probe.
+#[derive(Debug)]
+pub struct Connection {
+    /// `None` when the server closes the connection after its answer (see
+    /// [`Afterwards::Drop`]): there is nothing to hold, and checks use fresh connections.
+    pub stream: Option<TcpStream>,
+    /// The address that answered; later checks and moves compare against it.
+    pub peer: SocketAddr,
+    /// Whether `stream` can carry the next check.
+    pub reusable: bool,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, after: Afterwards) -> Connection {
+        Connection {
+            stream: (after != Afterwards::Drop).then_some(stream),
+            peer,
+            reusable: after == Afterwards::Reuse,
+        }
+    }
+}
+
+/// Resolves `address` and connects to the first of its addresses whose server passes the
+/// probe, each address within `connect_timeout` for the handshake and again for the probe.
+pub async fn connect(
+    address: &Address,
+    prober: &Prober,
+    connect_timeout: Duration,
+    keepalive: &Keepalive,
+) -> Result<Connection, AttemptError> {
+    let addrs = net::resolve(address, connect_timeout).await?;
+    connect_any(address, &addrs, prober, connect_timeout, keepalive).await
+}
+
+/// Connects to the first of `addrs` (resolved from `address`) whose server passes the
+/// probe; the error is the last address's, with a count of the others that failed.
+pub async fn connect_any(
+    address: &Address,
+    addrs: &[SocketAddr],
+    prober: &Prober,
+    connect_timeout: Duration,
+    keepalive: &Keepalive,
+) -> Result<Connection, AttemptError> {
+    let mut last = None;
+    for &addr in addrs {
+        match connect_one(addr, prober, connect_timeout, keepalive).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => last = Some(e),
+        }
+    }
+    let others = addrs.len().saturating_sub(1);
+    Err(match last {
+        None => AttemptError::Connect(ConnectError::NoAddresses {
+            host: address.host().to_owned(),
+        }),
+        Some(AttemptError::Probe {
+            kind, addr, source, ..
+        }) => AttemptError::Probe {
+            kind,
+            addr,
+            source,
+            others,
+        },
+        Some(AttemptError::Connect(e)) => AttemptError::Connect(e.with_others(others)),
+    })
+}
+
+/// Connects to one address and runs the first probe on the new connection.
+pub async fn connect_one(
+    addr: SocketAddr,
+    prober: &Prober,
+    connect_timeout: Duration,
+    keepalive: &Keepalive,
+) -> Result<Connection, AttemptError> {
+    let mut stream = net::connect_addr(addr, connect_timeout, keepalive).await?;
+    match prober.check(&mut stream, true, connect_timeout).await {
+        Ok(after) => Ok(Connection::new(stream, addr, after)),
+        Err(source) => Err(AttemptError::Probe {
+            kind: prober.kind(),
+            addr,
+            source,
+            others: 0,
+        }),
+    }
+}
+
+/// Checks the server of `conn` again: on its held stream if that can carry another
+/// exchange, else on a fresh connection to the same address, which then replaces the held
+/// one (so an unauthenticated session is never held for longer than an interval).
+pub async fn recheck(
+    conn: &mut Connection,
+    prober: &Prober,
+    limit: Duration,
+    keepalive: &Keepalive,
+) -> Result<(), AttemptError> {
+    match conn.stream.as_mut() {
+        Some(stream) if conn.reusable => {
+            let after =
+                prober
+                    .check(stream, false, limit)
+                    .await
+                    .map_err(|source| AttemptError::Probe {
+                        kind: prober.kind(),
+                        addr: conn.peer,
+                        source,
+                        others: 0,
+                    })?;
+            conn.reusable = after == Afterwards::Reuse;
+            if after == Afterwards::Drop {
+                conn.stream = None;
+            }
+        }
+        _ => *conn = connect_one(conn.peer, prober, limit, keepalive).await?,
+    }
+    Ok(())
+}
+
+/// Reads one line ending in CRLF (returned without it), refusing to read more than
+/// `limit` bytes: a server's answer is trusted for nothing, not even its length.
+async fn read_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    limit: usize,
+    protocol: &'static str,
+) -> Result<Vec<u8>, ProbeError> {
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Err(ProbeError::Closed);
+        }
+        let (taken, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..taken]);
+        reader.consume(taken);
+        if line.len() > limit {
+            return Err(ProbeError::Garbled {
+                protocol,
+                detail: format!("a line longer than {limit} bytes"),
+            });
+        }
+        if done {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(line);
+        }
+    }
+}
+
+/// Shows a server's answer in an error message: lossy UTF-8, control characters escaped,
+/// cut at a readable length.
+fn quote(bytes: &[u8]) -> String {
+    const SHOWN: usize = 120;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if bytes.len() > SHOWN {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_up_to_crlf_and_not_beyond_the_limit() {
+        let mut input: &[u8] = b"+PONG\r\nrest";
+        assert_eq!(read_line(&mut input, 64, "redis").await.unwrap(), b"+PONG");
+        assert_eq!(input, b"rest");
+
+        let mut long: &[u8] = &[b'a'; 100];
+        assert!(matches!(
+            read_line(&mut long, 10, "redis").await,
+            Err(ProbeError::Garbled { .. })
+        ));
+
+        let mut cut: &[u8] = b"+PO";
+        assert!(matches!(
+            read_line(&mut cut, 64, "redis").await,
+            Err(ProbeError::Closed)
+        ));
+    }
+
+    #[test]
+    fn answers_are_quoted_readably_and_briefly() {
+        assert_eq!(quote(b"-ERR x\r\n"), "-ERR x\\r\\n");
+        assert!(quote(&[b'x'; 500]).ends_with('…'));
+    }
+}

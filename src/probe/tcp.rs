@@ -1,0 +1,16 @@
+//! The `tcp` probe: a completed handshake is healthy, and the held connection is watched
+//! by readiness and the kernel's keepalive alone.
+
+use tokio::net::TcpStream;
+
+use super::{Afterwards, ProbeError, Protocol};
+
+/// Nothing to say on the wire: the handshake already happened.
+#[derive(Debug)]
+pub struct Tcp;
+
+impl Protocol for Tcp {
+    async fn check(&self, _stream: &mut TcpStream, _fresh: bool) -> Result<Afterwards, ProbeError> {
+        Ok(Afterwards::Reuse)
+    }
+}
