@@ -97,6 +97,27 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+
+    /// Show a running sidecar's targets, read from its /status
+    ///
+    /// Exit status: 0 every required target is up, 1 not, 2 the sidecar cannot be
+    /// reached.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+
+        /// The sidecar's /status [default: from the config's server.listen]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+
+        /// Print the /status document as it came, instead of a table
+        #[arg(long)]
+        json: bool,
+
+        /// Refresh every second until interrupted
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -7,11 +7,21 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::observe::{LogObserver, Observers};
 use crate::supervisor::Supervisor;
+use crate::telemetry::{Telemetry, TelemetryError};
 
 /// Runs the sidecar for `config` until `shutdown` resolves, then stops every actor.
-pub async fn run(config: Config, extra: Observers, shutdown: impl Future<Output = ()>) {
+/// Fails at start, before connecting anywhere, if the HTTP port cannot be bound or the
+/// state file cannot be written.
+pub async fn run(
+    config: Config,
+    extra: Observers,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TelemetryError> {
     raise_open_files_limit(config.targets.len());
-    let observers = extra.with(Arc::new(LogObserver));
+    let telemetry = Telemetry::start(&config).await?;
+    let observers = extra
+        .with(Arc::new(telemetry.observers()))
+        .with(Arc::new(LogObserver));
     let supervisor = Supervisor::start(&config, Arc::new(observers));
     tracing::info!(
         targets = supervisor.len(),
@@ -20,8 +30,11 @@ pub async fn run(config: Config, extra: Observers, shutdown: impl Future<Output 
     );
     shutdown.await;
     tracing::info!("shutting down");
+    telemetry.stopping();
     supervisor.shutdown().await;
+    telemetry.stop().await;
     tracing::info!("stopped");
+    Ok(())
 }
 
 /// Each target holds a socket and a few more may be open while reconnecting; the

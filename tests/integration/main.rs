@@ -4,7 +4,9 @@
 mod cli;
 mod config_errors;
 mod config_examples;
+mod endpoint;
 mod harness;
+mod http;
 mod servers;
 mod support;
 mod watcher;
