@@ -17,6 +17,7 @@ use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::timeout;
 
 use crate::machine::State;
@@ -206,6 +207,11 @@ pub fn exit_code(result: &Result<(Document, Bytes), FetchError>) -> u8 {
 pub async fn run(url: &Url, output: Output, watch: bool) -> u8 {
     let mut stdout = std::io::stdout();
     let mut first = true;
+    // Created before the first fetch, so an interrupt that arrives while fetching is
+    // kept for the wait that follows instead of being lost.
+    let mut interrupt = watch
+        .then(|| signal(SignalKind::interrupt()).ok())
+        .flatten();
     loop {
         let result = fetch(url).await;
         let code = exit_code(&result);
@@ -244,8 +250,18 @@ pub async fn run(url: &Url, output: Output, watch: bool) -> u8 {
         }
         tokio::select! {
             () = tokio::time::sleep(WATCH_INTERVAL) => {}
-            _ = tokio::signal::ctrl_c() => return code,
+            () = interrupted(&mut interrupt) => return code,
         }
+    }
+}
+
+async fn interrupted(interrupt: &mut Option<Signal>) {
+    match interrupt {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        // No handler could be installed: the default action ends the process.
+        None => std::future::pending().await,
     }
 }
 

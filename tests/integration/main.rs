@@ -7,6 +7,8 @@ mod config_examples;
 mod endpoint;
 mod harness;
 mod http;
+mod metrics;
 mod servers;
+mod status_cmd;
 mod support;
 mod watcher;
