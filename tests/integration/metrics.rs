@@ -294,3 +294,21 @@ async fn promtool_finds_nothing_to_fix_in_the_exposition() {
         out.status
     );
 }
+
+#[test]
+fn promtool_accepts_the_shipped_alerting_rules() {
+    let Some(mut promtool) = promtool() else {
+        return;
+    };
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/tether-alerts.yml"
+    );
+    let out = promtool.args(["check", "rules", rules]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
