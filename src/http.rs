@@ -22,7 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,8 @@ impl Default for Limits {
 const MAX_HEAD_BYTES: usize = 8192;
 /// Header lines a request may carry.
 const MAX_HEADERS: usize = 32;
+/// Connections the kernel may queue before the server accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -91,9 +93,20 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr`; a port of 0 picks a free one (see [`HttpServer::local_addr`]).
     pub async fn bind(addr: SocketAddr, app: App, limits: Limits) -> Result<HttpServer, HttpError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| HttpError::Bind { addr, source })?;
+        let bind = || {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // A restarted sidecar must not wait for its old connections' TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            // Room for a burst of connections while the accept loop displaces old ones
+            // (the default of 128 would make a flood stall new clients in the kernel).
+            socket.listen(LISTEN_BACKLOG)
+        };
+        let listener = bind().map_err(|source| HttpError::Bind { addr, source })?;
         Ok(HttpServer {
             listener,
             app,
@@ -246,7 +259,7 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(respond(&app, &req)) }
+        async move { Ok::<_, Infallible>(respond(app, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -272,8 +285,10 @@ fn log_end(result: Result<(), hyper::Error>) {
 
 // === the endpoints ===
 
-/// Answers one request. Synchronous on purpose: every answer comes from memory.
-fn respond(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one request. Every answer comes from memory; only the two documents that
+/// grow with the number of targets are built on the blocking pool, so that encoding
+/// thousands of series never holds up a runtime thread that checkers need.
+async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
         res.headers_mut()
@@ -283,25 +298,41 @@ fn respond(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.body().size_hint().exact() != Some(0) {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "a GET carries no body\n");
     }
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => readyz(&app.status),
-        "/status" => body(
-            StatusCode::OK,
-            "application/json",
-            app.status.document_json(),
-        ),
-        "/metrics" => match app.metrics.encode() {
-            Ok(out) => body(StatusCode::OK, metrics::CONTENT_TYPE, out),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode metrics");
-                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
-            }
-        },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz or /status\n",
-        ),
+    let document: fn(&App) -> Response<Full<Bytes>> = match req.uri().path() {
+        "/healthz" => return text(StatusCode::OK, "ok\n"),
+        "/readyz" => return readyz(&app.status),
+        "/status" => status_document,
+        "/metrics" => metrics_exposition,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz, /readyz or /status\n",
+            );
+        }
+    };
+    tokio::task::spawn_blocking(move || document(&app))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "building an HTTP answer failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        })
+}
+
+fn status_document(app: &App) -> Response<Full<Bytes>> {
+    body(
+        StatusCode::OK,
+        "application/json",
+        app.status.document_json(),
+    )
+}
+
+fn metrics_exposition(app: &App) -> Response<Full<Bytes>> {
+    match app.metrics.encode() {
+        Ok(out) => body(StatusCode::OK, metrics::CONTENT_TYPE, out),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+        }
     }
 }
 
