@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::duration;
+use crate::status_view::{Url, UrlError};
 
 /// Holds a connection to each dependency of an application, notices the moment it
 /// dies, reconnects with backoff, and runs hooks so the application can switch to a
@@ -107,8 +108,8 @@ pub enum Command {
         config: ConfigArg,
 
         /// The sidecar's /status [default: from the config's server.listen]
-        #[arg(long, value_name = "URL")]
-        url: Option<String>,
+        #[arg(long, value_name = "URL", value_parser = parse_url)]
+        url: Option<Url>,
 
         /// Print the /status document as it came, instead of a table
         #[arg(long)]
@@ -131,6 +132,10 @@ pub struct CheckArgs {
 pub enum ProbeKind {
     /// The TCP handshake completes
     Tcp,
+}
+
+fn parse_url(s: &str) -> Result<Url, String> {
+    s.parse().map_err(|e: UrlError| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -73,6 +73,8 @@ impl Default for Limits {
 const MAX_HEAD_BYTES: usize = 8192;
 /// Header lines a request may carry.
 const MAX_HEADERS: usize = 32;
+/// Targets named in a 503 from `/readyz`; `/status` has them all.
+const READYZ_NAMES: usize = 10;
 /// Connections the kernel may queue before the server accepts them.
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -180,6 +182,8 @@ impl HttpServer {
         tracker.close();
         if timeout(limits.close_grace, tracker.wait()).await.is_err() {
             tracing::warn!("HTTP connections still open after the grace period; dropping them");
+            conns.evict_all();
+            tracker.wait().await;
         }
     }
 }
@@ -219,6 +223,12 @@ impl Connections {
 
     fn evict_oldest(&self) {
         if let Some((_, token)) = self.lock().open.pop_first() {
+            token.cancel();
+        }
+    }
+
+    fn evict_all(&self) {
+        for token in std::mem::take(&mut self.lock().open).into_values() {
             token.cancel();
         }
     }
@@ -344,9 +354,19 @@ fn readyz(status: &Status) -> Response<Full<Bytes>> {
         return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
     }
     let waiting = status.not_ready();
+    // A mass outage must not turn a probe's answer into a document.
+    let mut names = waiting
+        .iter()
+        .take(READYZ_NAMES)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if waiting.len() > READYZ_NAMES {
+        names.push_str(&format!(" and {} more", waiting.len() - READYZ_NAMES));
+    }
     text(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("not ready: {} not up\n", waiting.join(", ")),
+        &format!("not ready: {names} not up\n"),
     )
 }
 

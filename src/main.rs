@@ -92,7 +92,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             watch,
         } => {
             let url = match url {
-                Some(url) => url.parse::<Url>()?,
+                Some(url) => url,
                 None => match status_url_from_config(&config) {
                     Ok(url) => url,
                     Err(code) => return Ok(code),

@@ -476,6 +476,14 @@ async fn the_endpoints_stay_responsive_while_two_thousand_targets_change_state()
     let telemetry = Telemetry::start(&config).await.unwrap();
     let addr = telemetry.http_addr();
     let observer = Arc::new(telemetry.observers());
+    let waiting = get(addr, "/readyz").await;
+    assert_eq!(waiting.status, 503);
+    assert!(
+        waiting.body.starts_with("not ready: t0, t1, t10, ")
+            && waiting.body.ends_with(" and 1990 more not up\n"),
+        "a mass outage is summed up: {}",
+        waiting.body
+    );
 
     // One thread plays every checker at once, as fast as it can: each round takes every
     // target up or down.
