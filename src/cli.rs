@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, duration};
+use crate::status_view::{Url, UrlError};
 
 /// Holds a connection to each dependency of an application, notices the moment it
 /// dies, reconnects with backoff, and runs hooks so the application can switch to a
@@ -97,6 +98,27 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+
+    /// Show a running sidecar's targets, read from its /status
+    ///
+    /// Exit status: 0 every required target is up, 1 not, 2 the sidecar cannot be
+    /// reached.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+
+        /// The sidecar's /status [default: from the config's server.listen]
+        #[arg(long, value_name = "URL", value_parser = parse_url)]
+        url: Option<Url>,
+
+        /// Print the /status document as it came, instead of a table
+        #[arg(long)]
+        json: bool,
+
+        /// Refresh every second until interrupted
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +157,10 @@ impl ProbeKind {
             },
         }
     }
+}
+
+fn parse_url(s: &str) -> Result<Url, String> {
+    s.parse().map_err(|e: UrlError| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

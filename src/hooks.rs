@@ -301,6 +301,11 @@ impl Observer for HookRunner {
     }
 }
 
+/// Checks that every webhook secret the config names is set, before anything starts.
+pub fn check_environment(config: &Config) -> Result<(), HooksError> {
+    read_secrets(config).map(drop)
+}
+
 /// Every webhook secret the config names, from the environment.
 fn read_secrets(config: &Config) -> Result<HashMap<String, Secret>, HooksError> {
     let mut secrets = HashMap::new();

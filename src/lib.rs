@@ -10,10 +10,16 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod hooks;
+pub mod http;
 pub mod logging;
 pub mod machine;
+pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod probe;
 pub mod sidecar;
+pub mod state_file;
+pub mod status;
+pub mod status_view;
 pub mod supervisor;
+pub mod telemetry;

@@ -14,6 +14,7 @@ use tether::cli::{Cli, Command, ConfigArg};
 use tether::config::{self, Address, Config, ConfigError};
 use tether::observe::Observers;
 use tether::sidecar::Control;
+use tether::status_view::{self, Output, Url};
 use tether::{check, logging, sidecar};
 
 /// Exit status for an invalid config (the CLI contract).
@@ -102,7 +103,35 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             })
         }
+        Command::Status {
+            config,
+            url,
+            json,
+            watch,
+        } => {
+            let url = match url {
+                Some(url) => url,
+                None => match status_url_from_config(&config) {
+                    Ok(url) => url,
+                    Err(code) => return Ok(code),
+                },
+            };
+            let code = runtime()?.block_on(status_view::run(&url, Output::detect(json), watch));
+            Ok(ExitCode::from(code))
+        }
     }
+}
+
+/// The `/status` of the sidecar `tether run` would start: the config's `server.listen`,
+/// or the built-in default when no config was named and `./tether.toml` does not exist.
+fn status_url_from_config(arg: &ConfigArg) -> Result<Url, ExitCode> {
+    let path = config::resolve_path(arg.path.as_deref());
+    if arg.path.is_none() && !path.exists() {
+        return Ok(status_view::DEFAULT_URL
+            .parse()
+            .expect("the default URL is valid"));
+    }
+    load(arg).map(|c| Url::from_listen(c.server.listen))
 }
 
 /// Loads the config, printing every problem; the error is the exit code to use.

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError};
-use crate::hooks::{HookRunner, HooksError, reaper};
+use crate::hooks::{self, HookRunner, HooksError, reaper};
 use crate::observe::{LogObserver, Observer, Observers};
 use crate::supervisor::Supervisor;
+use crate::telemetry::{Telemetry, TelemetryError};
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,9 @@ pub enum SidecarError {
     /// config).
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    /// The HTTP port cannot be bound or the state file cannot be written (exit 1).
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 impl SidecarError {
@@ -38,18 +42,23 @@ pub enum Control {
 
 /// Runs the sidecar for `config` until told to stop (or until `control` closes),
 /// then stops every actor and lets hooks in flight finish within the shutdown grace.
+/// Fails at start, before connecting anywhere, if a webhook secret is missing, the
+/// HTTP port cannot be bound or the state file cannot be written.
 pub async fn run(
     config: Config,
     extra: Observers,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
+    hooks::check_environment(&config)?;
+    let telemetry = Telemetry::start(&config).await?;
+    let listeners = extra
+        .with(Arc::new(telemetry.observers()))
+        .with(Arc::new(LogObserver));
     // Hook results go to the listeners (metrics, logs), never back into the runner.
-    let report: Arc<dyn Observer> = Arc::new(extra.clone().with(Arc::new(LogObserver)));
+    let report: Arc<dyn Observer> = Arc::new(listeners.clone());
     let hooks = HookRunner::new(&config, report.clone())?;
-    let observers = extra
-        .with(Arc::new(LogObserver))
-        .with(Arc::new(hooks.clone()));
+    let observers = listeners.with(Arc::new(hooks.clone()));
     let mut supervisor = Supervisor::start(&config, Arc::new(observers));
     tracing::info!(
         targets = supervisor.len(),
@@ -88,6 +97,7 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down");
+    telemetry.stopping();
     supervisor.shutdown().await;
     let grace = current.supervisor.shutdown_grace.get();
     if !hooks.drain(grace).await {
@@ -98,6 +108,7 @@ pub async fn run(
             "hooks still running after the shutdown grace were killed"
         );
     }
+    telemetry.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,13 +4,17 @@
 mod cli;
 mod config_errors;
 mod config_examples;
+mod endpoint;
 mod harness;
 mod hooks;
+mod http;
+mod metrics;
 mod moves;
 mod netns;
 mod probes;
 mod receiver;
 mod servers;
+mod status_cmd;
 mod supervision;
 mod support;
 mod watcher;

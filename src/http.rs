@@ -1,0 +1,388 @@
+//! The HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/status`) on `[server] listen`.
+//!
+//! Every answer is built from shared state that checkers update synchronously, so
+//! nothing on the request path waits on a checker or a hook. The server defends itself
+//! against slow and abusive clients: HTTP/1 only, a deadline for the request head, tiny
+//! request limits, GET only, a maximum connection age, and a bound on connections where
+//! a newcomer at the bound displaces the oldest connection instead of queueing behind
+//! it, so a flood of idle sockets cannot lock out a real client.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Incoming};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{self, Metrics};
+use crate::status::Status;
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr} ([server] listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How much the server gives each client.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; at the bound, a new one displaces the oldest.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, on a new connection and
+    /// between requests of a kept-alive one. Closes idle and byte-at-a-time clients.
+    pub header_read_timeout: Duration,
+    /// After this long a connection is asked to close once its current response is out,
+    /// so none (a client that never reads its response, say) lives for ever.
+    pub max_connection_age: Duration,
+    /// How long a connection may take to finish after it is asked to close.
+    pub close_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(5),
+            max_connection_age: Duration::from_secs(60),
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The request head may not exceed this (hyper's smallest buffer). A scraper's head is
+/// a few hundred bytes.
+const MAX_HEAD_BYTES: usize = 8192;
+/// Header lines a request may carry.
+const MAX_HEADERS: usize = 32;
+/// Targets named in a 503 from `/readyz`; `/status` has them all.
+const READYZ_NAMES: usize = 10;
+/// Connections the kernel may queue before the server accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct App {
+    pub status: Arc<Status>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A bound, not yet serving, HTTP server.
+pub struct HttpServer {
+    listener: TcpListener,
+    app: App,
+    limits: Limits,
+}
+
+impl HttpServer {
+    /// Binds `addr`; a port of 0 picks a free one (see [`HttpServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr, app: App, limits: Limits) -> Result<HttpServer, HttpError> {
+        let bind = || {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // A restarted sidecar must not wait for its old connections' TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            // Room for a burst of connections while the accept loop displaces old ones
+            // (the default of 128 would make a flood stall new clients in the kernel).
+            socket.listen(LISTEN_BACKLOG)
+        };
+        let listener = bind().map_err(|source| HttpError::Bind { addr, source })?;
+        Ok(HttpServer {
+            listener,
+            app,
+            limits,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` resolves, then asks every connection to close and waits
+    /// up to `close_grace` for them.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let HttpServer {
+            listener,
+            app,
+            limits,
+        } = self;
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let conns = Connections::default();
+        let closing = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        let builder = Arc::new(builder);
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, mostly: wait for some to be freed
+                        // rather than spin on the error.
+                        tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                        sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(permit) = admit(&permits, &conns).await else {
+                tracing::debug!("every HTTP connection is busy; refusing one");
+                continue;
+            };
+            let (id, evicted) = conns.add();
+            tracker.spawn(serve(
+                stream,
+                builder.clone(),
+                app.clone(),
+                limits,
+                Guard {
+                    id,
+                    conns: conns.clone(),
+                    _permit: permit,
+                },
+                evicted,
+                closing.clone(),
+            ));
+        }
+        drop(listener);
+        closing.cancel();
+        tracker.close();
+        if timeout(limits.close_grace, tracker.wait()).await.is_err() {
+            tracing::warn!("HTTP connections still open after the grace period; dropping them");
+            conns.evict_all();
+            tracker.wait().await;
+        }
+    }
+}
+
+/// A connection slot, taking one from the oldest connection when all are in use.
+async fn admit(permits: &Arc<Semaphore>, conns: &Connections) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    conns.evict_oldest();
+    // The evicted connection's task drops its permit as soon as it is next polled.
+    timeout(Duration::from_secs(1), permits.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The open connections, oldest first, with the token that evicts each.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<ConnectionsInner>>);
+
+#[derive(Default)]
+struct ConnectionsInner {
+    next_id: u64,
+    open: BTreeMap<u64, CancellationToken>,
+}
+
+impl Connections {
+    fn add(&self) -> (u64, CancellationToken) {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let token = CancellationToken::new();
+        inner.open.insert(id, token.clone());
+        (id, token)
+    }
+
+    fn evict_oldest(&self) {
+        if let Some((_, token)) = self.lock().open.pop_first() {
+            token.cancel();
+        }
+    }
+
+    fn evict_all(&self) {
+        for token in std::mem::take(&mut self.lock().open).into_values() {
+            token.cancel();
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().open.remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionsInner> {
+        // Single-call updates: a poisoned map is still consistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Frees a connection's slot when its task ends, however it ends.
+struct Guard {
+    id: u64,
+    conns: Connections,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.conns.remove(self.id);
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    builder: Arc<http1::Builder>,
+    app: App,
+    limits: Limits,
+    _guard: Guard,
+    evicted: CancellationToken,
+    closing: CancellationToken,
+) {
+    // Responses are small and written at once; do not hold them back for Nagle.
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(respond(app, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return log_end(result),
+        () = evicted.cancelled() => return,
+        () = closing.cancelled() => {}
+        () = sleep(limits.max_connection_age) => {}
+    }
+    // Let the in-flight response go out, then close.
+    conn.as_mut().graceful_shutdown();
+    if let Ok(result) = timeout(limits.close_grace, conn.as_mut()).await {
+        log_end(result);
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        // Timeouts, malformed requests and clients going away: the client's problem.
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+// === the endpoints ===
+
+/// Answers one request. Every answer comes from memory; only the two documents that
+/// grow with the number of targets are built on the blocking pool, so that encoding
+/// thousands of series never holds up a runtime thread that checkers need.
+async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+        res.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return res;
+    }
+    if req.body().size_hint().exact() != Some(0) {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "a GET carries no body\n");
+    }
+    let document: fn(&App) -> Response<Full<Bytes>> = match req.uri().path() {
+        "/healthz" => return text(StatusCode::OK, "ok\n"),
+        "/readyz" => return readyz(&app.status),
+        "/status" => status_document,
+        "/metrics" => metrics_exposition,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz, /readyz or /status\n",
+            );
+        }
+    };
+    tokio::task::spawn_blocking(move || document(&app))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "building an HTTP answer failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        })
+}
+
+fn status_document(app: &App) -> Response<Full<Bytes>> {
+    body(
+        StatusCode::OK,
+        "application/json",
+        app.status.document_json(),
+    )
+}
+
+fn metrics_exposition(app: &App) -> Response<Full<Bytes>> {
+    match app.metrics.encode() {
+        Ok(out) => body(StatusCode::OK, metrics::CONTENT_TYPE, out),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+        }
+    }
+}
+
+fn readyz(status: &Status) -> Response<Full<Bytes>> {
+    if status.ready() {
+        return text(StatusCode::OK, "ready\n");
+    }
+    if status.is_stopping() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
+    }
+    let waiting = status.not_ready();
+    // A mass outage must not turn a probe's answer into a document.
+    let mut names = waiting
+        .iter()
+        .take(READYZ_NAMES)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if waiting.len() > READYZ_NAMES {
+        names.push_str(&format!(" and {} more", waiting.len() - READYZ_NAMES));
+    }
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("not ready: {names} not up\n"),
+    )
+}
+
+fn text(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    body(
+        code,
+        "text/plain; charset=utf-8",
+        message.as_bytes().to_vec(),
+    )
+}
+
+fn body(code: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(bytes)));
+    *res.status_mut() = code;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}

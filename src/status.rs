@@ -1,0 +1,593 @@
+//! The status registry: the current state of every target, as `/status`, `/readyz`, the
+//! state file and `tether status` show it.
+//!
+//! Checkers write into it synchronously (it is an [`Observer`]), so a reader sees a
+//! transition the moment the checker has published it. Each target has its own slot
+//! behind its own mutex: a transition locks only its target's slot, and the map of slots
+//! is only write-locked when a target is added or removed. Readiness is a counter kept
+//! up to date on each transition, so `/readyz` never visits every target.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::Notify;
+
+use crate::config::{Config, Target};
+use crate::machine::{Event, State, Transition};
+use crate::observe::Observer;
+
+/// The `/status` document. Its field names are part of the user contract (README).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    /// tether's version.
+    pub version: String,
+    /// When this document was taken; `tether status` measures "for how long" from it,
+    /// so a skewed reader clock does not matter.
+    pub generated_at: Timestamp,
+    /// What `/readyz` answers: every required target is up and the sidecar is not
+    /// stopping.
+    pub ready: bool,
+    /// The sidecar received SIGTERM/SIGINT and is closing its connections.
+    pub stopping: bool,
+    /// One entry per target, sorted by name.
+    pub targets: Vec<TargetStatus>,
+}
+
+impl Document {
+    /// Whether every required target is up (what `tether status` exits 0 on).
+    pub fn required_up(&self) -> bool {
+        self.targets
+            .iter()
+            .all(|t| !t.required || t.state == State::Up)
+    }
+}
+
+/// One target in the `/status` document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    /// As configured (`host:port`), never a resolved address.
+    pub address: String,
+    /// The probe kind: `tcp`, `redis`, `postgres`, `mysql` or `http`.
+    pub probe: String,
+    /// Whether the target counts toward `/readyz`.
+    pub required: bool,
+    pub state: State,
+    /// When the target entered `state`.
+    pub since: Timestamp,
+    /// Consecutive failed attempts; 0 while up.
+    pub failures: u32,
+    /// The last error seen (kept after recovery, so an operator can see what happened).
+    pub last_error: Option<String>,
+    /// The id of the target's last event, `<target>:<sequence>`, as hooks received it.
+    pub event_id: Option<String>,
+    /// The target's last event.
+    pub event: Option<Event>,
+    /// Between this target's `failure` and `recover` events: the application should be
+    /// on its fallback. Lets an application that reads the state file pick its mode
+    /// without replaying events.
+    pub fallback: bool,
+}
+
+/// A wall-clock time, written as RFC 3339 in UTC with milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    /// How long from `self` to `later`; zero if `later` is earlier.
+    pub fn until(self, later: Timestamp) -> Duration {
+        later.0.duration_since(self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Timestamp)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The registry.
+pub struct Status {
+    /// One slot per target, by name. Write-locked only to add or remove a target.
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// Required targets that are not up; `/readyz` is 200 when this is 0.
+    not_ready: AtomicUsize,
+    /// Set on SIGTERM: `/readyz` turns 503 and removed targets keep their last state, so
+    /// the state file left behind still tells the application its mode.
+    stopping: AtomicBool,
+    /// Increased on every change, so the state-file writer knows whether it is behind.
+    version: AtomicU64,
+    /// Woken on every change; `notify_one` keeps a permit, so no change is missed by the
+    /// single writer that waits on it.
+    changed: Notify,
+}
+
+/// One target's slot.
+struct Slot {
+    /// Which actor incarnation owns the slot (the address of its `Target`): after a
+    /// reload replaced a target, the old actor's late `stopped` must not remove the new
+    /// one's slot.
+    owner: AtomicUsize,
+    entry: Mutex<TargetStatus>,
+}
+
+fn owner_of(target: &Target) -> usize {
+    std::ptr::from_ref(target) as usize
+}
+
+impl Status {
+    /// A registry with every target of `config` in `connecting`, so that `/readyz` is 503
+    /// and `/status` lists every target from the first moment, before any actor runs.
+    pub fn new(config: &Config) -> Status {
+        let status = Status {
+            slots: RwLock::new(BTreeMap::new()),
+            not_ready: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            version: AtomicU64::new(0),
+            changed: Notify::new(),
+        };
+        {
+            let mut slots = status.write_slots();
+            let now = SystemTime::now();
+            for target in &config.targets {
+                slots.insert(target.name.clone(), status.new_slot(target, 0, now));
+            }
+        }
+        status
+    }
+
+    fn new_slot(&self, target: &Target, owner: usize, now: SystemTime) -> Arc<Slot> {
+        if target.required {
+            self.not_ready.fetch_add(1, Ordering::AcqRel);
+        }
+        Arc::new(Slot {
+            owner: AtomicUsize::new(owner),
+            entry: Mutex::new(TargetStatus {
+                name: target.name.clone(),
+                address: target.address.to_string(),
+                probe: target.probe.kind().to_owned(),
+                required: target.required,
+                state: State::Connecting,
+                since: Timestamp(now),
+                failures: 0,
+                last_error: None,
+                event_id: None,
+                event: None,
+                fallback: false,
+            }),
+        })
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        !self.stopping.load(Ordering::Acquire) && self.not_ready.load(Ordering::Acquire) == 0
+    }
+
+    /// The required targets that are not up, for the body of a 503.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.read_slots()
+            .values()
+            .filter_map(|slot| {
+                let e = lock(&slot.entry);
+                (e.required && e.state != State::Up).then(|| e.name.clone())
+            })
+            .collect()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Marks the sidecar as stopping: `/readyz` turns 503 at once.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.bump();
+    }
+
+    /// The status of one target.
+    pub fn target(&self, name: &str) -> Option<TargetStatus> {
+        self.read_slots()
+            .get(name)
+            .map(|slot| lock(&slot.entry).clone())
+    }
+
+    /// A consistent-per-target snapshot of every target.
+    pub fn document(&self) -> Document {
+        let targets: Vec<TargetStatus> = self
+            .read_slots()
+            .values()
+            .map(|slot| lock(&slot.entry).clone())
+            .collect();
+        Document {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            generated_at: Timestamp(SystemTime::now()),
+            ready: self.ready(),
+            stopping: self.is_stopping(),
+            targets,
+        }
+    }
+
+    /// The document as pretty JSON with a final newline, as served and written.
+    pub fn document_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&self.document())
+            .expect("the status document always serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Counts changes; compare two readings to know whether anything changed between.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the next change (or at once if one happened since the last wait).
+    /// Meant for a single waiter: the state-file writer.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// Runs `f` on the target's entry, keeping the readiness count in step with its state.
+    fn update(&self, target: &Target, f: impl FnOnce(&mut TargetStatus)) {
+        let slots = self.read_slots();
+        let Some(slot) = slots.get(&target.name) else {
+            return;
+        };
+        let mut entry = lock(&slot.entry);
+        let was_up = entry.state == State::Up;
+        f(&mut entry);
+        let is_up = entry.state == State::Up;
+        if entry.required && was_up != is_up {
+            if is_up {
+                self.not_ready.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                self.not_ready.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        drop(entry);
+        drop(slots);
+        self.bump();
+    }
+
+    fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        // A panic while holding the lock cannot leave the map half-changed (insert and
+        // remove are single calls), so a poisoned lock is still sound to use.
+        self.slots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn lock(entry: &Mutex<TargetStatus>) -> MutexGuard<'_, TargetStatus> {
+    // Every update leaves the entry consistent field by field; see `read_slots`.
+    entry.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// === impl Observer ===
+
+impl Observer for Status {
+    fn started(&self, target: &Target) {
+        let owner = owner_of(target);
+        let existing = self.read_slots().get(&target.name).cloned();
+        match existing {
+            Some(slot) => {
+                slot.owner.store(owner, Ordering::Release);
+                // A restarted actor begins again from `connecting`, without a transition.
+                self.update(target, |e| {
+                    if e.state != State::Connecting {
+                        e.state = State::Connecting;
+                        e.since = Timestamp(SystemTime::now());
+                    }
+                    e.failures = 0;
+                });
+            }
+            None => {
+                let mut slots = self.write_slots();
+                if !slots.contains_key(&target.name) {
+                    let slot = self.new_slot(target, owner, SystemTime::now());
+                    slots.insert(target.name.clone(), slot);
+                }
+                drop(slots);
+                self.bump();
+            }
+        }
+    }
+
+    fn attempt(&self, target: &Target, ok: bool, _elapsed: Duration) {
+        // Keeps `failures` live between transitions, as the consecutive-failures gauge is.
+        self.update(target, |e| {
+            e.failures = if ok { 0 } else { e.failures.saturating_add(1) };
+        });
+    }
+
+    fn lost(&self, target: &Target, error: &str) {
+        self.update(target, |e| e.last_error = Some(error.to_owned()));
+    }
+
+    fn transition(&self, target: &Target, t: &Transition) {
+        self.update(target, |e| {
+            if e.state != t.state {
+                e.state = t.state;
+                e.since = Timestamp(t.at);
+            }
+            e.failures = t.failures;
+            if let Some(error) = &t.last_error {
+                e.last_error = Some(error.to_string());
+            }
+            e.event_id = Some(format!("{}:{}", target.name, t.seq));
+            e.event = Some(t.event);
+            match t.event {
+                Event::Failure => e.fallback = true,
+                Event::Recover => e.fallback = false,
+                Event::Connect | Event::Disconnect => {}
+            }
+        });
+    }
+
+    fn stopped(&self, target: &Target) {
+        if self.is_stopping() {
+            return;
+        }
+        let mut slots = self.write_slots();
+        let Some(slot) = slots.get(&target.name) else {
+            return;
+        };
+        let owner = slot.owner.load(Ordering::Acquire);
+        if owner != 0 && owner != owner_of(target) {
+            return;
+        }
+        if let Some(slot) = slots.remove(&target.name) {
+            let e = lock(&slot.entry);
+            if e.required && e.state != State::Up {
+                self.not_ready.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        drop(slots);
+        self.bump();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(targets: &str) -> Config {
+        Config::parse(targets, "test.toml".as_ref()).unwrap()
+    }
+
+    fn two_targets() -> Config {
+        config(
+            r#"
+            [[targets]]
+            name = "db"
+            address = "127.0.0.1:5432"
+            [[targets]]
+            name = "cache"
+            address = "127.0.0.1:6379"
+            probe = "redis"
+            required = false
+            "#,
+        )
+    }
+
+    fn transition(seq: u64, event: Event, previous: State, state: State) -> Transition {
+        Transition {
+            seq,
+            event,
+            previous,
+            state,
+            failures: if state == State::Up { 0 } else { 3 },
+            last_error: (state != State::Up).then(|| "connection refused".into()),
+            at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn every_configured_target_is_listed_as_connecting_before_any_actor_runs() {
+        let status = Status::new(&two_targets());
+        let doc = status.document();
+        let names: Vec<_> = doc.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["cache", "db"]);
+        assert!(doc.targets.iter().all(|t| t.state == State::Connecting));
+        assert_eq!(doc.targets[0].probe, "redis");
+        assert!(!doc.ready);
+        assert_eq!(status.not_ready(), ["db"]);
+    }
+
+    #[test]
+    fn readiness_follows_required_targets_only() {
+        let config = two_targets();
+        let (db, cache) = (&config.targets[0], &config.targets[1]);
+        let status = Status::new(&config);
+        status.transition(
+            cache,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        assert!(!status.ready(), "db is still connecting");
+        status.transition(
+            db,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        assert!(status.ready());
+        status.transition(
+            cache,
+            &transition(1, Event::Disconnect, State::Up, State::Down),
+        );
+        assert!(status.ready(), "cache is not required");
+        status.transition(
+            db,
+            &transition(1, Event::Disconnect, State::Up, State::Down),
+        );
+        assert!(!status.ready());
+        status.transition(
+            db,
+            &transition(2, Event::Failure, State::Down, State::Failed),
+        );
+        assert!(!status.ready());
+        status.transition(db, &transition(3, Event::Connect, State::Failed, State::Up));
+        assert!(status.ready());
+        status.set_stopping();
+        assert!(!status.ready(), "a stopping sidecar is not ready");
+    }
+
+    #[test]
+    fn a_transition_records_state_since_error_and_event_id() {
+        let config = two_targets();
+        let db = &config.targets[0];
+        let status = Status::new(&config);
+        let down = transition(7, Event::Disconnect, State::Up, State::Down);
+        status.transition(db, &down);
+        let e = status.target("db").unwrap();
+        assert_eq!(e.state, State::Down);
+        assert_eq!(e.since, Timestamp(down.at));
+        assert_eq!(e.failures, 3);
+        assert_eq!(e.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(e.event_id.as_deref(), Some("db:7"));
+        assert_eq!(e.event, Some(Event::Disconnect));
+    }
+
+    #[test]
+    fn recover_keeps_the_since_of_the_connect_and_ends_the_fallback() {
+        let config = two_targets();
+        let db = &config.targets[0];
+        let status = Status::new(&config);
+        status.transition(
+            db,
+            &transition(0, Event::Failure, State::Down, State::Failed),
+        );
+        assert!(status.target("db").unwrap().fallback);
+        let up = transition(1, Event::Connect, State::Failed, State::Up);
+        status.transition(db, &up);
+        assert!(status.target("db").unwrap().fallback, "not recovered yet");
+        let mut recover = transition(2, Event::Recover, State::Up, State::Up);
+        recover.at = up.at + Duration::from_secs(5);
+        status.transition(db, &recover);
+        let e = status.target("db").unwrap();
+        assert_eq!(e.since, Timestamp(up.at));
+        assert!(!e.fallback);
+        assert_eq!(e.event_id.as_deref(), Some("db:2"));
+    }
+
+    #[test]
+    fn failures_count_attempts_between_transitions() {
+        let config = two_targets();
+        let db = &config.targets[0];
+        let status = Status::new(&config);
+        for _ in 0..4 {
+            status.attempt(db, false, Duration::ZERO);
+        }
+        assert_eq!(status.target("db").unwrap().failures, 4);
+        status.attempt(db, true, Duration::ZERO);
+        assert_eq!(status.target("db").unwrap().failures, 0);
+    }
+
+    #[test]
+    fn a_restarted_actor_shows_its_target_connecting_again() {
+        let config = two_targets();
+        let db = &config.targets[0];
+        let status = Status::new(&config);
+        status.started(db);
+        status.transition(
+            db,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        assert!(status.target("db").unwrap().state == State::Up);
+        status.restarted(db);
+        status.started(db);
+        assert_eq!(status.target("db").unwrap().state, State::Connecting);
+        assert_eq!(status.not_ready(), ["db"]);
+    }
+
+    #[test]
+    fn a_stopped_target_is_removed_but_not_one_replaced_by_a_newer_actor() {
+        let config = two_targets();
+        let status = Status::new(&config);
+        let old = Arc::new(config.targets[0].clone());
+        let new = Arc::new(config.targets[0].clone());
+        status.started(&old);
+        status.started(&new);
+        status.stopped(&old);
+        assert!(status.target("db").is_some(), "the new actor owns the slot");
+        status.stopped(&new);
+        assert!(status.target("db").is_none());
+        assert!(status.not_ready().is_empty());
+        assert!(status.ready(), "only the optional cache is left");
+    }
+
+    #[test]
+    fn a_target_added_later_gets_a_slot_when_its_actor_starts() {
+        let status = Status::new(&two_targets());
+        let extra = config("[[targets]]\nname = \"queue\"\naddress = \"127.0.0.1:5672\"\n");
+        status.started(&extra.targets[0]);
+        assert_eq!(status.target("queue").unwrap().state, State::Connecting);
+        assert_eq!(status.not_ready(), ["db", "queue"]);
+    }
+
+    #[test]
+    fn while_stopping_targets_keep_their_last_state() {
+        let config = two_targets();
+        let db = &config.targets[0];
+        let status = Status::new(&config);
+        status.transition(
+            db,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        status.set_stopping();
+        status.stopped(db);
+        let doc = status.document();
+        assert!(doc.stopping);
+        assert_eq!(status.target("db").unwrap().state, State::Up);
+    }
+
+    #[test]
+    fn the_document_round_trips_through_json_with_rfc3339_timestamps() {
+        let status = Status::new(&two_targets());
+        let json = status.document_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let since = value["targets"][0]["since"].as_str().unwrap();
+        assert!(since.ends_with('Z') && since.contains('T'), "{since}");
+        assert_eq!(since.len(), "2024-01-02T03:04:05.678Z".len(), "{since}");
+        let doc: Document = serde_json::from_slice(&json).unwrap();
+        let original = status.document();
+        assert_eq!(doc.targets.len(), original.targets.len());
+        for (read, kept) in doc.targets.iter().zip(&original.targets) {
+            assert_eq!((&read.name, read.state), (&kept.name, kept.state));
+            // Milliseconds survive; finer digits are not written.
+            assert!(read.since.until(kept.since) < Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn every_change_moves_the_version() {
+        let config = two_targets();
+        let status = Status::new(&config);
+        let before = status.version();
+        status.lost(&config.targets[0], "reset by peer");
+        assert!(status.version() > before);
+    }
+}

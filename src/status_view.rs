@@ -1,0 +1,514 @@
+//! `tether status`: a person's view of a running sidecar, read from its `/status`.
+//!
+//! One row per target with its state, for how long, its failures and its last error;
+//! coloured on a terminal and plain when piped, so scripts can `grep` it. The exit code
+//! answers "is everything required up?" for shell scripts: 0 yes, 1 no, 2 the sidecar
+//! could not be asked.
+
+use std::fmt::{self, Write as _};
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::HOST;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::timeout;
+
+use crate::machine::State;
+use crate::status::Document;
+
+/// Every required target is up.
+pub const EXIT_UP: u8 = 0;
+/// Some required target is not up (or the sidecar is stopping).
+pub const EXIT_NOT_UP: u8 = 1;
+/// The sidecar could not be reached or did not answer with a status document.
+pub const EXIT_UNREACHABLE: u8 = 2;
+
+/// Where `tether status` looks without `--url` or a config: the default `listen`.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:9464/status";
+
+/// How long one fetch of `/status` may take, connect included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `--watch` refreshes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// A status document larger than this is not a status document.
+const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where to read the status: `http://HOST:PORT/PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    /// `host:port`, as connected to and sent in `Host`.
+    authority: String,
+    /// The request path; `/status` unless the URL named another.
+    path: String,
+}
+
+/// A `--url` that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UrlError {
+    #[error("\"{0}\": only http:// URLs are supported (tether serves plain HTTP)")]
+    Scheme(String),
+    #[error("\"{0}\": expected http://HOST:PORT[/PATH]")]
+    Malformed(String),
+}
+
+impl FromStr for Url {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Url, UrlError> {
+        let rest = match s.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some(_) => return Err(UrlError::Scheme(s.to_owned())),
+            None => s,
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
+            return Err(UrlError::Malformed(s.to_owned()));
+        }
+        // A port is whatever follows the last colon outside IPv6 brackets.
+        let host_end = authority.rfind(']').unwrap_or(0);
+        let authority = match authority[host_end..].rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => authority.to_owned(),
+            Some(_) => return Err(UrlError::Malformed(s.to_owned())),
+            None => format!("{authority}:80"),
+        };
+        let path = match path {
+            "" | "/" => "/status".to_owned(),
+            p => p.to_owned(),
+        };
+        Ok(Url { authority, path })
+    }
+}
+
+impl Url {
+    /// The `/status` of a sidecar listening on `listen`; a wildcard address is reached
+    /// on loopback.
+    pub fn from_listen(listen: SocketAddr) -> Url {
+        let mut addr = listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Url {
+            authority: addr.to_string(),
+            path: "/status".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path)
+    }
+}
+
+/// Why the status could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("cannot read the answer: {0}")]
+    Body(String),
+    #[error("the answer is not a status document: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What `tether status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// The table, with colours.
+    Terminal,
+    /// The table, plain.
+    Plain,
+    /// The document as it came.
+    Json,
+}
+
+impl Output {
+    /// The table is coloured only on a terminal, and never with `NO_COLOR` set.
+    pub fn detect(json: bool) -> Output {
+        if json {
+            Output::Json
+        } else if std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::env::var("TERM").map_or(true, |t| t != "dumb")
+        {
+            Output::Terminal
+        } else {
+            Output::Plain
+        }
+    }
+}
+
+/// Fetches and parses the status document; the raw body comes along for `--json`.
+pub async fn fetch(url: &Url) -> Result<(Document, Bytes), FetchError> {
+    timeout(FETCH_TIMEOUT, fetch_inner(url))
+        .await
+        .map_err(|_| FetchError::TimedOut(FETCH_TIMEOUT))?
+}
+
+async fn fetch_inner(url: &Url) -> Result<(Document, Bytes), FetchError> {
+    let stream = TcpStream::connect(&url.authority)
+        .await
+        .map_err(FetchError::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The connection is driven here and dropped with this future.
+    let driver = tokio::spawn(conn);
+    let request = Request::get(url.path.as_str())
+        .header(HOST, url.authority.as_str())
+        .body(Empty::<Bytes>::new())
+        .expect("a path and a host make a valid request");
+    let result = async {
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(FetchError::Status(response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| FetchError::Body(e.to_string()))?
+            .to_bytes();
+        let document = serde_json::from_slice(&body)?;
+        Ok((document, body))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// The exit code for a fetch result.
+pub fn exit_code(result: &Result<(Document, Bytes), FetchError>) -> u8 {
+    match result {
+        Ok((doc, _)) if doc.required_up() && !doc.stopping => EXIT_UP,
+        Ok(_) => EXIT_NOT_UP,
+        Err(_) => EXIT_UNREACHABLE,
+    }
+}
+
+/// Runs `tether status`: once, or with `watch` until interrupted. Returns the exit code
+/// of the last fetch.
+pub async fn run(url: &Url, output: Output, watch: bool) -> u8 {
+    let mut stdout = std::io::stdout();
+    let mut first = true;
+    // Created before the first fetch, so an interrupt that arrives while fetching is
+    // kept for the wait that follows instead of being lost.
+    let mut interrupt = watch
+        .then(|| signal(SignalKind::interrupt()).ok())
+        .flatten();
+    loop {
+        let result = fetch(url).await;
+        let code = exit_code(&result);
+        let mut screen = String::new();
+        if watch && output == Output::Terminal {
+            // Home and clear: the table is redrawn in place.
+            screen.push_str("\x1b[H\x1b[2J");
+        } else if watch && !first {
+            screen.push('\n');
+        }
+        first = false;
+        match &result {
+            Ok((_, body)) if output == Output::Json => {
+                screen.push_str(&String::from_utf8_lossy(body));
+            }
+            Ok((doc, _)) => screen.push_str(&render(doc, url, output == Output::Terminal)),
+            Err(e) => {
+                // On stderr when run once, so `--json` output stays parseable; in the
+                // watched screen otherwise, where it replaces the table.
+                let message = format!("tether: cannot read {url}: {e}\n");
+                if watch {
+                    screen.push_str(&message);
+                } else {
+                    eprint!("{message}");
+                }
+            }
+        }
+        // A closed pipe (`| head`) ends the command like an interrupt would.
+        if stdout
+            .write_all(screen.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+            || !watch
+        {
+            return code;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            () = interrupted(&mut interrupt) => return code,
+        }
+    }
+}
+
+async fn interrupted(interrupt: &mut Option<Signal>) {
+    match interrupt {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        // No handler could be installed: the default action ends the process.
+        None => std::future::pending().await,
+    }
+}
+
+/// The table for `doc`, fetched from `url`.
+pub fn render(doc: &Document, url: &Url, colour: bool) -> String {
+    let required = doc.targets.iter().filter(|t| t.required).count();
+    let required_up = doc
+        .targets
+        .iter()
+        .filter(|t| t.required && t.state == State::Up)
+        .count();
+    let verdict = if doc.stopping {
+        "stopping"
+    } else if doc.ready {
+        "ready"
+    } else {
+        "not ready"
+    };
+    let mut out = format!(
+        "tether {} at {url}: {verdict}, {required_up}/{required} required targets up\n",
+        doc.version
+    );
+    let header = [
+        "TARGET",
+        "STATE",
+        "FOR",
+        "FAILURES",
+        "REQUIRED",
+        "ADDRESS",
+        "LAST ERROR",
+    ];
+    let rows: Vec<[String; 7]> = doc
+        .targets
+        .iter()
+        .map(|t| {
+            let state = if t.fallback {
+                format!("{} (fallback)", t.state)
+            } else {
+                t.state.to_string()
+            };
+            [
+                t.name.clone(),
+                state,
+                format_age(t.since.until(doc.generated_at)),
+                t.failures.to_string(),
+                if t.required { "yes" } else { "no" }.to_owned(),
+                t.address.clone(),
+                t.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut String, cells: [&str; 7], colours: [Option<&str>; 7]| {
+        for (i, cell) in cells.iter().enumerate() {
+            let last = i == cells.len() - 1;
+            let padded = if last {
+                (*cell).to_owned()
+            } else {
+                format!("{cell:<w$}  ", w = widths[i])
+            };
+            match colours[i].filter(|_| colour) {
+                Some(c) => {
+                    let _ = write!(out, "\x1b[{c}m{}\x1b[0m", padded.trim_end());
+                    out.push_str(&" ".repeat(padded.len() - padded.trim_end().len()));
+                }
+                None => out.push_str(&padded),
+            }
+        }
+        let trimmed = out.trim_end_matches(' ').len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(&mut out, header, [Some("1"); 7]);
+    for (row, t) in rows.iter().zip(&doc.targets) {
+        let state_colour = match t.state {
+            State::Up => "32",
+            State::Connecting => "36",
+            State::Down => "33",
+            State::Failed => "31",
+        };
+        let cells = [
+            row[0].as_str(),
+            &row[1],
+            &row[2],
+            &row[3],
+            &row[4],
+            &row[5],
+            &row[6],
+        ];
+        let error_colour = t.last_error.as_ref().and(Some("2"));
+        line(
+            &mut out,
+            cells,
+            [
+                None,
+                Some(state_colour),
+                None,
+                None,
+                None,
+                None,
+                error_colour,
+            ],
+        );
+    }
+    out
+}
+
+/// A coarse age: `450ms`, `12s`, `3m 2s`, `2h 5m`, `3d 4h`.
+pub fn format_age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Event;
+    use crate::status::{TargetStatus, Timestamp};
+    use std::time::SystemTime;
+
+    #[test]
+    fn urls_default_to_the_status_path_and_port_80() {
+        let url: Url = "http://127.0.0.1:9464".parse().unwrap();
+        assert_eq!(url.to_string(), "http://127.0.0.1:9464/status");
+        let url: Url = "localhost:9464/".parse().unwrap();
+        assert_eq!(url.to_string(), "http://localhost:9464/status");
+        let url: Url = "http://[::1]:9/tether/status".parse().unwrap();
+        assert_eq!(url.to_string(), "http://[::1]:9/tether/status");
+        let url: Url = "http://sidecar".parse().unwrap();
+        assert_eq!(url.to_string(), "http://sidecar:80/status");
+        assert!(matches!(
+            "https://x:1".parse::<Url>(),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            "http://x:port".parse::<Url>(),
+            Err(UrlError::Malformed(_))
+        ));
+        assert!(matches!(
+            "http://".parse::<Url>(),
+            Err(UrlError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
+        let url = Url::from_listen("0.0.0.0:9464".parse().unwrap());
+        assert_eq!(url.to_string(), "http://127.0.0.1:9464/status");
+        let url = Url::from_listen("[::]:9464".parse().unwrap());
+        assert_eq!(url.to_string(), "http://[::1]:9464/status");
+    }
+
+    #[test]
+    fn ages_are_coarse() {
+        assert_eq!(format_age(Duration::from_millis(450)), "450ms");
+        assert_eq!(format_age(Duration::from_secs(12)), "12s");
+        assert_eq!(format_age(Duration::from_secs(182)), "3m 2s");
+        assert_eq!(format_age(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(
+            format_age(Duration::from_secs(3 * 86400 + 4 * 3600)),
+            "3d 4h"
+        );
+    }
+
+    fn doc() -> Document {
+        let now = SystemTime::now();
+        let target = |name: &str, state, required, error: Option<&str>| TargetStatus {
+            name: name.to_owned(),
+            address: "127.0.0.1:5432".to_owned(),
+            probe: "tcp".to_owned(),
+            required,
+            state,
+            since: Timestamp(now - Duration::from_secs(75)),
+            failures: if state == State::Up { 0 } else { 7 },
+            last_error: error.map(str::to_owned),
+            event_id: Some(format!("{name}:1")),
+            event: Some(Event::Connect),
+            fallback: state == State::Failed,
+        };
+        Document {
+            version: "0.1.0".to_owned(),
+            generated_at: Timestamp(now),
+            ready: false,
+            stopping: false,
+            targets: vec![
+                target("cache", State::Failed, false, Some("connection refused")),
+                target("db", State::Up, true, None),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_plain_table_has_one_aligned_row_per_target_and_no_escapes() {
+        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap());
+        let table = render(&doc(), &url, false);
+        assert!(!table.contains('\x1b'), "{table}");
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].contains("not ready, 1/1 required targets up"),
+            "{table}"
+        );
+        assert!(lines[1].starts_with("TARGET  STATE"), "{table}");
+        let state_column = lines[1].find("STATE").unwrap();
+        assert_eq!(
+            &lines[2][state_column..state_column + 17],
+            "failed (fallback)"
+        );
+        assert!(lines[2].contains("1m 15s") && lines[2].ends_with("connection refused"));
+        assert_eq!(&lines[3][state_column..state_column + 3], "up ");
+        assert!(lines[3].ends_with(" -"), "{table}");
+    }
+
+    #[test]
+    fn the_terminal_table_colours_states() {
+        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap());
+        let table = render(&doc(), &url, true);
+        assert!(
+            table.contains("\x1b[31mfailed (fallback)\x1b[0m"),
+            "{table:?}"
+        );
+        assert!(table.contains("\x1b[32mup\x1b[0m"), "{table:?}");
+    }
+
+    #[test]
+    fn exit_codes_follow_required_targets() {
+        let body = Bytes::new();
+        let mut d = doc();
+        assert_eq!(
+            exit_code(&Ok((d.clone(), body.clone()))),
+            EXIT_UP,
+            "cache is optional"
+        );
+        d.targets[1].state = State::Down;
+        assert_eq!(exit_code(&Ok((d.clone(), body.clone()))), EXIT_NOT_UP);
+        let err = FetchError::TimedOut(Duration::from_secs(1));
+        assert_eq!(exit_code(&Err(err)), EXIT_UNREACHABLE);
+    }
+}

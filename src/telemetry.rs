@@ -1,0 +1,112 @@
+//! What a running sidecar shows the outside world: the status registry, the metrics,
+//! the HTTP server that serves both, and the state file. Started before the checkers
+//! (so a port that cannot be bound stops tether before it connects anywhere) and stopped
+//! after them (so the last state is still served and written).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{App, HttpError, HttpServer, Limits};
+use crate::metrics::{Metrics, MetricsError};
+use crate::observe::{Observer, Observers};
+use crate::state_file::{self, StateFileError};
+use crate::status::Status;
+
+/// The observability side of the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
+}
+
+/// The running endpoints.
+pub struct Telemetry {
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    /// Where the HTTP server listens (the real port when `listen` asked for port 0).
+    http_addr: SocketAddr,
+    /// Stops the HTTP server and the state-file writer.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Telemetry {
+    /// Binds `[server] listen`, writes the state file once, and starts serving.
+    pub async fn start(config: &Config) -> Result<Telemetry, TelemetryError> {
+        Telemetry::start_with(config, Limits::default()).await
+    }
+
+    /// [`Telemetry::start`] with other HTTP limits.
+    pub async fn start_with(config: &Config, limits: Limits) -> Result<Telemetry, TelemetryError> {
+        let status = Arc::new(Status::new(config));
+        let metrics = Arc::new(Metrics::new(config)?);
+        let app = App {
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
+        let server = HttpServer::bind(config.server.listen, app, limits).await?;
+        let http_addr = server.local_addr();
+        if let Some(path) = &config.server.state_file {
+            state_file::write_now(path, &status).await?;
+        }
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(server.run(stop.clone().cancelled_owned()));
+        if let Some(path) = &config.server.state_file {
+            tasks.spawn(state_file::keep_written(
+                path.clone(),
+                status.clone(),
+                stop.clone(),
+            ));
+        }
+        tasks.close();
+        tracing::info!(address = %http_addr, "listening on {http_addr}");
+        Ok(Telemetry {
+            status,
+            metrics,
+            http_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The listeners the checkers must report to: the status registry first, so
+    /// `/status` is current before anything else reacts.
+    pub fn observers(&self) -> Observers {
+        Observers::new()
+            .with(self.status.clone() as Arc<dyn Observer>)
+            .with(self.metrics.clone() as Arc<dyn Observer>)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The sidecar is stopping: `/readyz` turns 503 while the endpoints keep serving.
+    pub fn stopping(&self) {
+        self.status.set_stopping();
+    }
+
+    /// Writes the state file a last time and closes the HTTP server.
+    pub async fn stop(self) {
+        self.status.set_stopping();
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
