@@ -9,10 +9,14 @@ use crate::observe::{LogObserver, Observers};
 use crate::supervisor::Supervisor;
 
 /// Runs the sidecar for `config` until `shutdown` resolves, then stops every actor.
-pub async fn run(config: Config, extra: Observers, shutdown: impl Future<Output = ()>) {
+pub async fn run(mut config: Config, extra: Observers, shutdown: impl Future<Output = ()>) {
     raise_open_files_limit(config.targets.len());
     let observers = extra.with(Arc::new(LogObserver));
-    let supervisor = Supervisor::start(&config, Arc::new(observers));
+    // The targets move into the actors that watch them rather than staying here as
+    // well: the sidecar must keep nothing per target beyond what its actor needs.
+    let targets = std::mem::take(&mut config.targets);
+    let supervisor =
+        Supervisor::start_targets(targets.into_iter().map(Arc::new), Arc::new(observers));
     tracing::info!(
         targets = supervisor.len(),
         version = env!("CARGO_PKG_VERSION"),

@@ -30,16 +30,26 @@ struct Actor {
 }
 
 impl Supervisor {
-    /// Starts one actor per target of `config`.
+    /// Starts one actor per target of `config`, on copies of its targets.
     pub fn start(config: &Config, observer: Arc<dyn Observer>) -> Supervisor {
+        Supervisor::start_targets(config.targets.iter().cloned().map(Arc::new), observer)
+    }
+
+    /// Starts one actor per target, taking the targets over: a caller with no further
+    /// use for them hands them to their actors instead of keeping a second copy of
+    /// each, which with thousands of targets is megabytes.
+    pub fn start_targets(
+        targets: impl ExactSizeIterator<Item = Arc<Target>>,
+        observer: Arc<dyn Observer>,
+    ) -> Supervisor {
         let mut sup = Supervisor {
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
             observer,
-            actors: HashMap::with_capacity(config.targets.len()),
+            actors: HashMap::with_capacity(targets.len()),
         };
-        for target in &config.targets {
-            sup.spawn(Arc::new(target.clone()));
+        for target in targets {
+            sup.spawn(target);
         }
         sup
     }
