@@ -6,5 +6,6 @@ mod config_errors;
 mod config_examples;
 mod harness;
 mod servers;
+mod supervision;
 mod support;
 mod watcher;
