@@ -50,8 +50,10 @@ impl Checker {
         }
     }
 
-    /// Watches the target until cancelled.
-    pub async fn run(mut self) {
+    /// Watches the target until cancelled. Borrows rather than consumes the checker:
+    /// the supervisor keeps it in its own task, and a `self` moved into this future
+    /// would be stored twice over in every actor.
+    pub async fn run(&mut self) {
         self.observer.started(&self.target);
         let mut next = Next::ConnectNow;
         let mut held: Option<TcpStream> = None;

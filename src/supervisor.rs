@@ -2,8 +2,12 @@
 //! without touching the others, and stops them all on shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
@@ -82,23 +86,28 @@ impl Supervisor {
     }
 }
 
-/// Runs one target's checker, restarting it if it panics. Each incarnation runs as its
-/// own task so that a panic unwinds only that task; the event numbering survives.
+/// Runs one target's checker, restarting it if it panics. The checker runs inside
+/// this task behind a catch of its panics, so that a target costs one task, not two:
+/// a panic still unwinds only that checker's future, and the event numbering survives.
 async fn supervise(target: Arc<Target>, observer: Arc<dyn Observer>, cancel: CancellationToken) {
     let seq = Arc::new(AtomicU64::new(0));
     // Pace restarts like reconnects, so a checker that panics at once cannot spin.
     let mut pace = ReconnectBackoff::new(&target.backoff);
     loop {
-        let checker = Checker::new(
-            target.clone(),
-            observer.clone(),
-            cancel.clone(),
-            seq.clone(),
-        );
-        let outcome = tokio::spawn(checker.run()).await;
+        // The checker and its future live only in this block, so the restart delay
+        // below reuses their space in this task; one that panicked is never polled again.
+        let outcome = {
+            let mut checker = Checker::new(
+                target.clone(),
+                observer.clone(),
+                cancel.clone(),
+                seq.clone(),
+            );
+            CatchUnwind(pin!(checker.run())).await
+        };
         match outcome {
             Ok(()) => break,
-            Err(e) if e.is_panic() => {
+            Err(_) => {
                 observer.restarted(&target);
                 let delay = pace.next_delay();
                 tracing::error!(
@@ -111,8 +120,23 @@ async fn supervise(target: Arc<Target>, observer: Arc<dyn Observer>, cancel: Can
                     () = sleep(delay) => {}
                 }
             }
-            // Cancelled from outside: the runtime is shutting down.
-            Err(_) => break,
+        }
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err` as a task's join handle
+/// would, without the cost of a task of its own.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(payload)),
         }
     }
 }
