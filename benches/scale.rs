@@ -407,7 +407,7 @@ impl Figures {
 }
 
 async fn run(o: &Options) -> Result<Figures, String> {
-    raise_open_files_limit();
+    raise_open_files_limit(o.targets as u64 + o.batch as u64 + 64)?;
     let mut pool = Pool::start(o.batch)
         .await
         .map_err(|e| format!("cannot start listeners: {e}"))?;
@@ -642,14 +642,23 @@ fn write_config(targets: usize, pool: &Pool) -> std::io::Result<tempfile::NamedT
     Ok(file)
 }
 
-/// The bench holds one socket per target and per listener.
-fn raise_open_files_limit() {
+/// The bench holds one socket per target and per listener, and tether (which inherits
+/// the limit) one per target: raises the soft limit to the hard one, and refuses to
+/// start when even that is too small, rather than fail later on a vague deadline.
+fn raise_open_files_limit(needed: u64) -> Result<(), String> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    let mut limit = soft;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        limit = hard;
     }
+    if limit < needed {
+        return Err(format!(
+            "the open-files limit is {limit}, this run needs {needed}: raise the hard \
+             limit (ulimit -Hn) or use fewer --targets"
+        ));
+    }
+    Ok(())
 }
 
 // === the report ===
