@@ -73,8 +73,10 @@ impl Checker {
         }
     }
 
-    /// Watches the target until cancelled.
-    pub async fn run(mut self) {
+    /// Watches the target until cancelled. Borrows rather than consumes the checker:
+    /// the supervisor keeps it in its own task, and a `self` moved into this future
+    /// would be stored twice over in every actor.
+    pub async fn run(&mut self) {
         self.observer.started(&self.target);
         let mut next = Next::ConnectNow;
         let mut held: Option<Link> = None;
@@ -90,16 +92,26 @@ impl Checker {
                 self.observer.transition(&self.target, t);
             }
             next = step.next;
+            #[cfg(feature = "fault-injection")]
+            if matches!(next, Next::Hold { .. }) {
+                crate::fault::check_up(&self.target.name);
+            }
         }
     }
 
     /// Carries out `next` and returns what came of it.
+    ///
+    /// The connect attempt runs boxed: its future (resolution, per-address timeouts,
+    /// the handshake, the first probe) is the largest state an actor goes through, and
+    /// inline it would set the size of every actor's task for all the time it sits
+    /// holding a healthy connection. One allocation per attempt is cheap next to the
+    /// attempt's own system calls.
     async fn observe(&self, next: Next, held: &mut Option<Link>) -> Input {
         match next {
-            Next::ConnectNow => self.attempt(held).await,
+            Next::ConnectNow => Box::pin(self.attempt(held)).await,
             Next::ConnectAfter(delay) => {
                 sleep(delay).await;
-                self.attempt(held).await
+                Box::pin(self.attempt(held)).await
             }
             Next::Hold { until } => match held {
                 Some(link) => self.hold(link, until).await,
@@ -113,7 +125,7 @@ impl Checker {
     async fn attempt(&self, held: &mut Option<Link>) -> Input {
         *held = None;
         #[cfg(feature = "fault-injection")]
-        crate::fault::check(&self.target.name);
+        crate::fault::check_connect(&self.target.name);
         let t = &self.target;
         let started = Instant::now();
         let result = probe::connect(

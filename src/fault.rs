@@ -1,28 +1,45 @@
 //! Fault points for tests that prove supervision: armed from a test, they make a
-//! target's checker panic at its next connect attempts. Compiled only with the
-//! `fault-injection` feature, so no release build or config can reach them.
+//! target's checker panic at a chosen point. Compiled only with the `fault-injection`
+//! feature, so no release build or config can reach them.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-fn armed() -> &'static Mutex<HashMap<String, u32>> {
-    static ARMED: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+/// Where in a checker's life a fault fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Point {
+    /// Before a connect attempt.
+    Connect,
+    /// While holding a fresh connection, right after announcing it.
+    Up,
+}
+
+fn armed() -> &'static Mutex<HashMap<(String, Point), u32>> {
+    static ARMED: OnceLock<Mutex<HashMap<(String, Point), u32>>> = OnceLock::new();
     ARMED.get_or_init(Mutex::default)
+}
+
+fn arm(target: &str, point: Point, times: u32) {
+    armed()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((target.to_owned(), point), times);
 }
 
 /// Makes the next `times` connect attempts of `target` panic.
 pub fn panic_on_connect(target: &str, times: u32) {
-    armed()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(target.to_owned(), times);
+    arm(target, Point::Connect, times);
 }
 
-/// Called by the checker before each connect attempt.
-pub(crate) fn check(target: &str) {
+/// Makes the checker of `target` panic the next `times` times it holds a connection.
+pub fn panic_when_up(target: &str, times: u32) {
+    arm(target, Point::Up, times);
+}
+
+fn check(target: &str, point: Point) {
     let fire = {
         let mut armed = armed().lock().unwrap_or_else(|p| p.into_inner());
-        match armed.get_mut(target) {
+        match armed.get_mut(&(target.to_owned(), point)) {
             Some(n) if *n > 0 => {
                 *n -= 1;
                 true
@@ -31,6 +48,16 @@ pub(crate) fn check(target: &str) {
         }
     };
     if fire {
-        panic!("injected fault: checker of {target} panics");
+        panic!("injected fault: checker of {target} panics at {point:?}");
     }
+}
+
+/// Called by the checker before each connect attempt.
+pub(crate) fn check_connect(target: &str) {
+    check(target, Point::Connect);
+}
+
+/// Called by the checker when it is about to hold a connection.
+pub(crate) fn check_up(target: &str) {
+    check(target, Point::Up);
 }

@@ -96,49 +96,65 @@ impl Observers {
     }
 }
 
+impl Observers {
+    /// Calls every listener, each behind its own catch of panics: a bug in one
+    /// listener must not keep the others (hooks among them) from the report, nor
+    /// crash the checker that made it.
+    fn each(&self, what: &str, call: impl Fn(&dyn Observer)) {
+        for o in &self.0 {
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(o.as_ref())))
+            {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(report = what, panic = %message, "a listener panicked; the others were still told");
+            }
+        }
+    }
+}
+
 impl Observer for Observers {
     fn started(&self, target: &Target) {
-        self.0.iter().for_each(|o| o.started(target));
+        self.each("started", |o| o.started(target));
     }
 
     fn attempt(&self, target: &Target, ok: bool, elapsed: Duration) {
-        self.0.iter().for_each(|o| o.attempt(target, ok, elapsed));
+        self.each("attempt", |o| o.attempt(target, ok, elapsed));
     }
 
     fn lost(&self, target: &Target, error: &str) {
-        self.0.iter().for_each(|o| o.lost(target, error));
+        self.each("lost", |o| o.lost(target, error));
     }
 
     fn transition(&self, target: &Target, transition: &Transition) {
-        self.0.iter().for_each(|o| o.transition(target, transition));
+        self.each("transition", |o| o.transition(target, transition));
     }
 
     fn address_changed(&self, target: &Target, from: SocketAddr, to: SocketAddr) {
-        self.0
-            .iter()
-            .for_each(|o| o.address_changed(target, from, to));
+        self.each("address_changed", |o| o.address_changed(target, from, to));
     }
 
     fn hook_run(&self, target: &Target, event: Event, result: HookResult, elapsed: Duration) {
-        self.0
-            .iter()
-            .for_each(|o| o.hook_run(target, event, result, elapsed));
+        self.each("hook_run", |o| o.hook_run(target, event, result, elapsed));
     }
 
     fn hooks_coalesced(&self, target: &Target, count: u64) {
-        self.0.iter().for_each(|o| o.hooks_coalesced(target, count));
+        self.each("hooks_coalesced", |o| o.hooks_coalesced(target, count));
     }
 
     fn restarted(&self, target: &Target) {
-        self.0.iter().for_each(|o| o.restarted(target));
+        self.each("restarted", |o| o.restarted(target));
     }
 
     fn reloaded(&self, ok: bool) {
-        self.0.iter().for_each(|o| o.reloaded(ok));
+        self.each("reloaded", |o| o.reloaded(ok));
     }
 
     fn stopped(&self, target: &Target) {
-        self.0.iter().for_each(|o| o.stopped(target));
+        self.each("stopped", |o| o.stopped(target));
     }
 }
 

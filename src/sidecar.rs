@@ -45,7 +45,7 @@ pub enum Control {
 /// Fails at start, before connecting anywhere, if a webhook secret is missing, the
 /// HTTP port cannot be bound or the state file cannot be written.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     extra: Observers,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
@@ -59,7 +59,14 @@ pub async fn run(
     let report: Arc<dyn Observer> = Arc::new(listeners.clone());
     let hooks = HookRunner::new(&config, report.clone())?;
     let observers = listeners.with(Arc::new(hooks.clone()));
-    let mut supervisor = Supervisor::start(&config, Arc::new(observers));
+    // The targets move into the actors that watch them rather than staying here as
+    // well: the sidecar keeps nothing per target beyond what its actor needs.
+    let targets = std::mem::take(&mut config.targets);
+    let mut supervisor = Supervisor::start_targets(
+        targets.into_iter().map(Arc::new),
+        config.supervisor.clone(),
+        Arc::new(observers),
+    );
     tracing::info!(
         targets = supervisor.len(),
         version = env!("CARGO_PKG_VERSION"),
@@ -80,7 +87,11 @@ pub async fn run(
                     );
                     warn_restart_only(&current, &new);
                     report.reloaded(true);
-                    current = new;
+                    // The actors hold the targets; keep only the process-wide settings.
+                    current = Config {
+                        targets: Vec::new(),
+                        ..new
+                    };
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "config reload refused; keeping the running config");

@@ -4,7 +4,11 @@
 //! by difference, so unchanged targets keep their connections.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
@@ -50,17 +54,32 @@ pub struct ReloadSummary {
 }
 
 impl Supervisor {
-    /// Starts one actor per target of `config`.
+    /// Starts one actor per target of `config`, on copies of its targets.
     pub fn start(config: &Config, observer: Arc<dyn Observer>) -> Supervisor {
+        Supervisor::start_targets(
+            config.targets.iter().cloned().map(Arc::new),
+            config.supervisor.clone(),
+            observer,
+        )
+    }
+
+    /// Starts one actor per target, taking the targets over: a caller with no further
+    /// use for them hands them to their actors instead of keeping a second copy of
+    /// each, which with thousands of targets is megabytes.
+    pub fn start_targets(
+        targets: impl ExactSizeIterator<Item = Arc<Target>>,
+        policy: Supervision,
+        observer: Arc<dyn Observer>,
+    ) -> Supervisor {
         let mut sup = Supervisor {
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
             observer,
-            policy: config.supervisor.clone(),
-            actors: HashMap::with_capacity(config.targets.len()),
+            policy,
+            actors: HashMap::with_capacity(targets.len()),
         };
-        for target in &config.targets {
-            sup.spawn(Arc::new(target.clone()), Arc::default(), None);
+        for target in targets {
+            sup.spawn(target, Arc::default(), None);
         }
         sup
     }
@@ -167,17 +186,21 @@ async fn supervise(
     let window = Duration::from_secs(u64::from(policy.max_seconds));
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     loop {
-        let checker = Checker::new(
-            target.clone(),
-            observer.clone(),
-            cancel.clone(),
-            memory.clone(),
-        );
-        let reason = match tokio::spawn(checker.run()).await {
+        // The checker lives only in this block, inside this task behind a catch of its
+        // panics: a target costs one task, not two, and a checker that panicked (and
+        // its connection) is dropped before the next one starts.
+        let outcome = {
+            let mut checker = Checker::new(
+                target.clone(),
+                observer.clone(),
+                cancel.clone(),
+                memory.clone(),
+            );
+            CatchUnwind(pin!(checker.run())).await
+        };
+        let reason = match outcome {
             Ok(()) => break,
-            Err(e) if e.is_panic() => panic_message(e.into_panic()),
-            // Aborted from outside: the runtime is shutting down.
-            Err(_) => break,
+            Err(payload) => panic_message(payload),
         };
         if cancel.is_cancelled() {
             break;
@@ -237,6 +260,23 @@ fn give_up(
     drop(memory);
     for t in &transitions {
         observer.transition(target, t);
+    }
+}
+
+/// Polls a future, turning a panic inside it into `Err` as a task's join handle
+/// would, without the cost of a task of its own.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
     }
 }
 

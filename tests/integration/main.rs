@@ -13,6 +13,7 @@ mod moves;
 mod netns;
 mod probes;
 mod receiver;
+mod restarts;
 mod servers;
 mod status_cmd;
 mod supervision;
