@@ -70,6 +70,8 @@ pub struct Metrics {
     families: Families,
     /// The resolved series of each live target.
     targets: RwLock<HashMap<String, Arc<TargetSeries>>>,
+    /// Config reloads by outcome: `[applied, rejected]`.
+    reloads: [IntCounter; 2],
 }
 
 /// One target's series, resolved once.
@@ -121,10 +123,25 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tether_config_reloads_total",
+                "Config reloads (SIGHUP), by result: applied, or rejected and the running config kept.",
+            ),
+            &["result"],
+        )
+        .map_err(MetricsError::Register)?;
+        registry
+            .register(Box::new(reloads.clone()))
+            .map_err(MetricsError::Register)?;
         let metrics = Metrics {
             registry,
             families,
             targets: RwLock::new(HashMap::new()),
+            reloads: [
+                reloads.with_label_values(&["applied"]),
+                reloads.with_label_values(&["rejected"]),
+            ],
         };
         for target in &config.targets {
             metrics.add(target, 0);
@@ -243,13 +260,6 @@ impl TargetSeries {
             gauge.set(i64::from(i == now));
         }
         self.up.set(i64::from(state == State::Up));
-    }
-
-    fn current_state(&self) -> Option<State> {
-        State::ALL
-            .into_iter()
-            .zip(&self.state)
-            .find_map(|(s, g)| (g.get() == 1).then_some(s))
     }
 }
 
@@ -376,13 +386,9 @@ impl Observer for Metrics {
     fn started(&self, target: &Target) {
         match self.series(target) {
             Some(series) => {
+                // A restarted or replaced actor resumes where the last one stopped:
+                // its series go on as they are.
                 series.owner.store(owner_of(target), Ordering::Release);
-                // A restarted actor begins again from `connecting`, without a transition.
-                if series.current_state() != Some(State::Connecting) {
-                    series.state_changes[state_index(State::Connecting)].inc();
-                    series.set_state(State::Connecting);
-                }
-                series.consecutive_failures.set(0);
             }
             None => {
                 self.add(target, owner_of(target));
@@ -458,6 +464,10 @@ impl Observer for Metrics {
         if let Some(s) = self.series(target) {
             s.actor_restarts.inc();
         }
+    }
+
+    fn reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
     }
 
     fn stopped(&self, target: &Target) {
@@ -683,7 +693,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_counts_a_change_back_to_connecting() {
+    fn a_restart_counts_the_restart_and_keeps_the_state_the_actor_resumes_from() {
         let config = config();
         let db = &config.targets[0];
         let m = Metrics::new(&config).unwrap();
@@ -695,17 +705,12 @@ mod tests {
         m.restarted(db);
         m.started(db);
         assert_eq!(
-            value(
-                &m,
-                "tether_target_state{state=\"connecting\",target=\"db\"}"
-            ),
+            value(&m, "tether_target_state{state=\"up\",target=\"db\"}"),
             Some(1.0)
         );
+        assert_eq!(value(&m, "tether_target_up{target=\"db\"}"), Some(1.0));
         assert_eq!(
-            value(
-                &m,
-                "tether_state_changes_total{target=\"db\",to=\"connecting\"}"
-            ),
+            value(&m, "tether_actor_restarts_total{target=\"db\"}"),
             Some(1.0)
         );
     }

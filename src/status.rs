@@ -297,14 +297,24 @@ impl Observer for Status {
         match existing {
             Some(slot) => {
                 slot.owner.store(owner, Ordering::Release);
-                // A restarted actor begins again from `connecting`, without a transition.
-                self.update(target, |e| {
-                    if e.state != State::Connecting {
-                        e.state = State::Connecting;
-                        e.since = Timestamp(SystemTime::now());
+                // A restarted or replaced actor resumes where the last one stopped (its
+                // machine continues from what was last announced): the state stands;
+                // only settings a reload changed are taken over.
+                let mut e = lock(&slot.entry);
+                e.address = target.address.to_string();
+                e.probe = target.probe.kind().to_owned();
+                if e.required != target.required {
+                    if e.state != State::Up {
+                        if target.required {
+                            self.not_ready.fetch_add(1, Ordering::AcqRel);
+                        } else {
+                            self.not_ready.fetch_sub(1, Ordering::AcqRel);
+                        }
                     }
-                    e.failures = 0;
-                });
+                    e.required = target.required;
+                }
+                drop(e);
+                self.bump();
             }
             None => {
                 let mut slots = self.write_slots();
@@ -507,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_actor_shows_its_target_connecting_again() {
+    fn a_restarted_or_replaced_actor_keeps_the_state_and_takes_over_new_settings() {
         let config = two_targets();
         let db = &config.targets[0];
         let status = Status::new(&config);
@@ -516,11 +526,22 @@ mod tests {
             db,
             &transition(0, Event::Connect, State::Connecting, State::Up),
         );
-        assert!(status.target("db").unwrap().state == State::Up);
         status.restarted(db);
         status.started(db);
-        assert_eq!(status.target("db").unwrap().state, State::Connecting);
+        assert_eq!(status.target("db").unwrap().state, State::Up);
+        assert!(status.ready());
+
+        // A reload made db optional while it is down: readiness no longer waits for it.
+        status.transition(
+            db,
+            &transition(1, Event::Disconnect, State::Up, State::Down),
+        );
         assert_eq!(status.not_ready(), ["db"]);
+        let mut optional = db.clone();
+        optional.required = false;
+        status.started(&optional);
+        assert!(status.not_ready().is_empty());
+        assert!(!status.target("db").unwrap().required);
     }
 
     #[test]

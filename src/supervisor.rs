@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -42,6 +43,9 @@ struct Actor {
     /// The supervising task; a replacement waits for it so two incarnations never
     /// publish for the same target at once.
     task: JoinHandle<()>,
+    /// Set when a reload replaces the actor: its target lives on in the replacement,
+    /// so listeners must not be told it stopped.
+    replaced: Arc<AtomicBool>,
 }
 
 /// What a reload changed.
@@ -104,6 +108,7 @@ impl Supervisor {
         after: Option<JoinHandle<()>>,
     ) {
         let cancel = self.root.child_token();
+        let replaced = Arc::new(AtomicBool::new(false));
         let task = self.tracker.spawn(supervise(
             target.clone(),
             self.observer.clone(),
@@ -111,6 +116,7 @@ impl Supervisor {
             memory.clone(),
             self.policy.clone(),
             after,
+            replaced.clone(),
         ));
         self.actors.insert(
             target.name.clone(),
@@ -119,6 +125,7 @@ impl Supervisor {
                 cancel,
                 memory,
                 task,
+                replaced,
             },
         );
     }
@@ -150,6 +157,7 @@ impl Supervisor {
                 Some(actor) if *actor.target.as_ref() == *target => summary.unchanged += 1,
                 Some(_) => {
                     let old = self.actors.remove(&target.name).expect("matched above");
+                    old.replaced.store(true, Ordering::Release);
                     old.cancel.cancel();
                     self.spawn(Arc::new(target.clone()), old.memory, Some(old.task));
                     summary.changed.push(target.name.clone());
@@ -179,6 +187,7 @@ async fn supervise(
     memory: Arc<Mutex<Snapshot>>,
     policy: Supervision,
     after: Option<JoinHandle<()>>,
+    replaced: Arc<AtomicBool>,
 ) {
     if let Some(previous) = after {
         let _ = previous.await;
@@ -238,7 +247,9 @@ async fn supervise(
             () = sleep(policy.cooldown.get()) => {}
         }
     }
-    observer.stopped(&target);
+    if !replaced.load(Ordering::Acquire) {
+        observer.stopped(&target);
+    }
 }
 
 /// Publishes the transitions that mark a target failed after too many crashes.

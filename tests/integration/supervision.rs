@@ -104,6 +104,17 @@ impl Drop for Running {
     }
 }
 
+/// Where a running tether's HTTP server listens, from its log.
+fn http_addr(tether: &mut Running) -> std::net::SocketAddr {
+    let listening = tether.expect_log("listening on", LIMIT);
+    listening
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+}
+
 fn target(name: &str, listener: &Listener, extra: &str) -> String {
     format!(
         "[[targets]]\nname = \"{name}\"\naddress = \"{}\"\n{extra}\n",
@@ -163,6 +174,25 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
         "the unchanged target kept its connection"
     );
     assert_eq!(unchanged.open(), 1);
+
+    // /status follows: the replaced target stays up, the added one is listed, the
+    // removed one is gone.
+    let addr = http_addr(&mut tether);
+    let states = crate::endpoint::eventually(LIMIT, "added target up in /status", || async move {
+        let doc = crate::endpoint::get(addr, "/status").await.json();
+        let state = |name: &str| {
+            doc["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == name)
+                .map(|t| t["state"].as_str().unwrap().to_owned())
+        };
+        (state("added").as_deref() == Some("up"))
+            .then(|| (state("unchanged"), state("changed"), state("removed")))
+    })
+    .await;
+    assert_eq!(states, (Some("up".to_owned()), Some("up".to_owned()), None));
     // The replaced actor announced nothing new: its reconnect replaced a live connection.
     assert!(
         !tether
@@ -223,6 +253,18 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     tether.expect_log("config reloaded", LIMIT);
     poll(LIMIT, "b stopped", || b.open() == 0);
     assert_eq!(a.accepted(), 1);
+
+    // Both reloads were counted.
+    let addr = http_addr(&mut tether);
+    let metrics = crate::endpoint::get(addr, "/metrics").await;
+    assert_eq!(
+        metrics.sample("tether_config_reloads_total{result=\"rejected\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.sample("tether_config_reloads_total{result=\"applied\"}"),
+        Some(1.0)
+    );
     tether.signal(Signal::SIGTERM);
     assert!(tether.wait(LIMIT).success());
 }
