@@ -119,6 +119,13 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+
+    /// A 15-second tour: watch a throwaway local service, break it, restore it
+    ///
+    /// Needs no config and no server: it starts a TCP service on loopback, watches
+    /// it with hooks that print, kills it until the failure threshold passes,
+    /// restores it, and shows each event, hook output and changed metric.
+    Demo,
 }
 
 #[derive(Debug, Args)]

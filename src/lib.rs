@@ -7,6 +7,7 @@ pub mod check;
 pub mod checker;
 pub mod cli;
 pub mod config;
+pub mod demo;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod hooks;

@@ -15,14 +15,19 @@ use tether::config::{self, Address, Config, ConfigError};
 use tether::observe::Observers;
 use tether::sidecar::Control;
 use tether::status_view::{self, Output, Url};
-use tether::{check, logging, sidecar};
+use tether::{check, demo, logging, sidecar};
 
 /// Exit status for an invalid config (the CLI contract).
 const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log.log_format, cli.log.log_level.as_deref()) {
+    // The demo prints its own account of what happens; logs would only repeat it.
+    let level = match (&cli.command, cli.log.log_level.as_deref()) {
+        (Command::Demo, None) => Some("error"),
+        (_, level) => level,
+    };
+    if let Err(e) = logging::init(cli.log.log_format, level) {
         eprintln!("tether: {e}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
@@ -102,6 +107,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             })
+        }
+        Command::Demo => {
+            runtime()?.block_on(demo::run())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status {
             config,

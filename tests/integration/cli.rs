@@ -209,3 +209,42 @@ fn the_config_path_falls_back_to_tether_config_then_the_working_directory() {
         "{out:?}"
     );
 }
+
+#[test]
+fn the_demo_breaks_and_restores_a_service_and_shows_hooks_and_metrics_in_under_15_seconds() {
+    let started = Instant::now();
+    let out = tether().arg("demo").output().unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // Every event, in order, each with its hook's output.
+    let mut rest = text.as_ref();
+    for needle in [
+        "connect    connecting -> up",
+        "demo-db:0 connect: connection up",
+        "disconnect up -> down",
+        "failure    down -> failed",
+        "switch the application to its fallback store",
+        "tether_target_state{state=\"failed\",target=\"demo-db\"} 1",
+        "connect    failed -> up",
+        "recover    up -> up",
+        "switch the application back to the primary",
+        "tether_hook_runs_total{event=\"recover\",result=\"ok\",target=\"demo-db\"} 1",
+    ] {
+        let at = rest
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} after the previous step in:\n{text}"));
+        rest = &rest[at + needle.len()..];
+    }
+    assert!(
+        out.stderr.is_empty(),
+        "no log noise: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
