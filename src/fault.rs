@@ -12,6 +12,10 @@ enum Point {
     Connect,
     /// While holding a fresh connection, right after announcing it.
     Up,
+    /// In the task running one event's hooks.
+    Hook,
+    /// While building an HTTP answer (`/status`); not tied to a target.
+    Http,
 }
 
 fn armed() -> &'static Mutex<HashMap<(String, Point), u32>> {
@@ -34,6 +38,16 @@ pub fn panic_on_connect(target: &str, times: u32) {
 /// Makes the checker of `target` panic the next `times` times it holds a connection.
 pub fn panic_when_up(target: &str, times: u32) {
     arm(target, Point::Up, times);
+}
+
+/// Makes the task running the next `times` hook events of `target` panic.
+pub fn panic_in_hooks(target: &str, times: u32) {
+    arm(target, Point::Hook, times);
+}
+
+/// Makes the next `times` `/status` answers panic while being built.
+pub fn panic_in_http(times: u32) {
+    arm("", Point::Http, times);
 }
 
 fn check(target: &str, point: Point) {
@@ -60,4 +74,14 @@ pub(crate) fn check_connect(target: &str) {
 /// Called by the checker when it is about to hold a connection.
 pub(crate) fn check_up(target: &str) {
     check(target, Point::Up);
+}
+
+/// Called by the hook runner before running an event's actions.
+pub(crate) fn check_hook(target: &str) {
+    check(target, Point::Hook);
+}
+
+/// Called by the HTTP server while building `/status`.
+pub(crate) fn check_http() {
+    check("", Point::Http);
 }

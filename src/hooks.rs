@@ -193,17 +193,28 @@ impl HookRunner {
                     }
                 }
             };
-            let (target, event) = (job.target.clone(), job.event);
+            let (config, event) = (job.config.clone(), job.event);
             // Its own task, so that a panic while running one event is contained and the
             // queue keeps being served.
             let runner = self.clone();
+            let started = Instant::now();
             if let Err(e) = tokio::spawn(async move { runner.run(job).await }).await {
-                tracing::error!(target_name = %target, event = %event, error = %e, "hook runner task failed");
+                tracing::error!(
+                    target_name = %config.name,
+                    event = %event,
+                    error = %e,
+                    "running hooks failed; the next events' hooks will still run"
+                );
+                self.inner
+                    .report
+                    .hook_run(&config, event, HookResult::Error, started.elapsed());
             }
         }
     }
 
     async fn run(&self, job: Job) {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::check_hook(&job.target);
         let json = job.payload.to_json();
         for (i, action) in job.actions.iter().enumerate() {
             let _permit = self

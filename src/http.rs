@@ -329,6 +329,8 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 fn status_document(app: &App) -> Response<Full<Bytes>> {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::check_http();
     body(
         StatusCode::OK,
         "application/json",

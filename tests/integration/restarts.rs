@@ -130,3 +130,52 @@ async fn a_checker_that_panics_while_up_lets_go_of_its_connection_and_reconnects
     assert_eq!(steady.accepted(), 1, "the other actor kept its connection");
     sup.shutdown().await;
 }
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_running_hooks_is_contained_and_the_next_events_hooks_still_run() {
+    use tether::observe::HookResult;
+
+    let mut listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    tether::fault::panic_in_hooks("hooky", 1);
+    let recorder = Recorder::new();
+    let sidecar = crate::harness::Sidecar::start(
+        &format!(
+            "[[targets]]\nname = \"hooky\"\naddress = \"{}\"\n[targets.hooks]\n\
+             on_connect = {{ command = [\"/bin/true\"] }}\non_disconnect = {{ command = [\"/bin/true\"] }}\n",
+            listener.address()
+        ),
+        &recorder,
+    );
+    recorder.nth_event("hooky", Event::Connect, 1, LIMIT).await;
+    listener.kill().await;
+    recorder
+        .nth_event("hooky", Event::Disconnect, 1, LIMIT)
+        .await;
+    let runs = recorder.hook_runs("hooky", 2, LIMIT).await;
+    assert_eq!(
+        runs,
+        [
+            (Event::Connect, HookResult::Error),
+            (Event::Disconnect, HookResult::Ok)
+        ],
+        "the connect hook's task panicked; the disconnect hook ran regardless"
+    );
+    sidecar.stop().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_answering_http_is_contained_and_the_server_keeps_serving() {
+    let listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let sidecar = crate::endpoint::Sidecar::start(&format!(
+        "[[targets]]\nname = \"web\"\naddress = \"{}\"\n",
+        listener.address()
+    ))
+    .await;
+    tether::fault::panic_in_http(1);
+    assert_eq!(sidecar.get("/status").await.status, 500);
+    assert_eq!(sidecar.get("/healthz").await.status, 200);
+    assert_eq!(sidecar.get("/status").await.status, 200);
+    sidecar.stop().await;
+}
