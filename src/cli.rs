@@ -133,6 +133,40 @@ pub struct CheckArgs {
     /// What "healthy" means on the wire
     #[arg(long, value_enum, default_value_t = ProbeKind::Tcp)]
     pub probe: ProbeKind,
+
+    /// With --probe http: the path to GET
+    #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_path)]
+    pub path: String,
+
+    /// With --probe http: the status that means healthy
+    #[arg(long, value_name = "CODE", default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..600))]
+    pub expect_status: u16,
+}
+
+impl CheckArgs {
+    /// The probe these arguments describe, with the defaults a config file gets.
+    /// HTTP settings given with another kind are an error, not silently ignored.
+    pub fn probe(&self) -> Result<config::Probe, String> {
+        match self.probe {
+            ProbeKind::Http => Ok(config::Probe::Http {
+                path: self.path.clone(),
+                expect_status: self.expect_status,
+                host: None,
+            }),
+            _ if self.path != "/" || self.expect_status != 200 => {
+                Err("--path and --expect-status apply only to --probe http".to_owned())
+            }
+            kind => Ok(kind.probe()),
+        }
+    }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        Ok(s.to_owned())
+    } else {
+        Err("must start with '/' and contain no spaces".to_owned())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -145,7 +179,7 @@ pub enum ProbeKind {
     Postgres,
     /// The server greets with a protocol-10 handshake (MySQL, MariaDB)
     Mysql,
-    /// GET / is answered by 200
+    /// GET --path is answered by --expect-status (default: GET / answered by 200)
     Http,
 }
 

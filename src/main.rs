@@ -74,7 +74,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let address = parse_address(&address)?;
-            let probe = args.probe.probe();
+            let probe = match args.probe() {
+                Ok(probe) => probe,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             let result = runtime()?.block_on(check::probe_once(&address, &probe, timeout));
             Ok(match result {
                 Ok(()) => {
@@ -92,7 +95,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             check: args,
             timeout,
         } => {
-            let probe = args.probe.probe();
+            let probe = match args.probe() {
+                Ok(probe) => probe,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             let addresses = addresses
                 .iter()
                 .map(|a| parse_address(a))
@@ -141,6 +147,12 @@ fn status_url_from_config(arg: &ConfigArg) -> Result<Url, ExitCode> {
             .expect("the default URL is valid"));
     }
     load(arg).map(|c| Url::from_listen(c.server.listen))
+}
+
+/// A command line that makes no sense: said like clap says it, with its exit code.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
 }
 
 /// Loads the config, printing every problem; the error is the exit code to use.

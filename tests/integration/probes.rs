@@ -640,6 +640,27 @@ async fn tether_probe_speaks_the_protocol_it_is_given() {
         "{out:?}"
     );
 
+    // The path and the expected status come from the command line; they mean nothing
+    // to other probes, and saying them there is a usage error.
+    let out = tether_probe(&[
+        &http.addr(),
+        "--probe",
+        "http",
+        "--path",
+        "/healthz",
+        "--expect-status",
+        "503",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        http.request_heads()
+            .last()
+            .unwrap()
+            .starts_with("GET /healthz HTTP/1.1")
+    );
+    let out = tether_probe(&[&redis.addr(), "--probe", "redis", "--path", "/healthz"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
     // The wrong protocol is not healthy: HTTP is not Redis, and Redis does not greet.
     let out = tether_probe(&[&http.addr(), "--probe", "redis"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
