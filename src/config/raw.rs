@@ -19,8 +19,10 @@ pub struct RawConfig {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub supervisor: RawSupervisor,
+    /// Boxed: a parsed target is large (every key optional, each with its position),
+    /// and a growing `Vec` of them would reserve room for thousands more at once.
     #[serde(default)]
-    pub targets: Vec<Spanned<RawTarget>>,
+    pub targets: Vec<Spanned<Box<RawTarget>>>,
 }
 
 /// `[supervisor]`: restart intensity of crashed actors, and shutdown.
