@@ -191,13 +191,15 @@ impl Checker {
                     if until.is_some_and(|at| now >= at) {
                         return Input::Tick;
                     }
+                    // Boxed like the connect attempt: inline, these futures would set
+                    // the size of every idle actor's task.
                     if link.next_check.is_some_and(|at| now >= at) {
-                        if let Err(reason) = self.recheck(link).await {
+                        if let Err(reason) = Box::pin(self.recheck(link)).await {
                             return self.lost(reason);
                         }
                     }
                     if link.next_resolve.is_some_and(|at| now >= at) {
-                        self.follow(link).await;
+                        Box::pin(self.follow(link)).await;
                     }
                 }
             }
