@@ -8,9 +8,10 @@ use std::time::Duration;
 use tether::machine::Event;
 use tether::observe::HookResult;
 
-use crate::cli::{poll, tether};
 use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar};
 use crate::receiver::Receiver;
+use crate::support::poll;
+use crate::support::tether_process::TetherProcess;
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -448,14 +449,8 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
         ),
     )
     .unwrap();
-    let mut child = tether()
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let tether_pid = child.id();
+    let tether = TetherProcess::run(&config, &[]);
+    let tether_pid = tether.pid();
     let (hook, grandchild) = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
         move || {
@@ -507,13 +502,8 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
     .await
     .unwrap();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tether_pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let (status, log) = tokio::task::spawn_blocking(move || tether.stop())
         .await
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "{status:?}\n{log}");
 }

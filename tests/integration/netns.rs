@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tether::machine::Event;
 
-use crate::cli::poll;
 use crate::harness::{Record, Recorder, watch};
+use crate::support::poll;
 
 /// A network namespace with one veth link to the host, removed on drop.
 struct Namespace {
