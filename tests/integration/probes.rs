@@ -93,15 +93,8 @@ fn probe_and_tcp(addr: &str, probe: &str, extra: &str) -> String {
 /// The first lost connection of `target` reported at or after `since`: how long after
 /// `since`, and why.
 async fn lost_since(rec: &Recorder, target: &str, since: Instant) -> (Duration, String) {
-    rec.until(target, LIMIT, "lost connection", |records| {
-        records.iter().find_map(|r| match r {
-            Record::Lost { at, error } if *at >= since => {
-                Some((at.duration_since(since), error.clone()))
-            }
-            _ => None,
-        })
-    })
-    .await
+    let (at, error) = rec.lost_since(target, since, LIMIT).await;
+    (at.duration_since(since), error)
 }
 
 fn losses(rec: &Recorder, target: &str) -> Vec<String> {

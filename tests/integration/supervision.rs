@@ -9,18 +9,11 @@ use nix::sys::signal::Signal;
 
 use tether::machine::Event;
 
-use crate::harness::{Behaviour, Listener, Recorder, Sidecar};
+use crate::harness::{Behaviour, Listener, Recorder, Sidecar, target};
 use crate::support::tether_process::{TetherProcess, run_command};
 use crate::support::{eventually, poll};
 
 const LIMIT: Duration = Duration::from_secs(15);
-
-fn target(name: &str, listener: &Listener, extra: &str) -> String {
-    format!(
-        "[[targets]]\nname = \"{name}\"\naddress = \"{}\"\n{extra}\n",
-        listener.address()
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_ones_alone() {
@@ -37,9 +30,9 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
         &path,
         format!(
             "{head}{}{}{}",
-            target("unchanged", &unchanged, ""),
-            target("changed", &changed, "failure_threshold = 3"),
-            target("removed", &removed, "")
+            target("unchanged", &unchanged.address(), ""),
+            target("changed", &changed.address(), "failure_threshold = 3"),
+            target("removed", &removed.address(), "")
         ),
     )
     .unwrap();
@@ -51,9 +44,9 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
         &path,
         format!(
             "{head}{}{}{}",
-            target("unchanged", &unchanged, ""),
-            target("changed", &changed, "failure_threshold = 4"),
-            target("added", &added, "")
+            target("unchanged", &unchanged.address(), ""),
+            target("changed", &changed.address(), "failure_threshold = 4"),
+            target("added", &added.address(), "")
         ),
     )
     .unwrap();
@@ -113,8 +106,8 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     let path = dir.path().join("tether.toml");
     let good = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
-        target("a", &a, ""),
-        target("b", &b, "")
+        target("a", &a.address(), ""),
+        target("b", &b.address(), "")
     );
     std::fs::write(&path, &good).unwrap();
     let mut tether = TetherProcess::run(&path, &[]);
@@ -145,7 +138,7 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target("a", &a, "")
+            target("a", &a.address(), "")
         ),
     )
     .unwrap();
@@ -179,9 +172,7 @@ async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"10s\"\n{}",
-            target(
-                "db",
-                &l,
+            target("db", &l.address(),
                 &format!(
                     "hook_timeout = \"20s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 1.5; touch '{d}/finished'\" }}"
                 )
@@ -217,9 +208,7 @@ async fn a_second_sigterm_exits_at_once() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target(
-                "db",
-                &l,
+            target("db", &l.address(),
                 &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 60\" }}")
             )
         ),
@@ -244,7 +233,11 @@ async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_fo
     );
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!("{}{}", target("keep", &a, ""), target("tune", &b, "")),
+        &format!(
+            "{}{}",
+            target("keep", &a.address(), ""),
+            target("tune", &b.address(), "")
+        ),
         &rec,
     );
     rec.nth_event("keep", Event::Connect, 1, LIMIT).await;
@@ -252,8 +245,8 @@ async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_fo
     sidecar
         .reload(&format!(
             "{}{}",
-            target("keep", &a, ""),
-            target("tune", &b, "failure_threshold = 9")
+            target("keep", &a.address(), ""),
+            target("tune", &b.address(), "failure_threshold = 9")
         ))
         .await;
     poll(LIMIT, "tune reconnected", || b.accepted() == 2);
@@ -283,9 +276,9 @@ mod faults {
         let sidecar = Sidecar::start(
             &format!(
                 "{}{}{}",
-                target("steady-a", &a, ""),
-                target("crashes-once", &b, ""),
-                target("steady-c", &c, "")
+                target("steady-a", &a.address(), ""),
+                target("crashes-once", &b.address(), ""),
+                target("steady-c", &c.address(), "")
             ),
             &rec,
         );
@@ -321,7 +314,7 @@ mod faults {
         let sidecar = Sidecar::start(
             &format!(
                 "[supervisor]\nmax_restarts = 3\nmax_seconds = 10\ncooldown = \"500ms\"\n{}",
-                target("crash-loop", &l, "")
+                target("crash-loop", &l.address(), "")
             ),
             &rec,
         );
@@ -395,7 +388,7 @@ async fn startup_raises_the_open_files_limit_and_warns_when_targets_may_not_fit(
         &small,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target("one", &l, "")
+            target("one", &l.address(), "")
         ),
     )
     .unwrap();
@@ -436,9 +429,7 @@ async fn a_hook_outliving_the_shutdown_grace_is_killed_and_tether_still_exits_0_
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"1s\"\n{}",
-            target(
-                "db",
-                &l,
+            target("db", &l.address(),
                 &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"echo $$ > '{d}/hook'; sleep 60\" }}")
             )
         ),
