@@ -2,37 +2,11 @@
 //! `wait`, and a clean stop on SIGTERM.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Behaviour, Listener, dead_port};
-
-pub fn tether() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-}
-
-/// Polls `done` every 10 ms until it holds or `limit` passes.
-pub fn poll(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("tether did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use crate::support::poll;
+use crate::support::tether_process::{TetherProcess, command as tether};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_watches_the_configured_targets_and_stops_cleanly_on_sigterm() {
@@ -44,13 +18,7 @@ async fn run_watches_the_configured_targets_and_stops_cleanly_on_sigterm() {
         listener.address()
     )
     .unwrap();
-    let mut child = tether()
-        .args(["run", "-c"])
-        .arg(file.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let running = TetherProcess::run(file.path(), &[]);
     tokio::task::spawn_blocking({
         let l = listener.accepted_counter();
         move || {
@@ -61,19 +29,9 @@ async fn run_watches_the_configured_targets_and_stops_cleanly_on_sigterm() {
     })
     .await
     .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut child, Duration::from_secs(10));
-        let mut log = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
-        (status, log)
-    })
-    .await
-    .unwrap();
+    let status = tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap();
     assert!(
         status.0.success(),
         "exit {:?}; log:\n{}",
@@ -113,6 +71,7 @@ async fn wait_returns_once_every_address_answers() {
     let mut late = Listener::start(Behaviour::Hold).await;
     let early = Listener::start(Behaviour::Hold).await;
     late.kill().await;
+    let late_addr = late.address();
     let args = [
         "wait".to_owned(),
         early.address(),
@@ -120,28 +79,22 @@ async fn wait_returns_once_every_address_answers() {
         "--timeout".into(),
         "20s".into(),
     ];
-    let mut child = tether().args(&args).stderr(Stdio::piped()).spawn().unwrap();
-    // Bring the second one up only once tether has seen it refuse; keep draining its
-    // stderr afterwards.
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let late_addr = late.address();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(stderr) {
-            if line.unwrap().contains(&format!("waiting for {late_addr}")) {
-                let _ = seen_tx.send(());
-            }
-        }
+    let waiting = TetherProcess::spawn({
+        let mut command = tether();
+        command.args(&args);
+        command
     });
-    tokio::task::spawn_blocking(move || seen_rx.recv_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap()
-        .expect("tether wait reports the address it waits for");
+    // Bring the second one up only once tether has seen it refuse.
+    let mut waiting = tokio::task::spawn_blocking(move || {
+        waiting.wait_for(&format!("waiting for {late_addr}"), Duration::from_secs(10));
+        waiting
+    })
+    .await
+    .unwrap();
     late.restore(Behaviour::Hold).await;
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
-            .await
-            .unwrap();
+    let status = tokio::task::spawn_blocking(move || waiting.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 

@@ -1,17 +1,14 @@
-//! A sidecar with its HTTP endpoints, in the test process or as the `tether` binary,
-//! and a deliberately naive HTTP client (raw bytes on a socket, independent of the hyper
-//! the server uses) to read them.
+//! The sidecar's telemetry and supervisor wired by hand in the test process, so tests
+//! can reach each part (the status registry, `stopping()`, a supervisor shut down while
+//! the endpoints still answer), and a deliberately naive HTTP client (raw bytes on a
+//! socket, independent of the hyper the server uses) to read its endpoints.
 
 // Shared by several test modules, and no single module uses all of it.
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tether::config::Config;
 use tether::observe::Observer;
@@ -20,11 +17,13 @@ use tether::telemetry::Telemetry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::tether;
 use crate::harness::Recorder;
 
 /// The library's sidecar, wired like `tether run` wires it, with a [`Recorder`] listening
 /// after the endpoints (so when the recorder has seen a transition, so has `/status`).
+///
+/// [`crate::harness::Sidecar`] runs the whole `sidecar::run` (hooks, reloads) behind its
+/// control channel; this one has no hooks and leaves each part in the test's hands.
 pub struct Sidecar {
     pub telemetry: Telemetry,
     pub supervisor: Supervisor,
@@ -153,133 +152,6 @@ fn parse(bytes: &[u8]) -> std::io::Result<Reply> {
         headers,
         body: body.to_owned(),
     })
-}
-
-/// Calls `attempt` every 5 ms until it yields a value, failing the test after `limit`.
-pub async fn eventually<T, F>(limit: Duration, what: &str, mut attempt: impl FnMut() -> F) -> T
-where
-    F: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = attempt().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {what} within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// The `tether run` binary, with its log read line by line as it comes.
-pub struct RunningTether {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
-    new_line: mpsc::Receiver<()>,
-    /// Where its HTTP server listens, learnt from its "listening on" log line.
-    pub addr: SocketAddr,
-}
-
-impl RunningTether {
-    /// Starts `tether [global_args] run -c config` and waits for its HTTP server.
-    pub fn start(config: &std::path::Path, global_args: &[&str]) -> RunningTether {
-        let mut child = tether()
-            .args(global_args)
-            .arg("run")
-            .arg("-c")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tether starts");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, new_line) = mpsc::channel();
-        std::thread::spawn({
-            let lines = lines.clone();
-            move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(line);
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let mut me = RunningTether {
-            child: Some(child),
-            lines,
-            new_line,
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        let line = me.wait_for_line(Duration::from_secs(20), "listening on");
-        me.addr = listening_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
-        me
-    }
-
-    /// Everything logged so far.
-    pub fn log(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Waits for a log line containing `needle`.
-    pub fn wait_for_line(&self, limit: Duration, needle: &str) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
-                return l;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.new_line.recv_timeout(left) {
-                Ok(()) => {}
-                Err(_) => panic!(
-                    "no log line with {needle:?} within {limit:?}; log:\n{}",
-                    self.log().join("\n")
-                ),
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit status (SIGKILL and a failed test after 10 s).
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("tether did not stop within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for RunningTether {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The address in a "listening on ADDR" log line, text or JSON.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    addr.parse().ok()
 }
 
 /// Lets this test process hold thousands of sockets: the soft limit of open files goes

@@ -98,6 +98,23 @@ impl Recorder {
         }
     }
 
+    /// Waits for the first lost connection recorded at or after `since`; returns when it
+    /// was recorded and why.
+    pub async fn lost_since(
+        &self,
+        target: &str,
+        since: Instant,
+        limit: Duration,
+    ) -> (Instant, String) {
+        self.until(target, limit, "lost connection", |records| {
+            records.iter().find_map(|r| match r {
+                Record::Lost { at, error } if *at >= since => Some((*at, error.clone())),
+                _ => None,
+            })
+        })
+        .await
+    }
+
     /// Waits for the `n`-th (from 1) occurrence of `event` and returns it.
     pub async fn nth_event(
         &self,
@@ -240,6 +257,12 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// One `[[targets]]` table of a test config: `name` at `address`, then `extra` (more
+/// settings, and perhaps its `[targets.hooks]` table).
+pub fn target(name: &str, address: &str, extra: &str) -> String {
+    format!("[[targets]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n")
 }
 
 /// Starts a supervisor for a config given as TOML text.

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tether::machine::Event;
 use tether::observe::HookResult;
 
-use crate::cli::{poll, tether};
-use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar};
+use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
 use crate::receiver::Receiver;
+use crate::support::poll;
+use crate::support::tether_process::TetherProcess;
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -20,6 +21,14 @@ fn recording_hook(dir: &Path) -> String {
     format!(
         r#"{{ command = ["/bin/sh", "-c", "env | grep ^TETHER_ | sort > \"$0/$TETHER_EVENT_ID.env\"; cat > \"$0/$TETHER_EVENT_ID.json\"; echo $TETHER_EVENT >> \"$0/order\"", "{}"] }}"#,
         dir.display()
+    )
+}
+
+/// `[targets.hooks]` running `hook` on every event.
+fn on_every_event(hook: &str) -> String {
+    format!(
+        "[targets.hooks]\non_connect = {hook}\non_disconnect = {hook}\n\
+         on_failure = {hook}\non_recover = {hook}"
     )
 }
 
@@ -39,20 +48,13 @@ async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environm
     let mut listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "db-1.primary"
-            address = "{}"
-            failure_threshold = 2
-            backoff = {{ initial = "20ms", max = "100ms" }}
-            [targets.hooks]
-            on_connect = {hook}
-            on_disconnect = {hook}
-            on_failure = {hook}
-            on_recover = {hook}
-            "#,
-            listener.address()
+        &target(
+            "db-1.primary",
+            &listener.address(),
+            &format!(
+                "failure_threshold = 2\nbackoff = {{ initial = \"20ms\", max = \"100ms\" }}\n{}",
+                on_every_event(&hook)
+            ),
         ),
         &rec,
     );
@@ -114,16 +116,14 @@ async fn a_signed_webhook_carries_a_verifiable_hmac_of_its_body() {
     let listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "cache"
-            address = "{}"
-            [targets.hooks]
-            on_connect = {{ webhook = "{}", secret_env = "TETHER_TEST_HOOK_SECRET", headers = {{ X-Team = "payments" }} }}
-            "#,
-            listener.address(),
-            receiver.url("/store")
+        &target(
+            "cache",
+            &listener.address(),
+            &format!(
+                r#"[targets.hooks]
+                on_connect = {{ webhook = "{}", secret_env = "TETHER_TEST_HOOK_SECRET", headers = {{ X-Team = "payments" }} }}"#,
+                receiver.url("/store")
+            ),
         ),
         &rec,
     );
@@ -151,17 +151,13 @@ async fn a_webhook_receiver_that_fails_twice_then_accepts_gets_exactly_one_succe
     let listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "api"
-            address = "{}"
-            hook_timeout = "10s"
-            [targets.hooks]
-            on_connect = {{ webhook = "{}" }}
-            "#,
-            listener.address(),
-            receiver.url("/hook")
+        &target(
+            "api",
+            &listener.address(),
+            &format!(
+                "hook_timeout = \"10s\"\n[targets.hooks]\non_connect = {{ webhook = \"{}\" }}",
+                receiver.url("/hook")
+            ),
         ),
         &rec,
     );
@@ -191,16 +187,12 @@ async fn an_unreachable_webhook_is_counted_as_an_error_and_watching_goes_on() {
     let mut listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "api"
-            address = "{}"
-            hook_timeout = "300ms"
-            [targets.hooks]
-            on_connect = {{ webhook = "{dead}" }}
-            "#,
-            listener.address()
+        &target(
+            "api",
+            &listener.address(),
+            &format!(
+                "hook_timeout = \"300ms\"\n[targets.hooks]\non_connect = {{ webhook = \"{dead}\" }}"
+            ),
         ),
         &rec,
     );
@@ -216,16 +208,12 @@ async fn a_failing_command_is_counted_and_the_next_hooks_still_run() {
     let mut listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "q"
-            address = "{}"
-            [targets.hooks]
-            on_connect = [{{ shell = "echo broken >&2; exit 3" }}, {{ command = ["/nonexistent/hook"] }}]
-            on_disconnect = {{ command = ["/bin/true"] }}
-            "#,
-            listener.address()
+        &target(
+            "q",
+            &listener.address(),
+            r#"[targets.hooks]
+            on_connect = [{ shell = "echo broken >&2; exit 3" }, { command = ["/nonexistent/hook"] }]
+            on_disconnect = { command = ["/bin/true"] }"#,
         ),
         &rec,
     );
@@ -254,20 +242,13 @@ async fn a_target_flapping_200_times_with_a_slow_hook_ends_with_the_hook_seeing_
         log.display()
     );
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "flappy"
-            address = "{}"
-            failure_threshold = 1
-            backoff = {{ initial = "1ms", max = "2ms", jitter = 0.0 }}
-            [targets.hooks]
-            on_connect = {hook}
-            on_disconnect = {hook}
-            on_failure = {hook}
-            on_recover = {hook}
-            "#,
-            listener.address()
+        &target(
+            "flappy",
+            &listener.address(),
+            &format!(
+                "failure_threshold = 1\nbackoff = {{ initial = \"1ms\", max = \"2ms\", jitter = 0.0 }}\n{}",
+                on_every_event(&hook)
+            ),
         ),
         &rec,
     );
@@ -338,25 +319,22 @@ async fn a_hanging_hook_on_one_target_does_not_delay_another_targets_hooks() {
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
         &format!(
-            r#"
-            [defaults]
-            max_concurrent_hooks = 2
-            [[targets]]
-            name = "a"
-            address = "{}"
-            hook_timeout = "3s"
-            [targets.hooks]
-            on_connect = {{ command = ["/bin/sleep", "60"] }}
-            on_disconnect = {{ command = ["/bin/sleep", "60"] }}
-            [[targets]]
-            name = "b"
-            address = "{}"
-            [targets.hooks]
-            on_connect = {{ command = ["/bin/true"] }}
-            on_disconnect = {{ command = ["/bin/true"] }}
-            "#,
-            a.address(),
-            b.address()
+            "[defaults]\nmax_concurrent_hooks = 2\n{}{}",
+            target(
+                "a",
+                &a.address(),
+                r#"hook_timeout = "3s"
+                [targets.hooks]
+                on_connect = { command = ["/bin/sleep", "60"] }
+                on_disconnect = { command = ["/bin/sleep", "60"] }"#
+            ),
+            target(
+                "b",
+                &b.address(),
+                r#"[targets.hooks]
+                on_connect = { command = ["/bin/true"] }
+                on_disconnect = { command = ["/bin/true"] }"#
+            ),
         ),
         &rec,
     );
@@ -383,16 +361,14 @@ async fn target_data_and_arguments_reach_a_command_hook_only_as_data() {
     let listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!(
-            r#"
-            [[targets]]
-            name = "db.-_1"
-            address = "{}"
-            [targets.hooks]
-            on_connect = {{ command = ["/usr/bin/touch", "--", "{}/{hostile}"] }}
-            "#,
-            listener.address(),
-            dir.path().display()
+        &target(
+            "db.-_1",
+            &listener.address(),
+            &format!(
+                r#"[targets.hooks]
+                on_connect = {{ command = ["/usr/bin/touch", "--", "{}/{hostile}"] }}"#,
+                dir.path().display()
+            ),
         ),
         &rec,
     );
@@ -432,30 +408,23 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
     std::fs::write(
         &config,
         format!(
-            r#"
-            [server]
-            listen = "127.0.0.1:0"
-            [[targets]]
-            name = "db"
-            address = "{}"
-            hook_timeout = "1s"
-            [targets.hooks]
-            on_connect = {{ shell = "sleep 60 & echo $! > '{d}/grandchild'; echo $$ > '{d}/hook'; wait" }}
-            on_disconnect = {{ shell = "sleep 3 & echo $! > '{d}/orphan'" }}
-            "#,
-            listener.address(),
-            d = dir.path().display()
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            target(
+                "db",
+                &listener.address(),
+                &format!(
+                    r#"hook_timeout = "1s"
+                    [targets.hooks]
+                    on_connect = {{ shell = "sleep 60 & echo $! > '{d}/grandchild'; echo $$ > '{d}/hook'; wait" }}
+                    on_disconnect = {{ shell = "sleep 3 & echo $! > '{d}/orphan'" }}"#,
+                    d = dir.path().display()
+                )
+            )
         ),
     )
     .unwrap();
-    let mut child = tether()
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let tether_pid = child.id();
+    let tether = TetherProcess::run(&config, &[]);
+    let tether_pid = tether.pid();
     let (hook, grandchild) = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
         move || {
@@ -507,13 +476,8 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
     .await
     .unwrap();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tether_pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let (status, log) = tokio::task::spawn_blocking(move || tether.stop())
         .await
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "{status:?}\n{log}");
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tether::machine::Event;
 
-use crate::endpoint::{Reply, Sidecar, eventually};
+use crate::endpoint::{Reply, Sidecar};
 use crate::harness::dead_port;
+use crate::support::eventually;
 use crate::support::redis::RedisServer;
 
 /// Reconnects fast so outages and returns take milliseconds.

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::http::{Framing, HttpServer};
-use crate::support::sidecar::{self, Sidecar};
-use crate::support::{POLL_INTERVAL, free_port, poll_until, workdir};
+use crate::support::tether_process::{self, TetherProcess};
+use crate::support::{eventually, free_port, poll_until, workdir};
 
 const NAME: &str = "db.tether.test";
 const LIMIT: Duration = Duration::from_secs(15);
@@ -55,28 +55,24 @@ fn hosts_pointing_to(ip: Ipv4Addr) -> String {
 }
 
 /// `tether run -c config` in a mount namespace where `hosts` is `/etc/hosts`.
-fn tether_with_hosts(hosts: &Path, config: &Path) -> Sidecar {
+fn tether_with_hosts(hosts: &Path, config: &Path) -> TetherProcess {
     let mut command = Command::new("unshare");
     command
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$0" /etc/hosts && exec "$1" --log-format json run -c "$2""#)
         .arg(hosts)
-        .arg(sidecar::binary())
+        .arg(tether_process::binary())
         .arg(config);
-    Sidecar::spawn(command)
+    TetherProcess::spawn(command)
 }
 
 /// Waits until `server` has answered at least `n` requests.
 async fn until_requests(server: &HttpServer, n: usize, what: &str) {
-    let deadline = Instant::now() + LIMIT;
-    while server.requests() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} requests after {LIMIT:?}",
-            server.requests()
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    let what = format!("{what} with {n} requests");
+    eventually(LIMIT, &what, || async {
+        (server.requests() >= n).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

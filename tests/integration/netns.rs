@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tether::machine::Event;
 
-use crate::cli::poll;
 use crate::harness::{Record, Recorder, watch};
+use crate::support::poll;
 
 /// A network namespace with one veth link to the host, removed on drop.
 struct Namespace {
@@ -179,17 +179,7 @@ async fn a_peer_that_goes_silent_is_detected_within_keepalive_idle_plus_interval
     let silenced = Instant::now();
     ns.blackhole();
     let (at, error) = rec
-        .until(
-            "remote",
-            Duration::from_secs(15),
-            "lost connection",
-            |records| {
-                records.iter().find_map(|r| match r {
-                    Record::Lost { at, error } if *at >= silenced => Some((*at, error.clone())),
-                    _ => None,
-                })
-            },
-        )
+        .lost_since("remote", silenced, Duration::from_secs(15))
         .await;
     let after = at.duration_since(silenced);
     eprintln!("silent peer noticed after {after:?} ({error})");

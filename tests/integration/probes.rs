@@ -15,7 +15,7 @@ use crate::support::http::{Framing, HttpServer};
 use crate::support::mariadb::MariadbServer;
 use crate::support::postgres::PostgresServer;
 use crate::support::redis::RedisServer;
-use crate::support::sidecar::{self, Sidecar};
+use crate::support::tether_process::{self, TetherProcess};
 use crate::support::{Exchange, POLL_INTERVAL, workdir};
 
 /// How many times each failure is provoked; the median is reported.
@@ -93,15 +93,8 @@ fn probe_and_tcp(addr: &str, probe: &str, extra: &str) -> String {
 /// The first lost connection of `target` reported at or after `since`: how long after
 /// `since`, and why.
 async fn lost_since(rec: &Recorder, target: &str, since: Instant) -> (Duration, String) {
-    rec.until(target, LIMIT, "lost connection", |records| {
-        records.iter().find_map(|r| match r {
-            Record::Lost { at, error } if *at >= since => {
-                Some((at.duration_since(since), error.clone()))
-            }
-            _ => None,
-        })
-    })
-    .await
+    let (at, error) = rec.lost_since(target, since, LIMIT).await;
+    (at.duration_since(since), error)
 }
 
 fn losses(rec: &Recorder, target: &str) -> Vec<String> {
@@ -131,7 +124,7 @@ fn report(server: &str, what: &str, samples: &[Duration]) {
 /// `tether probe ARGS...`, run to completion.
 fn tether_probe(args: &[&str]) -> Output {
     blocking(|| {
-        std::process::Command::new(sidecar::binary())
+        tether_process::command()
             .arg("probe")
             .args(args)
             .output()
@@ -587,13 +580,14 @@ async fn redis_auth_takes_the_password_from_the_environment_and_never_logs_it() 
         ),
     )
     .unwrap();
-    let tether = Sidecar::run(
-        &config,
-        &[
+    let tether = TetherProcess::spawn({
+        let mut command = tether_process::run_command(&config, &["--log-format", "json"]);
+        command.envs([
             ("TEST_REDIS_PASSWORD", PASSWORD),
             ("TEST_REDIS_WRONG", WRONG),
-        ],
-    );
+        ]);
+        command
+    });
     let limit = Duration::from_secs(10);
     blocking(|| {
         tether.wait_for("authed is up (connect)", limit);

@@ -140,10 +140,11 @@ async fn a_panic_while_running_hooks_is_contained_and_the_next_events_hooks_stil
     tether::fault::panic_in_hooks("hooky", 1);
     let recorder = Recorder::new();
     let sidecar = crate::harness::Sidecar::start(
-        &format!(
-            "[[targets]]\nname = \"hooky\"\naddress = \"{}\"\n[targets.hooks]\n\
-             on_connect = {{ command = [\"/bin/true\"] }}\non_disconnect = {{ command = [\"/bin/true\"] }}\n",
-            listener.address()
+        &crate::harness::target(
+            "hooky",
+            &listener.address(),
+            "[targets.hooks]\n\
+             on_connect = { command = [\"/bin/true\"] }\non_disconnect = { command = [\"/bin/true\"] }",
         ),
         &recorder,
     );

@@ -5,13 +5,14 @@
 //! event per transition.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::cli::tether;
-use crate::endpoint::RunningTether;
 use crate::harness::{Behaviour, Listener, dead_port};
-use crate::support::free_port;
+use crate::support::tether_process::{TetherProcess, command as tether};
+use crate::support::{free_port, poll_until};
 
 const FAST: &str = "backoff = { initial = \"10ms\", max = \"50ms\" }\nfailure_threshold = 2\n";
 
@@ -28,6 +29,13 @@ fn targets(required: &str, optional: &str) -> String {
     )
 }
 
+/// `tether GLOBAL_ARGS run -c CONFIG`, once its HTTP server listens, and where.
+fn start(config: &Path, global_args: &[&str]) -> (TetherProcess, SocketAddr) {
+    let tether = TetherProcess::run(config, global_args);
+    let addr = tether.http_addr(Duration::from_secs(20));
+    (tether, addr)
+}
+
 fn status(args: &[&str]) -> Output {
     tether().arg("status").args(args).output().unwrap()
 }
@@ -41,19 +49,20 @@ fn status_until(url: &str, what: &str, done: impl Fn(&Output) -> bool) -> Output
     status_args_until(&["--url", url], what, done)
 }
 
-/// Runs `tether status ARGS` every 20 ms until its output satisfies `done`, for at
+/// Runs `tether status ARGS` every [`POLL_INTERVAL`](crate::support::POLL_INTERVAL) until its output satisfies `done`, for at
 /// most 15 s.
 fn status_args_until(args: &[&str], what: &str, done: impl Fn(&Output) -> bool) -> Output {
     tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        let mut last = None;
+        poll_until(Duration::from_secs(15), || {
             let out = status(args);
             if done(&out) {
-                return out;
+                return Some(out);
             }
-            assert!(Instant::now() < deadline, "no {what}; last:\n{out:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            last = Some(out);
+            None
+        })
+        .unwrap_or_else(|| panic!("no {what}; last:\n{:?}", last.unwrap()))
     })
 }
 
@@ -65,8 +74,8 @@ async fn status_prints_a_row_per_target_and_exits_by_the_required_targets() {
         "[server]\nlisten = \"127.0.0.1:0\"\n{}",
         targets(&db.address(), &dead)
     ));
-    let sidecar = tokio::task::block_in_place(|| RunningTether::start(config.path(), &[]));
-    let url = format!("http://{}", sidecar.addr);
+    let (sidecar, addr) = tokio::task::block_in_place(|| start(config.path(), &[]));
+    let url = format!("http://{}", addr);
 
     // The optional target is failing, the required one is up: exit 0.
     let out = status_until(&url, "db up", |o| {
@@ -77,7 +86,7 @@ async fn status_prints_a_row_per_target_and_exits_by_the_required_targets() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     assert!(
-        lines[0].contains(&format!("at http://{}/status: ready", sidecar.addr)),
+        lines[0].contains(&format!("at http://{}/status: ready", addr)),
         "{table}"
     );
     let header: Vec<&str> = lines[1].split_whitespace().collect();
@@ -126,8 +135,8 @@ async fn status_prints_a_row_per_target_and_exits_by_the_required_targets() {
     db.restore(Behaviour::Hold).await;
     status_until(&url, "db up again", |o| o.status.code() == Some(0));
 
-    let stopped = tokio::task::block_in_place(|| sidecar.stop());
-    assert!(stopped.success(), "{stopped:?}");
+    let (stopped, log) = tokio::task::block_in_place(|| sidecar.stop());
+    assert!(stopped.success(), "{stopped:?}\n{log}");
     // Nobody answers any more: exit 2, with the reason on stderr and nothing on stdout.
     let out = tokio::task::block_in_place(|| status(&["--url", &url]));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -147,8 +156,8 @@ async fn status_finds_the_sidecar_through_the_config_listen_address() {
         "[server]\nlisten = \"0.0.0.0:{port}\"\n{}",
         targets(&db.address(), &db.address())
     ));
-    let sidecar = tokio::task::block_in_place(|| RunningTether::start(config.path(), &[]));
-    assert_eq!(sidecar.addr.port(), port);
+    let (sidecar, addr) = tokio::task::block_in_place(|| start(config.path(), &[]));
+    assert_eq!(addr.port(), port);
     let out = status_args_until(
         &["-c", config.path().to_str().unwrap()],
         "exit 0 with the config's address",
@@ -181,8 +190,8 @@ async fn status_watch_redraws_the_table_until_interrupted() {
         "[server]\nlisten = \"127.0.0.1:0\"\n{}",
         targets(&db.address(), &db.address())
     ));
-    let sidecar = tokio::task::block_in_place(|| RunningTether::start(config.path(), &[]));
-    let url = format!("http://{}", sidecar.addr);
+    let (sidecar, addr) = tokio::task::block_in_place(|| start(config.path(), &[]));
+    let url = format!("http://{}", addr);
     status_until(&url, "both up", |o| o.status.code() == Some(0));
 
     let mut watch = tether()
@@ -211,17 +220,11 @@ async fn status_watch_redraws_the_table_until_interrupted() {
     )
     .unwrap();
     let code = tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = watch.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = watch.kill();
-                panic!("tether status --watch ignored SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(Duration::from_secs(5), || watch.try_wait().unwrap()).map(|s| s.code())
+    })
+    .unwrap_or_else(|| {
+        let _ = watch.kill();
+        panic!("tether status --watch ignored SIGINT")
     });
     assert_eq!(code, Some(0), "the exit code of the last refresh");
     drop(sidecar);
@@ -261,17 +264,16 @@ async fn json_logs_carry_one_event_per_transition_with_its_fields() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[[targets]]\nname = \"db\"\naddress = \"{}\"\n{FAST}",
         db.address()
     ));
-    let sidecar = tokio::task::block_in_place(|| {
-        RunningTether::start(config.path(), &["--log-format", "json"])
-    });
+    let (sidecar, addr) =
+        tokio::task::block_in_place(|| start(config.path(), &["--log-format", "json"]));
     tokio::task::block_in_place(|| {
-        sidecar.wait_for_line(Duration::from_secs(10), "\"to\":\"up\"");
+        sidecar.wait_for("\"to\":\"up\"", Duration::from_secs(10));
     });
     db.kill().await;
     tokio::task::block_in_place(|| {
-        sidecar.wait_for_line(Duration::from_secs(10), "\"to\":\"failed\"");
+        sidecar.wait_for("\"to\":\"failed\"", Duration::from_secs(10));
     });
-    let log = sidecar.log();
+    let log = sidecar.lines();
     let events: Vec<serde_json::Value> = log
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -308,7 +310,7 @@ async fn json_logs_carry_one_event_per_transition_with_its_fields() {
                 .is_some_and(|m| m.starts_with("listening on"))
         })
         .expect("a listening event");
-    assert_eq!(listening["address"], sidecar.addr.to_string());
-    let stopped = tokio::task::block_in_place(|| sidecar.stop());
+    assert_eq!(listening["address"], addr.to_string());
+    let (stopped, _) = tokio::task::block_in_place(|| sidecar.stop());
     assert!(stopped.success());
 }

@@ -2,125 +2,18 @@
 //! marks its target failed, SIGHUP applies a config by difference (or keeps the
 //! running one), SIGTERM waits for hooks in flight.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use tether::machine::Event;
 
-use crate::cli::{poll, tether};
-use crate::harness::{Behaviour, Listener, Recorder, Sidecar};
+use crate::harness::{Behaviour, Listener, Recorder, Sidecar, target};
+use crate::support::tether_process::{TetherProcess, run_command};
+use crate::support::{eventually, poll};
 
 const LIMIT: Duration = Duration::from_secs(15);
-
-/// `tether run` as a child process, with its log lines on a channel.
-struct Running {
-    child: Child,
-    log: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut cmd = tether();
-        cmd.args(["run", "-c"]).arg(config);
-        Running::spawn(cmd)
-    }
-
-    fn spawn(mut cmd: std::process::Command) -> Running {
-        let mut child = cmd
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            log,
-            seen: Vec::new(),
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    /// Waits for a log line containing `text`; returns it.
-    fn expect_log(&mut self, text: &str, limit: Duration) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
-            return l.clone();
-        }
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {text:?} within {limit:?}; log:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tether did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Where a running tether's HTTP server listens, from its log.
-fn http_addr(tether: &mut Running) -> std::net::SocketAddr {
-    let listening = tether.expect_log("listening on", LIMIT);
-    listening
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {listening:?}"))
-}
-
-fn target(name: &str, listener: &Listener, extra: &str) -> String {
-    format!(
-        "[[targets]]\nname = \"{name}\"\naddress = \"{}\"\n{extra}\n",
-        listener.address()
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_ones_alone() {
@@ -137,13 +30,13 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
         &path,
         format!(
             "{head}{}{}{}",
-            target("unchanged", &unchanged, ""),
-            target("changed", &changed, "failure_threshold = 3"),
-            target("removed", &removed, "")
+            target("unchanged", &unchanged.address(), ""),
+            target("changed", &changed.address(), "failure_threshold = 3"),
+            target("removed", &removed.address(), "")
         ),
     )
     .unwrap();
-    let mut tether = Running::start(&path);
+    let mut tether = TetherProcess::run(&path, &[]);
     let counts = || (unchanged.accepted(), changed.accepted(), removed.accepted());
     poll(LIMIT, "all three connected", || counts() == (1, 1, 1));
 
@@ -151,14 +44,14 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
         &path,
         format!(
             "{head}{}{}{}",
-            target("unchanged", &unchanged, ""),
-            target("changed", &changed, "failure_threshold = 4"),
-            target("added", &added, "")
+            target("unchanged", &unchanged.address(), ""),
+            target("changed", &changed.address(), "failure_threshold = 4"),
+            target("added", &added.address(), "")
         ),
     )
     .unwrap();
     tether.signal(Signal::SIGHUP);
-    let line = tether.expect_log("config reloaded", LIMIT);
+    let line = tether.wait_for("config reloaded", LIMIT);
     assert!(line.contains(r#"added=["added"]"#), "{line}");
     assert!(line.contains(r#"removed=["removed"]"#), "{line}");
     assert!(line.contains(r#"changed=["changed"]"#), "{line}");
@@ -177,8 +70,8 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
 
     // /status follows: the replaced target stays up, the added one is listed, the
     // removed one is gone.
-    let addr = http_addr(&mut tether);
-    let states = crate::endpoint::eventually(LIMIT, "added target up in /status", || async move {
+    let addr = tether.http_addr(LIMIT);
+    let states = eventually(LIMIT, "added target up in /status", || async move {
         let doc = crate::endpoint::get(addr, "/status").await.json();
         let state = |name: &str| {
             doc["targets"]
@@ -196,13 +89,13 @@ async fn sighup_adds_removes_and_replaces_changed_targets_and_leaves_unchanged_o
     // The replaced actor announced nothing new: its reconnect replaced a live connection.
     assert!(
         !tether
-            .seen
+            .lines()
             .iter()
             .any(|l| l.contains("changed is up (connect)") && l.contains("changed:1"))
     );
 
     tether.signal(Signal::SIGTERM);
-    assert!(tether.wait(LIMIT).success());
+    assert!(tether.wait_exit(LIMIT).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -213,11 +106,11 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     let path = dir.path().join("tether.toml");
     let good = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
-        target("a", &a, ""),
-        target("b", &b, "")
+        target("a", &a.address(), ""),
+        target("b", &b.address(), "")
     );
     std::fs::write(&path, &good).unwrap();
-    let mut tether = Running::start(&path);
+    let mut tether = TetherProcess::run(&path, &[]);
     poll(LIMIT, "both connected", || {
         a.accepted() == 1 && b.accepted() == 1
     });
@@ -228,13 +121,13 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     )
     .unwrap();
     tether.signal(Signal::SIGHUP);
-    let line = tether.expect_log("config reload failed", LIMIT);
+    let line = tether.wait_for("config reload failed", LIMIT);
     assert!(
         line.contains("tether.toml:"),
         "names file, line and column: {line}"
     );
-    tether.expect_log("keeping the running config", LIMIT);
-    assert!(tether.child.try_wait().unwrap().is_none(), "still running");
+    tether.wait_for("keeping the running config", LIMIT);
+    assert!(tether.try_wait().is_none(), "still running");
     assert_eq!(
         (a.accepted(), a.open(), b.accepted(), b.open()),
         (1, 1, 1, 1)
@@ -245,17 +138,17 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target("a", &a, "")
+            target("a", &a.address(), "")
         ),
     )
     .unwrap();
     tether.signal(Signal::SIGHUP);
-    tether.expect_log("config reloaded", LIMIT);
+    tether.wait_for("config reloaded", LIMIT);
     poll(LIMIT, "b stopped", || b.open() == 0);
     assert_eq!(a.accepted(), 1);
 
     // Both reloads were counted.
-    let addr = http_addr(&mut tether);
+    let addr = tether.http_addr(LIMIT);
     let metrics = crate::endpoint::get(addr, "/metrics").await;
     assert_eq!(
         metrics.sample("tether_config_reloads_total{result=\"rejected\"}"),
@@ -266,7 +159,7 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
         Some(1.0)
     );
     tether.signal(Signal::SIGTERM);
-    assert!(tether.wait(LIMIT).success());
+    assert!(tether.wait_exit(LIMIT).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,9 +172,7 @@ async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"10s\"\n{}",
-            target(
-                "db",
-                &l,
+            target("db", &l.address(),
                 &format!(
                     "hook_timeout = \"20s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 1.5; touch '{d}/finished'\" }}"
                 )
@@ -289,13 +180,13 @@ async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
         ),
     )
     .unwrap();
-    let mut tether = Running::start(&path);
+    let mut tether = TetherProcess::run(&path, &[]);
     poll(LIMIT, "hook started", || {
         dir.path().join("started").exists()
     });
     let asked = std::time::Instant::now();
     tether.signal(Signal::SIGTERM);
-    let status = tether.wait(LIMIT);
+    let status = tether.wait_exit(LIMIT);
     assert!(status.success(), "{status:?}");
     assert!(
         dir.path().join("finished").exists(),
@@ -317,22 +208,20 @@ async fn a_second_sigterm_exits_at_once() {
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target(
-                "db",
-                &l,
+            target("db", &l.address(),
                 &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 60\" }}")
             )
         ),
     )
     .unwrap();
-    let mut tether = Running::start(&path);
+    let mut tether = TetherProcess::run(&path, &[]);
     poll(LIMIT, "hook started", || {
         dir.path().join("started").exists()
     });
     tether.signal(Signal::SIGTERM);
-    tether.expect_log("shutting down", LIMIT);
+    tether.wait_for("shutting down", LIMIT);
     tether.signal(Signal::SIGTERM);
-    let status = tether.wait(Duration::from_secs(5));
+    let status = tether.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(143));
 }
 
@@ -344,7 +233,11 @@ async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_fo
     );
     let rec = Recorder::new();
     let sidecar = Sidecar::start(
-        &format!("{}{}", target("keep", &a, ""), target("tune", &b, "")),
+        &format!(
+            "{}{}",
+            target("keep", &a.address(), ""),
+            target("tune", &b.address(), "")
+        ),
         &rec,
     );
     rec.nth_event("keep", Event::Connect, 1, LIMIT).await;
@@ -352,8 +245,8 @@ async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_fo
     sidecar
         .reload(&format!(
             "{}{}",
-            target("keep", &a, ""),
-            target("tune", &b, "failure_threshold = 9")
+            target("keep", &a.address(), ""),
+            target("tune", &b.address(), "failure_threshold = 9")
         ))
         .await;
     poll(LIMIT, "tune reconnected", || b.accepted() == 2);
@@ -383,9 +276,9 @@ mod faults {
         let sidecar = Sidecar::start(
             &format!(
                 "{}{}{}",
-                target("steady-a", &a, ""),
-                target("crashes-once", &b, ""),
-                target("steady-c", &c, "")
+                target("steady-a", &a.address(), ""),
+                target("crashes-once", &b.address(), ""),
+                target("steady-c", &c.address(), "")
             ),
             &rec,
         );
@@ -421,7 +314,7 @@ mod faults {
         let sidecar = Sidecar::start(
             &format!(
                 "[supervisor]\nmax_restarts = 3\nmax_seconds = 10\ncooldown = \"500ms\"\n{}",
-                target("crash-loop", &l, "")
+                target("crash-loop", &l.address(), "")
             ),
             &rec,
         );
@@ -460,10 +353,9 @@ mod faults {
 }
 
 /// Runs `tether run` with the given open-files limits.
-fn start_with_nofile(config: &Path, soft: u64, hard: u64) -> Running {
+fn start_with_nofile(config: &Path, soft: u64, hard: u64) -> TetherProcess {
     use std::os::unix::process::CommandExt;
-    let mut cmd = tether();
-    cmd.args(["run", "-c"]).arg(config);
+    let mut cmd = run_command(config, &[]);
     // SAFETY: only async-signal-safe work (one setrlimit call) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -471,7 +363,7 @@ fn start_with_nofile(config: &Path, soft: u64, hard: u64) -> Running {
                 .map_err(std::io::Error::from)
         });
     }
-    Running::spawn(cmd)
+    TetherProcess::spawn(cmd)
 }
 
 fn open_files_limit(pid: u32) -> String {
@@ -496,15 +388,15 @@ async fn startup_raises_the_open_files_limit_and_warns_when_targets_may_not_fit(
         &small,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target("one", &l, "")
+            target("one", &l.address(), "")
         ),
     )
     .unwrap();
     let mut tether = start_with_nofile(&small, 256, 4096);
-    tether.expect_log("tether started", LIMIT);
-    assert_eq!(open_files_limit(tether.child.id()), "4096 4096");
+    tether.wait_for("tether started", LIMIT);
+    assert_eq!(open_files_limit(tether.pid()), "4096 4096");
     tether.signal(Signal::SIGTERM);
-    assert!(tether.wait(LIMIT).success());
+    assert!(tether.wait_exit(LIMIT).success());
 
     let many = dir.path().join("many.toml");
     let targets: String = (0..100)
@@ -521,10 +413,10 @@ async fn startup_raises_the_open_files_limit_and_warns_when_targets_may_not_fit(
     )
     .unwrap();
     let mut tether = start_with_nofile(&many, 128, 128);
-    let warning = tether.expect_log("open-files limit may be too small", LIMIT);
+    let warning = tether.wait_for("open-files limit may be too small", LIMIT);
     assert!(warning.contains("targets=100"), "{warning}");
     tether.signal(Signal::SIGTERM);
-    assert!(tether.wait(LIMIT).success());
+    assert!(tether.wait_exit(LIMIT).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -537,15 +429,13 @@ async fn a_hook_outliving_the_shutdown_grace_is_killed_and_tether_still_exits_0_
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"1s\"\n{}",
-            target(
-                "db",
-                &l,
+            target("db", &l.address(),
                 &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"echo $$ > '{d}/hook'; sleep 60\" }}")
             )
         ),
     )
     .unwrap();
-    let mut tether = Running::start(&path);
+    let mut tether = TetherProcess::run(&path, &[]);
     let pid_file = dir.path().join("hook");
     poll(LIMIT, "hook started", || {
         std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
@@ -557,14 +447,14 @@ async fn a_hook_outliving_the_shutdown_grace_is_killed_and_tether_still_exits_0_
         .unwrap();
     let asked = std::time::Instant::now();
     tether.signal(Signal::SIGTERM);
-    let status = tether.wait(LIMIT);
+    let status = tether.wait_exit(LIMIT);
     assert!(status.success(), "{status:?}");
     let took = asked.elapsed();
     assert!(
         took < Duration::from_secs(4),
         "exited {took:?} after SIGTERM with a 1 s grace"
     );
-    tether.expect_log("killed", LIMIT);
+    tether.wait_for("killed", LIMIT);
     poll(Duration::from_secs(5), "hook process gone", || {
         !Path::new(&format!("/proc/{hook}")).exists()
             || std::fs::read_to_string(format!("/proc/{hook}/stat"))

@@ -9,10 +9,11 @@ pub mod mariadb;
 pub mod postgres;
 pub mod process;
 pub mod redis;
-pub mod sidecar;
+pub mod tether_process;
 
 use std::env;
 use std::fs;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
@@ -73,6 +74,32 @@ pub fn poll_until<T>(timeout: Duration, mut attempt: impl FnMut() -> Option<T>) 
             return None;
         }
         thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// Polls `done` like [`poll_until`], failing the test with "no `what` within `limit`" if it
+/// never holds.
+pub fn poll(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    if poll_until(limit, || done().then_some(())).is_none() {
+        panic!("no {what} within {limit:?}");
+    }
+}
+
+/// The async [`poll_until`] for conditions that need `.await`: calls `attempt` every
+/// [`POLL_INTERVAL`] (at least once, and once more at the deadline) until it yields a
+/// value, failing the test with "no `what` within `limit`" otherwise.
+pub async fn eventually<T, F>(limit: Duration, what: &str, mut attempt: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        let now = tokio::time::Instant::now();
+        assert!(now < deadline, "no {what} within {limit:?}");
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
     }
 }
 

@@ -140,14 +140,7 @@ async fn a_closed_connection_is_noticed_within_milliseconds() {
     rec.nth_event("dep", Event::Connect, 1, LIMIT).await;
     let killed = std::time::Instant::now();
     listener.kill().await;
-    let (noticed, error) = rec
-        .until("dep", LIMIT, "lost connection", |records| {
-            records.iter().find_map(|r| match r {
-                Record::Lost { at, error } => Some((*at, error.clone())),
-                _ => None,
-            })
-        })
-        .await;
+    let (noticed, error) = rec.lost_since("dep", killed, LIMIT).await;
     assert_eq!(error, "connection closed by peer");
     let after = noticed.duration_since(killed);
     eprintln!("closure noticed after {after:?}");
@@ -214,14 +207,7 @@ async fn a_redis_killed_with_sigkill_is_detected_within_50ms() {
     })
     .await
     .unwrap();
-    let (noticed, error) = rec
-        .until("dep", LIMIT, "lost connection", |records| {
-            records.iter().find_map(|r| match r {
-                Record::Lost { at, error } => Some((*at, error.clone())),
-                _ => None,
-            })
-        })
-        .await;
+    let (noticed, error) = rec.lost_since("dep", killed, LIMIT).await;
     let after = noticed.duration_since(killed);
     eprintln!("redis SIGKILL noticed after {after:?} ({error})");
     // The kernel closes a killed process's sockets at once; allow for a loaded CI host.
