@@ -1,22 +1,26 @@
-//! The Prometheus metrics of the SPEC, kept in a private registry and fed by the
-//! checkers through the [`Observer`] trait.
+//! The Prometheus metrics of the SPEC, fed by the checkers through the [`Observer`]
+//! trait.
 //!
 //! Labels come only from configured targets and from closed sets (states, results,
 //! events), never from errors or addresses, so the number of series is bounded by the
-//! config. Each target's label combinations are created up front so counters exist at 0
-//! (a `rate()` or `increase()` then sees the first increment), and are removed when the
-//! target stops for good. Per-target handles are resolved once, so a report costs a
-//! map lookup under a read lock and a few atomic operations.
+//! config. Each target's series exist from the start at their initial values (a
+//! `rate()` or `increase()` then sees the first increment) and are removed when the
+//! target stops for good.
+//!
+//! Per-target series are plain atomics, written out in the text format at scrape
+//! time: as children of the `prometheus` crate's vectors, the twenty-odd series of a
+//! target cost about 9 KiB (94 MiB measured for 10,000 targets, beyond the sidecar's
+//! whole memory budget); as atomics they cost a few hundred bytes. The process-wide
+//! series (`tether_build_info`, `tether_config_reloads_total`) live in the crate's
+//! registry and are encoded by its `TextEncoder` after them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::{Config, Target};
 use crate::machine::{Event, State, Transition};
@@ -48,49 +52,96 @@ pub enum MetricsError {
     Encode(#[source] prometheus::Error),
 }
 
-/// Every metric family of tether.
-struct Families {
-    up: IntGaugeVec,
-    state: IntGaugeVec,
-    consecutive_failures: IntGaugeVec,
-    connect_attempts: IntCounterVec,
-    disconnects: IntCounterVec,
-    connect_duration: HistogramVec,
-    state_changes: IntCounterVec,
-    hook_runs: IntCounterVec,
-    hook_duration: HistogramVec,
-    address_changes: IntCounterVec,
-    actor_restarts: IntCounterVec,
-    hooks_coalesced: IntCounterVec,
-}
-
-/// The metrics registry of one sidecar.
+/// The metrics of one sidecar.
 pub struct Metrics {
+    /// The process-wide series.
     registry: Registry,
-    families: Families,
-    /// The resolved series of each live target.
-    targets: RwLock<HashMap<String, Arc<TargetSeries>>>,
     /// Config reloads by outcome: `[applied, rejected]`.
     reloads: [IntCounter; 2],
+    /// The series of each live target, by name (the exposition lists them in order).
+    targets: RwLock<BTreeMap<String, Arc<TargetSeries>>>,
 }
 
-/// One target's series, resolved once.
+/// One target's series.
 struct TargetSeries {
     /// The actor incarnation that owns the series (see `status::Slot::owner`).
     owner: AtomicUsize,
-    up: IntGauge,
-    /// Indexed like [`State::ALL`].
-    state: [IntGauge; 4],
-    consecutive_failures: IntGauge,
-    attempts_ok: IntCounter,
-    attempts_failed: IntCounter,
-    disconnects: IntCounter,
+    /// Index into [`State::ALL`] of the current state.
+    state: AtomicUsize,
+    consecutive_failures: AtomicU64,
+    /// Indexed like [`ATTEMPT_RESULTS`].
+    attempts: [AtomicU64; 2],
+    disconnects: AtomicU64,
     connect_duration: Histogram,
     /// Indexed like [`State::ALL`].
-    state_changes: [IntCounter; 4],
-    address_changes: IntCounter,
-    actor_restarts: IntCounter,
-    hooks_coalesced: IntCounter,
+    state_changes: [AtomicU64; 4],
+    address_changes: AtomicU64,
+    actor_restarts: AtomicU64,
+    hooks_coalesced: AtomicU64,
+    /// Indexed like [`Event::ALL`]; set for the events the target has hooks for (at
+    /// start, or at the first run after a reload added some).
+    hooks: [OnceLock<Box<HookSeries>>; 4],
+}
+
+/// The hook series of one event of one target.
+struct HookSeries {
+    /// Indexed like [`HookResult::ALL`].
+    runs: [AtomicU64; 4],
+    duration: Histogram,
+}
+
+/// A fixed-bucket histogram of durations.
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Writes `_bucket`, `_sum` and `_count` lines; `labels` ends without a comma.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(b) => format_float(*b),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", format_float(sum));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+fn format_float(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        v.to_string()
+    }
 }
 
 fn state_index(state: State) -> usize {
@@ -100,15 +151,36 @@ fn state_index(state: State) -> usize {
         .expect("State::ALL lists every state")
 }
 
+fn event_index(event: Event) -> usize {
+    Event::ALL
+        .iter()
+        .position(|e| *e == event)
+        .expect("Event::ALL lists every event")
+}
+
+fn result_index(result: HookResult) -> usize {
+    HookResult::ALL
+        .iter()
+        .position(|r| *r == result)
+        .expect("HookResult::ALL lists every result")
+}
+
 fn owner_of(target: &Target) -> usize {
     std::ptr::from_ref(target) as usize
 }
 
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 impl Metrics {
-    /// Registers every family and the series of every target of `config`.
+    /// Registers the process-wide series and creates the series of every target.
     pub fn new(config: &Config) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
-        let families = Families::register(&registry)?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "tether_build_info",
@@ -136,12 +208,11 @@ impl Metrics {
             .map_err(MetricsError::Register)?;
         let metrics = Metrics {
             registry,
-            families,
-            targets: RwLock::new(HashMap::new()),
             reloads: [
                 reloads.with_label_values(&["applied"]),
                 reloads.with_label_values(&["rejected"]),
             ],
+            targets: RwLock::new(BTreeMap::new()),
         };
         for target in &config.targets {
             metrics.add(target, 0);
@@ -151,93 +222,244 @@ impl Metrics {
 
     /// The text exposition of every series.
     pub fn encode(&self) -> Result<Vec<u8>, MetricsError> {
-        let mut out = Vec::with_capacity(16 * 1024);
+        let targets: Vec<(String, Arc<TargetSeries>)> = self
+            .read_targets()
+            .iter()
+            .map(|(n, s)| (escape(n), s.clone()))
+            .collect();
+        let mut out = String::with_capacity(1024 + targets.len() * 2048);
+        write_families(&mut out, &targets);
+        let mut bytes = out.into_bytes();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.registry.gather(), &mut bytes)
             .map_err(MetricsError::Encode)?;
-        Ok(out)
+        Ok(bytes)
     }
 
     /// Creates the series of `target` at their initial values.
     fn add(&self, target: &Target, owner: usize) -> Arc<TargetSeries> {
-        let f = &self.families;
-        let name = target.name.as_str();
         let series = Arc::new(TargetSeries {
             owner: AtomicUsize::new(owner),
-            up: f.up.with_label_values(&[name]),
-            state: State::ALL.map(|s| f.state.with_label_values(&[name, s.as_str()])),
-            consecutive_failures: f.consecutive_failures.with_label_values(&[name]),
-            attempts_ok: f
-                .connect_attempts
-                .with_label_values(&[name, ATTEMPT_RESULTS[0]]),
-            attempts_failed: f
-                .connect_attempts
-                .with_label_values(&[name, ATTEMPT_RESULTS[1]]),
-            disconnects: f.disconnects.with_label_values(&[name]),
-            connect_duration: f.connect_duration.with_label_values(&[name]),
-            state_changes: State::ALL
-                .map(|s| f.state_changes.with_label_values(&[name, s.as_str()])),
-            address_changes: f.address_changes.with_label_values(&[name]),
-            actor_restarts: f.actor_restarts.with_label_values(&[name]),
-            hooks_coalesced: f.hooks_coalesced.with_label_values(&[name]),
+            state: AtomicUsize::new(state_index(State::Connecting)),
+            consecutive_failures: AtomicU64::new(0),
+            attempts: Default::default(),
+            disconnects: AtomicU64::new(0),
+            connect_duration: Histogram::new(CONNECT_BUCKETS),
+            state_changes: Default::default(),
+            address_changes: AtomicU64::new(0),
+            actor_restarts: AtomicU64::new(0),
+            hooks_coalesced: AtomicU64::new(0),
+            hooks: Default::default(),
         });
-        series.set_state(State::Connecting);
         // Hook series only for events that have hooks: a target without hooks should not
         // carry 20 series that can never move.
         for event in Event::ALL {
-            if !hooks_of(target, event) {
-                continue;
+            if hooks_of(target, event) {
+                series.hook_series(event);
             }
-            for result in HookResult::ALL {
-                f.hook_runs
-                    .with_label_values(&[name, event.as_str(), result.as_str()]);
-            }
-            f.hook_duration.with_label_values(&[name, event.as_str()]);
         }
         self.write_targets()
             .insert(target.name.clone(), series.clone());
         series
     }
 
-    /// Removes every series of `name`.
-    fn remove(&self, name: &str) {
-        let f = &self.families;
-        // Absent combinations (hook series never created) are not an error here.
-        let _ = f.up.remove_label_values(&[name]);
-        let _ = f.consecutive_failures.remove_label_values(&[name]);
-        let _ = f.disconnects.remove_label_values(&[name]);
-        let _ = f.connect_duration.remove_label_values(&[name]);
-        let _ = f.address_changes.remove_label_values(&[name]);
-        let _ = f.actor_restarts.remove_label_values(&[name]);
-        let _ = f.hooks_coalesced.remove_label_values(&[name]);
-        for result in ATTEMPT_RESULTS {
-            let _ = f.connect_attempts.remove_label_values(&[name, result]);
-        }
-        for state in State::ALL {
-            let _ = f.state.remove_label_values(&[name, state.as_str()]);
-            let _ = f.state_changes.remove_label_values(&[name, state.as_str()]);
-        }
-        for event in Event::ALL {
-            for result in HookResult::ALL {
-                let _ = f
-                    .hook_runs
-                    .remove_label_values(&[name, event.as_str(), result.as_str()]);
-            }
-            let _ = f.hook_duration.remove_label_values(&[name, event.as_str()]);
-        }
-    }
-
     fn series(&self, target: &Target) -> Option<Arc<TargetSeries>> {
         self.read_targets().get(&target.name).cloned()
     }
 
-    fn read_targets(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<TargetSeries>>> {
+    fn read_targets(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<TargetSeries>>> {
         // Inserts and removes are single calls: a poisoned map is still consistent.
         self.targets.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_targets(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<TargetSeries>>> {
+    fn write_targets(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<TargetSeries>>> {
         self.targets.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl TargetSeries {
+    fn hook_series(&self, event: Event) -> &HookSeries {
+        self.hooks[event_index(event)].get_or_init(|| {
+            Box::new(HookSeries {
+                runs: Default::default(),
+                duration: Histogram::new(HOOK_BUCKETS),
+            })
+        })
+    }
+}
+
+/// Writes every per-target family, each as one block as the text format requires.
+fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+
+    header(
+        out,
+        "tether_target_up",
+        "gauge",
+        "1 while the target is up, else 0.",
+    );
+    for (t, s) in targets {
+        let up = s.state.load(Ordering::Relaxed) == state_index(State::Up);
+        let _ = writeln!(out, "tether_target_up{{target=\"{t}\"}} {}", u8::from(up));
+    }
+
+    header(
+        out,
+        "tether_target_state",
+        "gauge",
+        "1 for the target's current state (connecting, up, down, failed), 0 for the others.",
+    );
+    for (t, s) in targets {
+        let now = s.state.load(Ordering::Relaxed);
+        for (i, state) in State::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tether_target_state{{state=\"{state}\",target=\"{t}\"}} {}",
+                u8::from(i == now)
+            );
+        }
+    }
+
+    header(
+        out,
+        "tether_target_consecutive_failures",
+        "gauge",
+        "Connect attempts that failed in a row; 0 once a connection is held.",
+    );
+    for (t, s) in targets {
+        let _ = writeln!(
+            out,
+            "tether_target_consecutive_failures{{target=\"{t}\"}} {}",
+            load(&s.consecutive_failures)
+        );
+    }
+
+    header(
+        out,
+        "tether_connect_attempts_total",
+        "counter",
+        "Connect attempts, by result (ok, failed).",
+    );
+    for (t, s) in targets {
+        for (result, v) in ATTEMPT_RESULTS.iter().zip(&s.attempts) {
+            let _ = writeln!(
+                out,
+                "tether_connect_attempts_total{{result=\"{result}\",target=\"{t}\"}} {}",
+                load(v)
+            );
+        }
+    }
+
+    header(
+        out,
+        "tether_disconnects_total",
+        "counter",
+        "Held connections lost (closed, reset, timed out or failing the probe), including those replaced at once by a reconnect.",
+    );
+    for (t, s) in targets {
+        let _ = writeln!(
+            out,
+            "tether_disconnects_total{{target=\"{t}\"}} {}",
+            load(&s.disconnects)
+        );
+    }
+
+    header(
+        out,
+        "tether_connect_duration_seconds",
+        "histogram",
+        "Time taken by connect attempts, successful or not.",
+    );
+    for (t, s) in targets {
+        s.connect_duration.write(
+            out,
+            "tether_connect_duration_seconds",
+            &format!("target=\"{t}\""),
+        );
+    }
+
+    header(
+        out,
+        "tether_state_changes_total",
+        "counter",
+        "Changes of the target's state, by the state entered.",
+    );
+    for (t, s) in targets {
+        for (state, v) in State::ALL.iter().zip(&s.state_changes) {
+            let _ = writeln!(
+                out,
+                "tether_state_changes_total{{target=\"{t}\",to=\"{state}\"}} {}",
+                load(v)
+            );
+        }
+    }
+
+    let with_hooks = || {
+        targets.iter().flat_map(|(t, s)| {
+            Event::ALL
+                .iter()
+                .zip(&s.hooks)
+                .filter_map(move |(e, h)| h.get().map(|h| (t, *e, h)))
+        })
+    };
+    if with_hooks().next().is_some() {
+        header(
+            out,
+            "tether_hook_runs_total",
+            "counter",
+            "Hook actions run, by event and result (ok, failed, timeout, error).",
+        );
+        for (t, event, h) in with_hooks() {
+            for (result, v) in HookResult::ALL.iter().zip(&h.runs) {
+                let _ = writeln!(
+                    out,
+                    "tether_hook_runs_total{{event=\"{event}\",result=\"{}\",target=\"{t}\"}} {}",
+                    result.as_str(),
+                    load(v)
+                );
+            }
+        }
+        header(
+            out,
+            "tether_hook_duration_seconds",
+            "histogram",
+            "Time taken by hook actions, including webhook retries.",
+        );
+        for (t, event, h) in with_hooks() {
+            h.duration.write(
+                out,
+                "tether_hook_duration_seconds",
+                &format!("event=\"{event}\",target=\"{t}\""),
+            );
+        }
+    }
+
+    for (name, help, pick) in [
+        (
+            "tether_address_changes_total",
+            "Times the held connection moved to another address because the target's name resolved elsewhere.",
+            (|s: &TargetSeries| &s.address_changes) as fn(&TargetSeries) -> &AtomicU64,
+        ),
+        (
+            "tether_actor_restarts_total",
+            "Times the target's checker crashed and was restarted.",
+            |s: &TargetSeries| &s.actor_restarts,
+        ),
+        (
+            "tether_hooks_coalesced_total",
+            "Pending hook events dropped because the target changed state faster than its hooks ran.",
+            |s: &TargetSeries| &s.hooks_coalesced,
+        ),
+    ] {
+        header(out, name, "counter", help);
+        for (t, s) in targets {
+            let _ = writeln!(out, "{name}{{target=\"{t}\"}} {}", load(pick(s)));
+        }
     }
 }
 
@@ -250,134 +472,6 @@ fn hooks_of(target: &Target, event: Event) -> bool {
         Event::Recover => &h.on_recover,
     }
     .is_empty()
-}
-
-impl TargetSeries {
-    /// Sets the one-hot state gauges and `up`.
-    fn set_state(&self, state: State) {
-        let now = state_index(state);
-        for (i, gauge) in self.state.iter().enumerate() {
-            gauge.set(i64::from(i == now));
-        }
-        self.up.set(i64::from(state == State::Up));
-    }
-}
-
-impl Families {
-    fn register(registry: &Registry) -> Result<Families, MetricsError> {
-        let target = &["target"];
-        let reg = MetricsError::Register;
-        let families = Families {
-            up: IntGaugeVec::new(
-                Opts::new("tether_target_up", "1 while the target is up, else 0."),
-                target,
-            ).map_err(reg)?,
-            state: IntGaugeVec::new(
-                Opts::new(
-                    "tether_target_state",
-                    "1 for the target's current state (connecting, up, down, failed), 0 for the others.",
-                ),
-                &["target", "state"],
-            ).map_err(reg)?,
-            consecutive_failures: IntGaugeVec::new(
-                Opts::new(
-                    "tether_target_consecutive_failures",
-                    "Connect attempts that failed in a row; 0 once a connection is held.",
-                ),
-                target,
-            ).map_err(reg)?,
-            connect_attempts: IntCounterVec::new(
-                Opts::new(
-                    "tether_connect_attempts_total",
-                    "Connect attempts, by result (ok, failed).",
-                ),
-                &["target", "result"],
-            ).map_err(reg)?,
-            disconnects: IntCounterVec::new(
-                Opts::new(
-                    "tether_disconnects_total",
-                    "Held connections lost (closed, reset, timed out or failing the probe), including those replaced at once by a reconnect.",
-                ),
-                target,
-            ).map_err(reg)?,
-            connect_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "tether_connect_duration_seconds",
-                    "Time taken by connect attempts, successful or not.",
-                )
-                .buckets(CONNECT_BUCKETS.to_vec()),
-                target,
-            ).map_err(reg)?,
-            state_changes: IntCounterVec::new(
-                Opts::new(
-                    "tether_state_changes_total",
-                    "Changes of the target's state, by the state entered.",
-                ),
-                &["target", "to"],
-            ).map_err(reg)?,
-            hook_runs: IntCounterVec::new(
-                Opts::new(
-                    "tether_hook_runs_total",
-                    "Hook actions run, by event and result (ok, failed, timeout, error).",
-                ),
-                &["target", "event", "result"],
-            ).map_err(reg)?,
-            hook_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "tether_hook_duration_seconds",
-                    "Time taken by hook actions, including webhook retries.",
-                )
-                .buckets(HOOK_BUCKETS.to_vec()),
-                &["target", "event"],
-            ).map_err(reg)?,
-            address_changes: IntCounterVec::new(
-                Opts::new(
-                    "tether_address_changes_total",
-                    "Times the held connection moved to another address because the target's name resolved elsewhere.",
-                ),
-                target,
-            ).map_err(reg)?,
-            actor_restarts: IntCounterVec::new(
-                Opts::new(
-                    "tether_actor_restarts_total",
-                    "Times the target's checker crashed and was restarted.",
-                ),
-                target,
-            ).map_err(reg)?,
-            hooks_coalesced: IntCounterVec::new(
-                Opts::new(
-                    "tether_hooks_coalesced_total",
-                    "Pending hook events dropped because the target changed state faster than its hooks ran.",
-                ),
-                target,
-            ).map_err(reg)?,
-        };
-        families.register_all(registry)?;
-        Ok(families)
-    }
-}
-
-impl Families {
-    fn register_all(&self, registry: &Registry) -> Result<(), MetricsError> {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.up.clone()),
-            Box::new(self.state.clone()),
-            Box::new(self.consecutive_failures.clone()),
-            Box::new(self.connect_attempts.clone()),
-            Box::new(self.disconnects.clone()),
-            Box::new(self.connect_duration.clone()),
-            Box::new(self.state_changes.clone()),
-            Box::new(self.hook_runs.clone()),
-            Box::new(self.hook_duration.clone()),
-            Box::new(self.address_changes.clone()),
-            Box::new(self.actor_restarts.clone()),
-            Box::new(self.hooks_coalesced.clone()),
-        ];
-        for c in collectors {
-            registry.register(c).map_err(MetricsError::Register)?;
-        }
-        Ok(())
-    }
 }
 
 // === impl Observer ===
@@ -400,19 +494,18 @@ impl Observer for Metrics {
         let Some(s) = self.series(target) else {
             return;
         };
-        s.connect_duration.observe(elapsed.as_secs_f64());
+        s.connect_duration.observe(elapsed);
+        s.attempts[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
         if ok {
-            s.attempts_ok.inc();
-            s.consecutive_failures.set(0);
+            s.consecutive_failures.store(0, Ordering::Relaxed);
         } else {
-            s.attempts_failed.inc();
-            s.consecutive_failures.inc();
+            s.consecutive_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn lost(&self, target: &Target, _error: &str) {
         if let Some(s) = self.series(target) {
-            s.disconnects.inc();
+            s.disconnects.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -420,12 +513,13 @@ impl Observer for Metrics {
         let Some(s) = self.series(target) else {
             return;
         };
-        s.consecutive_failures.set(i64::from(t.failures));
+        s.consecutive_failures
+            .store(u64::from(t.failures), Ordering::Relaxed);
         // `recover` keeps the target up: an event, not a change of state.
         if t.previous != t.state {
-            s.state_changes[state_index(t.state)].inc();
+            s.state_changes[state_index(t.state)].fetch_add(1, Ordering::Relaxed);
         }
-        s.set_state(t.state);
+        s.state.store(state_index(t.state), Ordering::Relaxed);
     }
 
     fn address_changed(
@@ -435,34 +529,29 @@ impl Observer for Metrics {
         _to: std::net::SocketAddr,
     ) {
         if let Some(s) = self.series(target) {
-            s.address_changes.inc();
+            s.address_changes.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn hook_run(&self, target: &Target, event: Event, result: HookResult, elapsed: Duration) {
         // A hook finishing after its target was removed must not bring its series back.
-        if self.series(target).is_none() {
+        let Some(s) = self.series(target) else {
             return;
-        }
-        let name = target.name.as_str();
-        let f = &self.families;
-        f.hook_runs
-            .with_label_values(&[name, event.as_str(), result.as_str()])
-            .inc();
-        f.hook_duration
-            .with_label_values(&[name, event.as_str()])
-            .observe(elapsed.as_secs_f64());
+        };
+        let h = s.hook_series(event);
+        h.runs[result_index(result)].fetch_add(1, Ordering::Relaxed);
+        h.duration.observe(elapsed);
     }
 
     fn hooks_coalesced(&self, target: &Target, count: u64) {
         if let Some(s) = self.series(target) {
-            s.hooks_coalesced.inc_by(count);
+            s.hooks_coalesced.fetch_add(count, Ordering::Relaxed);
         }
     }
 
     fn restarted(&self, target: &Target) {
         if let Some(s) = self.series(target) {
-            s.actor_restarts.inc();
+            s.actor_restarts.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -480,9 +569,6 @@ impl Observer for Metrics {
             return;
         }
         targets.remove(&target.name);
-        // Under the write lock, so a concurrent `started` of a new incarnation cannot
-        // create series that this removal would then delete.
-        self.remove(&target.name);
     }
 }
 
