@@ -363,6 +363,22 @@ impl Listener {
         *self.accepted.lock().unwrap()
     }
 
+    /// Asserts that exactly `n` connections were accepted. The client side completes
+    /// its handshake before this listener's task gets to `accept`, so a client's report
+    /// of a connection can come first: wait (bounded) for the count to reach `n`.
+    pub async fn assert_accepted(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.accepted() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            self.accepted(),
+            n,
+            "connections accepted on {}",
+            self.address()
+        );
+    }
+
     /// Closes the listening socket and every accepted connection, as a crash would.
     pub async fn kill(&mut self) {
         if let Some(t) = self.task.take() {

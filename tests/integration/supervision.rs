@@ -254,7 +254,7 @@ async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_fo
     let (down, _) = rec.nth_event("tune", Event::Disconnect, 1, LIMIT).await;
     assert_eq!(down.seq, 1, "numbering continues after the replacement");
     assert_eq!(rec.events("keep"), [Event::Connect]);
-    assert_eq!(a.accepted(), 1);
+    a.assert_accepted(1).await;
     sidecar.stop().await;
 }
 
@@ -292,7 +292,9 @@ mod faults {
             .filter(|r| matches!(r, Record::Restarted))
             .count();
         assert_eq!(restarts, 1);
-        assert_eq!((a.accepted(), b.accepted(), c.accepted()), (1, 1, 1));
+        for listener in [&a, &b, &c] {
+            listener.assert_accepted(1).await;
+        }
         assert!(
             rec.of("steady-a")
                 .iter()
