@@ -119,26 +119,6 @@ pub async fn resolve(address: &Address, limit: Duration) -> Result<Vec<SocketAdd
     }
 }
 
-/// Resolves and connects, trying each address in turn, each within `connect_timeout`.
-pub async fn connect(
-    address: &Address,
-    connect_timeout: Duration,
-    keepalive: &Keepalive,
-) -> Result<TcpStream, ConnectError> {
-    let addrs = resolve(address, connect_timeout).await?;
-    let total = addrs.len();
-    let mut last = None;
-    for addr in addrs {
-        match connect_addr(addr, connect_timeout, keepalive).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last
-        .expect("resolution returned at least one address")
-        .with_others(total - 1))
-}
-
 /// Connects to one address with keepalive and `TCP_USER_TIMEOUT` already set, so the
 /// connection is protected against silent peer death from its first byte.
 pub async fn connect_addr(
@@ -242,34 +222,5 @@ mod tests {
             Some(Duration::from_secs(19))
         );
         assert!(sock.tcp_nodelay().unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_reported_plainly() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let address = Address::new("127.0.0.1", port);
-        let e = connect(&address, Duration::from_secs(1), &keepalive())
-            .await
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("connect 127.0.0.1:{port}: connection refused")
-        );
-    }
-
-    #[tokio::test]
-    async fn names_are_resolved_on_each_attempt() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let address = Address::new("localhost", port);
-        let addrs = resolve(&address, Duration::from_secs(2)).await.unwrap();
-        assert!(addrs.iter().any(|a| a.ip().is_loopback()));
-        // localhost may resolve to ::1 first where nothing listens: the next address is tried.
-        connect(&address, Duration::from_secs(1), &keepalive())
-            .await
-            .unwrap();
     }
 }

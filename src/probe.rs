@@ -335,6 +335,48 @@ fn quote(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HumanDuration;
+
+    fn keepalive() -> Keepalive {
+        Keepalive {
+            idle: HumanDuration(Duration::from_secs(7)),
+            interval: HumanDuration(Duration::from_secs(3)),
+            count: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_plainly() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let address = Address::new("127.0.0.1", port);
+        let tcp = Prober::new(&config::Probe::Tcp, &address);
+        let Err(e) = connect(&address, &tcp, Duration::from_secs(1), &keepalive()).await else {
+            panic!("nothing listens on port {port}");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("connect 127.0.0.1:{port}: connection refused")
+        );
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_on_each_attempt_and_every_address_is_tried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let address = Address::new("localhost", port);
+        let addrs = net::resolve(&address, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(addrs.iter().any(|a| a.ip().is_loopback()));
+        // localhost may resolve to ::1 first where nothing listens: the next address is tried.
+        let tcp = Prober::new(&config::Probe::Tcp, &address);
+        connect(&address, &tcp, Duration::from_secs(1), &keepalive())
+            .await
+            .expect("127.0.0.1 answers");
+    }
 
     #[tokio::test]
     async fn lines_are_read_up_to_crlf_and_not_beyond_the_limit() {
