@@ -190,11 +190,12 @@ pub fn drain(stream: &TcpStream) -> Readiness {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::HumanDuration;
 
-    fn keepalive() -> Keepalive {
+    /// Settings distinct enough to recognise on a socket; shared with other tests.
+    pub(crate) fn keepalive() -> Keepalive {
         Keepalive {
             idle: HumanDuration(Duration::from_secs(7)),
             interval: HumanDuration(Duration::from_secs(3)),

@@ -335,15 +335,7 @@ fn quote(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HumanDuration;
-
-    fn keepalive() -> Keepalive {
-        Keepalive {
-            idle: HumanDuration(Duration::from_secs(7)),
-            interval: HumanDuration(Duration::from_secs(3)),
-            count: 4,
-        }
-    }
+    use crate::net::tests::keepalive;
 
     #[tokio::test]
     async fn a_refused_connection_is_reported_plainly() {

@@ -162,25 +162,52 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     assert!(tether.wait_exit(LIMIT).success());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
-    let l = Listener::start(Behaviour::Hold).await;
+/// A running `tether run` watching one live target whose `on_connect` hook runs
+/// `shell`, where `{d}` stands for the returned scratch directory; `supervisor` holds
+/// extra `[supervisor]` settings.
+struct SlowHook {
+    dir: tempfile::TempDir,
+    tether: TetherProcess,
+    /// The target's listener: bind it for the test's whole length, or the target dies.
+    _listener: Listener,
+}
+
+async fn run_with_hook(supervisor: &str, hook_timeout: &str, shell: &str) -> SlowHook {
+    let listener = Listener::start(Behaviour::Hold).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tether.toml");
-    let d = dir.path().display();
+    let shell = shell.replace("{d}", &dir.path().display().to_string());
+    let hooks = format!(
+        "hook_timeout = \"{hook_timeout}\"\n[targets.hooks]\non_connect = {{ shell = \"{shell}\" }}"
+    );
     std::fs::write(
         &path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"10s\"\n{}",
-            target("db", &l.address(),
-                &format!(
-                    "hook_timeout = \"20s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 1.5; touch '{d}/finished'\" }}"
-                )
-            )
+            "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\n{supervisor}\n{}",
+            target("db", &listener.address(), &hooks)
         ),
     )
     .unwrap();
-    let mut tether = TetherProcess::run(&path, &[]);
+    let tether = TetherProcess::run(&path, &[]);
+    SlowHook {
+        dir,
+        tether,
+        _listener: listener,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
+    let SlowHook {
+        dir,
+        mut tether,
+        _listener,
+    } = run_with_hook(
+        "shutdown_grace = \"10s\"",
+        "20s",
+        "touch '{d}/started'; sleep 1.5; touch '{d}/finished'",
+    )
+    .await;
     poll(LIMIT, "hook started", || {
         dir.path().join("started").exists()
     });
@@ -200,21 +227,11 @@ async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_exits_at_once() {
-    let l = Listener::start(Behaviour::Hold).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tether.toml");
-    let d = dir.path().display();
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target("db", &l.address(),
-                &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started'; sleep 60\" }}")
-            )
-        ),
-    )
-    .unwrap();
-    let mut tether = TetherProcess::run(&path, &[]);
+    let SlowHook {
+        dir,
+        mut tether,
+        _listener,
+    } = run_with_hook("", "60s", "touch '{d}/started'; sleep 60").await;
     poll(LIMIT, "hook started", || {
         dir.path().join("started").exists()
     });
@@ -423,21 +440,16 @@ async fn startup_raises_the_open_files_limit_and_warns_when_targets_may_not_fit(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hook_outliving_the_shutdown_grace_is_killed_and_tether_still_exits_0_in_time() {
-    let l = Listener::start(Behaviour::Hold).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tether.toml");
-    let d = dir.path().display();
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[supervisor]\nshutdown_grace = \"1s\"\n{}",
-            target("db", &l.address(),
-                &format!("hook_timeout = \"60s\"\n[targets.hooks]\non_connect = {{ shell = \"echo $$ > '{d}/hook'; sleep 60\" }}")
-            )
-        ),
+    let SlowHook {
+        dir,
+        mut tether,
+        _listener,
+    } = run_with_hook(
+        "shutdown_grace = \"1s\"",
+        "60s",
+        "echo $$ > '{d}/hook'; sleep 60",
     )
-    .unwrap();
-    let mut tether = TetherProcess::run(&path, &[]);
+    .await;
     let pid_file = dir.path().join("hook");
     poll(LIMIT, "hook started", || {
         std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
