@@ -70,7 +70,12 @@ pub struct Target {
     pub probe: Probe,
     /// Whether this target counts toward `/readyz`.
     pub required: bool,
+    /// Bounds the TCP handshake only; the first probe answer has `check_timeout`.
     pub connect_timeout: HumanDuration,
+    /// The timing of a protocol probe; `None` for `tcp`, which has nothing to ask (its
+    /// connection is watched by the kernel's keepalive).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
     /// Consecutive failed attempts before `on_failure`.
     pub failure_threshold: u32,
     pub backoff: Backoff,
@@ -81,6 +86,18 @@ pub struct Target {
     /// How often a held connection's host name is resolved again to follow moves.
     pub resolve_interval: HumanDuration,
     pub hooks: Hooks,
+}
+
+/// When a protocol probe asks, and how long its answer may take: a frozen server is
+/// noticed within `interval + timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// How often the server is asked again while its connection is held.
+    #[serde(rename = "check_interval")]
+    pub interval: HumanDuration,
+    /// Bounds every answer, the first one on a new connection included.
+    #[serde(rename = "check_timeout")]
+    pub timeout: HumanDuration,
 }
 
 /// The reconnect schedule: `initial * multiplier^n`, capped at `max`, each delay spread

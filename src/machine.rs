@@ -381,11 +381,9 @@ impl Machine {
             self.outage = true;
             self.emit(out, Event::Failure, previous);
         }
-        if self.phase == Phase::Failed {
-            Next::ConnectAfter(self.backoff.steady_delay())
-        } else {
-            Next::ConnectAfter(self.backoff.next_delay())
-        }
+        // The schedule keeps growing through the whole outage, `failed` or not: a
+        // dependency that restarts in seconds is announced back within seconds.
+        Next::ConnectAfter(self.backoff.next_delay())
     }
 
     fn tick(&mut self, now: Instant, out: &mut Emitter) -> Next {
