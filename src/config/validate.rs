@@ -1,6 +1,7 @@
 //! Turns the raw file into a [`Config`]: fills defaults, checks every value, and maps
 //! each problem to the line, column and key it came from.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
@@ -59,6 +60,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
     let mut ctx = Ctx {
         text,
         file,
+        lines: OnceCell::new(),
         diags: Vec::new(),
     };
     let raw = match deserialize(text) {
@@ -124,6 +126,8 @@ fn reword(key: &str, message: &str) -> String {
 struct Ctx<'a> {
     text: &'a str,
     file: &'a Path,
+    /// Built on the first error, so a valid file never pays for it.
+    lines: OnceCell<LineIndex>,
     diags: Vec<Diagnostic>,
 }
 
@@ -141,7 +145,11 @@ impl Ctx<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) {
-        let (line, column) = span.map_or((1, 1), |s| line_col(self.text, s.start));
+        let (line, column) = span.map_or((1, 1), |s| {
+            self.lines
+                .get_or_init(|| LineIndex::new(self.text))
+                .line_col(self.text, s.start)
+        });
         self.diags.push(Diagnostic {
             file: self.file.to_owned(),
             line,
@@ -180,7 +188,8 @@ impl Ctx<'_> {
         let mut targets = Vec::with_capacity(raw.targets.len());
         for (i, t) in raw.targets.iter().enumerate() {
             let name = t.get_ref().name.get_ref();
-            if let Some(first) = seen.insert(name.clone(), i) {
+            let first = *seen.entry(name.clone()).or_insert(i);
+            if first != i {
                 self.err(
                     Some(t.get_ref().name.span()),
                     format!("targets[{i}].name"),
@@ -932,13 +941,40 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// 1-based line and column (in characters) of a byte offset.
+/// Where each line of the file starts, so that placing an error costs a binary search
+/// rather than a scan of the text before it: a file with thousands of mistakes is
+/// reported in linear time.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        LineIndex { starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let start = self.starts[line - 1];
+        (line, text[start..offset].chars().count() + 1)
+    }
+}
+
+#[cfg(test)]
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-    (line, before[line_start..].chars().count() + 1)
+    LineIndex::new(text).line_col(text, offset)
 }
 
 #[cfg(test)]
