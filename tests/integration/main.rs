@@ -14,6 +14,7 @@ mod netns;
 mod probes;
 mod receiver;
 mod restarts;
+mod secrets;
 mod servers;
 mod status_cmd;
 mod supervision;
