@@ -4,6 +4,7 @@
 mod cli;
 mod config_errors;
 mod config_examples;
+mod config_fuzz;
 mod endpoint;
 mod harness;
 mod hooks;
