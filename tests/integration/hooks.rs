@@ -232,13 +232,14 @@ async fn a_failing_command_is_counted_and_the_next_hooks_still_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_target_flapping_200_times_with_a_slow_hook_ends_with_the_hook_seeing_the_final_state() {
+async fn a_target_flapping_200_times_with_a_slow_hook_runs_a_valid_story_ending_in_the_final_state()
+{
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("seen");
     let mut listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let hook = format!(
-        r#"{{ shell = "sleep 0.05; echo $TETHER_EVENT >> '{}'" }}"#,
+        r#"{{ shell = "sleep 0.05; echo $TETHER_EVENT $TETHER_PREVIOUS_STATE $TETHER_STATE $TETHER_EVENT_ID >> '{}'" }}"#,
         log.display()
     );
     let sidecar = Sidecar::start(
@@ -272,11 +273,20 @@ async fn a_target_flapping_200_times_with_a_slow_hook_ends_with_the_hook_seeing_
     let transitions = rec.transitions("flappy");
     // Wait until the hook has run the final event, then stop.
     poll(LIMIT, "final hook run", || {
-        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().last() == Some("recover"))
+        std::fs::read_to_string(&log)
+            .is_ok_and(|s| s.lines().last().is_some_and(|l| l.starts_with("recover ")))
     });
     sidecar.stop().await;
-    let seen = std::fs::read_to_string(&log).unwrap();
-    let seen: Vec<&str> = seen.lines().collect();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let runs: Vec<Vec<&str>> = lines.lines().map(|l| l.split(' ').collect()).collect();
+    // What ran is a story the machine could have told: each event starts in the state
+    // the previous one announced, and ids only grow.
+    for w in runs.windows(2) {
+        assert_eq!(w[1][1], w[0][2], "{:?} after {:?}", w[1], w[0]);
+        let id = |r: &[&str]| -> u64 { r[3].rsplit(':').next().unwrap().parse().unwrap() };
+        assert!(id(&w[0]) < id(&w[1]), "{:?} after {:?}", w[1], w[0]);
+    }
+    let seen: Vec<&str> = runs.iter().map(|r| r[0]).collect();
     assert_eq!(seen.last(), Some(&"recover"), "{seen:?}");
     // The application's view alternates in each pair and ends up connected.
     let link: Vec<_> = seen
