@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fault;
 pub mod hooks;
 pub mod http;
+pub mod instance;
 pub mod logging;
 pub mod machine;
 pub mod metrics;

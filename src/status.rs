@@ -25,6 +25,9 @@ use crate::observe::Observer;
 pub struct Document {
     /// tether's version.
     pub version: String,
+    /// This run of tether (see [`crate::instance`]); empty from an older sidecar.
+    #[serde(default)]
+    pub instance: String,
     /// When this document was taken; `tether status` measures "for how long" from it,
     /// so a skewed reader clock does not matter.
     pub generated_at: Timestamp,
@@ -238,6 +241,7 @@ impl Status {
             .collect();
         Document {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: crate::instance::id().to_owned(),
             generated_at: Timestamp(SystemTime::now()),
             ready: self.ready(),
             stopping: self.is_stopping(),

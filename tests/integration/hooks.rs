@@ -106,6 +106,9 @@ async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environm
     assert_eq!(json["failures"], 2);
     assert_eq!(env["TETHER_TIMESTAMP"], json["timestamp"].as_str().unwrap());
     assert!(env["TETHER_TIMESTAMP"].ends_with('Z') && env["TETHER_TIMESTAMP"].len() == 24);
+    // The run of tether the event belongs to: the same in both, and this process's.
+    assert_eq!(env["TETHER_INSTANCE"], tether::instance::id());
+    assert_eq!(json["instance"], tether::instance::id());
 }
 
 #[tokio::test(flavor = "multi_thread")]
