@@ -174,10 +174,18 @@ async fn the_status_document_lists_every_target_with_the_documented_fields() {
         .collect();
     assert_eq!(
         top,
-        BTreeSet::from(["generated_at", "ready", "stopping", "targets", "version"])
+        BTreeSet::from([
+            "generated_at",
+            "instance",
+            "ready",
+            "stopping",
+            "targets",
+            "version"
+        ])
     );
     assert_eq!(doc["ready"], true, "cache is optional: {doc:#}");
     humantime::parse_rfc3339(doc["generated_at"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["instance"], tether::instance::id());
 
     let targets = doc["targets"].as_array().unwrap();
     let names: Vec<&str> = targets
