@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod probe;
+pub mod resolve;
 pub mod sidecar;
 pub mod state_file;
 pub mod status;

@@ -4,6 +4,7 @@
 mod cli;
 mod config_errors;
 mod config_examples;
+mod dns_outage;
 mod endpoint;
 mod harness;
 mod hooks;
