@@ -13,9 +13,10 @@ use tokio::net::UdpSocket;
 
 use super::*;
 
-/// A DNS server for a fixed table of A records; every other name is NXDOMAIN.
+/// A DNS server for a table of A records; every other name is NXDOMAIN.
 struct DnsServer {
     port: u16,
+    table: Arc<Mutex<HashMap<String, Ipv4Addr>>>,
     /// The A queries it received, in order ("db.svc.cluster.local.").
     asked: Arc<Mutex<Vec<String>>>,
 }
@@ -24,10 +25,13 @@ impl DnsServer {
     async fn start(records: &[(&str, Ipv4Addr)]) -> DnsServer {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let port = socket.local_addr().unwrap().port();
-        let table: HashMap<String, Ipv4Addr> = records
-            .iter()
-            .map(|(name, ip)| (name.to_string(), *ip))
-            .collect();
+        let table: Arc<Mutex<HashMap<String, Ipv4Addr>>> = Arc::new(Mutex::new(
+            records
+                .iter()
+                .map(|(name, ip)| (name.to_string(), *ip))
+                .collect(),
+        ));
+        let served = table.clone();
         let asked = Arc::new(Mutex::new(Vec::new()));
         let log = asked.clone();
         tokio::spawn(async move {
@@ -36,11 +40,11 @@ impl DnsServer {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                let answer = answer(&query, &table, &log);
+                let answer = answer(&query, &served.lock().unwrap(), &log);
                 let _ = socket.send_to(&answer, from).await;
             }
         });
-        DnsServer { port, asked }
+        DnsServer { port, table, asked }
     }
 
     fn asked(&self) -> Vec<String> {
@@ -221,4 +225,34 @@ async fn an_edited_hosts_file_is_followed_at_the_next_lookup() {
     .unwrap();
     assert_eq!(s.resolver.lookup("db").await.unwrap(), [ip("10.0.0.2")]);
     assert!(dns.asked().is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_record_is_seen_at_the_next_lookup_as_nothing_is_cached() {
+    let dns = DnsServer::start(&[("db.example.", Ipv4Addr::new(10, 0, 0, 1))]).await;
+    let s = setup("", "nameserver 127.0.0.1\n", &dns);
+    assert_eq!(
+        s.resolver.lookup("db.example").await.unwrap(),
+        [ip("10.0.0.1")]
+    );
+    dns.table
+        .lock()
+        .unwrap()
+        .insert("db.example.".to_owned(), Ipv4Addr::new(10, 0, 0, 2));
+    assert_eq!(
+        s.resolver.lookup("db.example").await.unwrap(),
+        [ip("10.0.0.2")]
+    );
+    assert_eq!(dns.asked().len(), 2);
+}
+
+#[tokio::test]
+async fn without_a_resolv_conf_the_local_name_server_is_asked_as_glibc_does() {
+    let dns = DnsServer::start(&[("db.example.", Ipv4Addr::new(10, 0, 0, 3))]).await;
+    let s = setup("", "", &dns);
+    fs::remove_file(s.dir.path().join("resolv.conf")).unwrap();
+    assert_eq!(
+        s.resolver.lookup("db.example").await.unwrap(),
+        [ip("10.0.0.3")]
+    );
 }
