@@ -254,7 +254,8 @@ fn a_resolver_that_swallows_queries_costs_only_the_targets_behind_names() {
         state_of(&ns.get(addr, "/status").unwrap().1, "n0").is_some_and(|s| s != "up"),
         "a name resolved without DNS"
     );
-    assert!(slowest < Duration::from_secs(2), "/status took {slowest:?}");
+    // Generous for a loaded host; queued behind lookups, it took over 15 s.
+    assert!(slowest < Duration::from_secs(5), "/status took {slowest:?}");
     assert!(
         most_threads <= MAX_THREADS,
         "{most_threads} threads (at most {MAX_THREADS})"
