@@ -104,6 +104,7 @@ impl HookRunner {
             .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
+            .dns_resolver(Arc::new(crate::resolve::ForWebhooks))
             .build()
             .map_err(HooksError::Client)?;
         Ok(HookRunner {
