@@ -201,7 +201,12 @@ fn signals(path: PathBuf) -> std::io::Result<mpsc::Receiver<Control>> {
                 }
             };
             if stopping.is_cancelled() {
-                tracing::warn!("received {name} again: exiting at once");
+                // Nothing a hook started may outlive tether, even now.
+                let killed = tether::hooks::kill_everything();
+                tracing::warn!(
+                    killed,
+                    "received {name} again: killed the hooks still running; exiting at once"
+                );
                 std::process::exit(code);
             }
             tracing::info!("received {name}: shutting down (send it again to exit at once)");
@@ -227,7 +232,20 @@ async fn reloader(
             () = stopping.cancelled() => return,
         }
         tracing::info!(config = %path.display(), "received SIGHUP: reloading");
-        let loaded = Config::load(&path);
+        // Reading and checking a file (up to 16 MiB, with any number of mistakes) is
+        // blocking work: off the runtime, so detection, HTTP and signals go on meanwhile.
+        let loaded = match tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || Config::load(&path)
+        })
+        .await
+        {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "loading the config failed; keeping the running config");
+                continue;
+            }
+        };
         tokio::select! {
             _ = tx.send(Control::Reload(Box::new(loaded))) => {}
             () = stopping.cancelled() => return,

@@ -92,12 +92,17 @@ async fn end_group(group: u32) {
     let _ = killpg(group, Signal::SIGKILL);
 }
 
-/// SIGKILL to every process tether started or adopted, with their descendants: the
-/// shutdown is over, nothing a hook started may outlive tether. Returns how many were
-/// signalled.
+/// SIGKILL to every process the hooks of this process started, with their descendants:
+/// the shutdown is over, nothing a hook started may outlive tether. Only processes that
+/// carry a run marker of this process are touched, so a program embedding tether keeps
+/// its other children. Returns how many were signalled.
 pub fn kill_everything() -> usize {
+    let ours = format!("{RUN_VAR}={}-", crate::instance::id());
     let mut n = 0;
     for child in children(std::process::id()) {
+        if !marked(child, &ours) {
+            continue;
+        }
         for pid in tree(child) {
             if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                 n += 1;
@@ -180,11 +185,18 @@ fn tree(pid: u32) -> Vec<u32> {
 
 /// Whether `pid` was started with `TETHER_HOOK_RUN=run` in its environment.
 fn carries(pid: u32, run: &str) -> bool {
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
     let wanted = format!("{RUN_VAR}={run}");
-    environ
-        .split(|&b| b == 0)
-        .any(|entry| entry == wanted.as_bytes())
+    environ(pid).is_some_and(|env| env.split(|&b| b == 0).any(|e| e == wanted.as_bytes()))
+}
+
+/// Whether `pid`'s environment has an entry starting with `prefix`.
+fn marked(pid: u32, prefix: &str) -> bool {
+    environ(pid).is_some_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|e| e.starts_with(prefix.as_bytes()))
+    })
+}
+
+fn environ(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ")).ok()
 }

@@ -226,20 +226,44 @@ async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_sigterm_exits_at_once() {
+async fn a_second_sigterm_exits_at_once_and_takes_the_running_hooks_with_it() {
     let SlowHook {
         dir,
         mut tether,
         _listener,
-    } = run_with_hook("", "60s", "touch '{d}/started'; sleep 60").await;
+    } = run_with_hook(
+        "",
+        "60s",
+        "echo $$ > '{d}/hook'; setsid sh -c 'echo $$ > {d}/escaped; exec sleep 60' & \
+         while [ ! -s '{d}/escaped' ]; do sleep 0.01; done; touch '{d}/started'; sleep 60",
+    )
+    .await;
     poll(LIMIT, "hook started", || {
         dir.path().join("started").exists()
     });
+    let pid = |name: &str| -> u32 {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (hook, escaped) = (pid("hook"), pid("escaped"));
     tether.signal(Signal::SIGTERM);
     tether.wait_for("shutting down", LIMIT);
     tether.signal(Signal::SIGTERM);
     let status = tether.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(143));
+    // Dead (at most a zombie waiting for its new parent to reap it).
+    let dead = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+    };
+    poll(
+        Duration::from_secs(5),
+        "the hook and its escaped child ended",
+        || dead(hook) && dead(escaped),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

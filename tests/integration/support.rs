@@ -31,12 +31,32 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// crowded, yet bounded so a broken server fails the test instead of hanging it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Asks the kernel for a port nobody is listening on.
+/// A port nobody is listening on, below the kernel's ephemeral range.
 ///
-/// The port is released before it is returned, so another process can take it in between;
-/// server starts therefore retry on a fresh port when the bind fails (see
+/// Below it, because the tests open thousands of outgoing connections, each on an
+/// ephemeral port that a later bind of `0.0.0.0` on the same number would collide with.
+/// The port is released before it is returned, so another process can take it in
+/// between; server starts therefore retry on a fresh port when the bind fails (see
 /// [`process::ServerProcess::start_on_free_port`]).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TRIES: AtomicU64 = AtomicU64::new(0);
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_500));
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(TRIES.fetch_add(1, Ordering::Relaxed));
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        let free = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+            && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+        if free {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("bind 127.0.0.1:0 to find a free port")
