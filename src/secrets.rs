@@ -11,7 +11,12 @@
 //! process, so an old one cannot leak from a late reply either.
 
 use std::borrow::Cow;
-use std::sync::RwLock;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
 
 /// What replaces a secret in text.
 pub const MASK: &str = "[redacted]";
@@ -60,9 +65,126 @@ pub fn mask(text: &str) -> Cow<'_, str> {
     out
 }
 
+// === Secret sources ===
+
+/// Where a secret is read from: an environment variable, or a file (a Kubernetes Secret
+/// volume, which is updated in place when the secret rotates).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Source {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+/// A source that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {why}")]
+pub struct ReadError {
+    pub source_name: Source,
+    pub why: String,
+}
+
+/// The values last read, by source. Never shrinks: several configs (an embedding
+/// program's sidecars, or the configs of successive reloads) may name the same source.
+static VALUES: RwLock<BTreeMap<Source, Arc<[u8]>>> = RwLock::new(BTreeMap::new());
+
+/// Reads one source now. A file's trailing line break is not part of the secret (most
+/// editors and `echo` add one). An unset variable or an empty value is an error.
+pub fn read(source: &Source) -> Result<Arc<[u8]>, ReadError> {
+    let fail = |why: String| ReadError {
+        source_name: source.clone(),
+        why,
+    };
+    let mut value = match source {
+        Source::Env(var) => std::env::var_os(var)
+            .ok_or_else(|| fail("not set".to_owned()))?
+            .into_encoded_bytes(),
+        Source::File(path) => std::fs::read(path).map_err(|e| fail(e.to_string()))?,
+    };
+    if matches!(source, Source::File(_)) {
+        while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(fail("empty".to_owned()));
+    }
+    if let Ok(text) = std::str::from_utf8(&value) {
+        remember(text);
+    }
+    Ok(value.into())
+}
+
+/// Reads every source of a config, at start and on each reload, and keeps the values
+/// for [`current`]. Sources that fail keep their previous value, if any; the errors are
+/// returned for the caller to decide on (a webhook key is required, a probe password
+/// fails its checks).
+pub fn load<'a>(sources: impl IntoIterator<Item = &'a Source>) -> Vec<ReadError> {
+    let mut errors = Vec::new();
+    let mut read_now = Vec::new();
+    for source in sources {
+        match read(source) {
+            Ok(value) => read_now.push((source.clone(), value)),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut values = VALUES.write().unwrap_or_else(|p| p.into_inner());
+    values.extend(read_now);
+    errors
+}
+
+/// The value of `source` as last loaded, or read now if it never was (a checker run
+/// without a sidecar around it).
+pub fn current(source: &Source) -> Result<Arc<[u8]>, ReadError> {
+    if let Some(v) = VALUES.read().unwrap_or_else(|p| p.into_inner()).get(source) {
+        return Ok(v.clone());
+    }
+    let value = read(source)?;
+    VALUES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(source.clone(), value.clone());
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_secret_is_read_without_its_line_break_and_masked_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "file-secret-for-masking-7c1\n").unwrap();
+        let source = Source::File(path.clone());
+        assert!(load([&source]).is_empty());
+        assert_eq!(&*current(&source).unwrap(), b"file-secret-for-masking-7c1");
+        assert_eq!(mask("x file-secret-for-masking-7c1 y"), "x [redacted] y");
+        // Rotated in place: the next load has the new value.
+        std::fs::write(&path, "rotated-secret-for-masking-7c1").unwrap();
+        assert!(load([&source]).is_empty());
+        assert_eq!(
+            &*current(&source).unwrap(),
+            b"rotated-secret-for-masking-7c1"
+        );
+        // Gone: the error says which, and the last value stays.
+        std::fs::remove_file(&path).unwrap();
+        let errors = load([&source]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().starts_with("file "), "{}", errors[0]);
+        assert_eq!(
+            &*current(&source).unwrap(),
+            b"rotated-secret-for-masking-7c1"
+        );
+    }
 
     #[test]
     fn remembered_secrets_are_masked_wherever_they_appear() {
