@@ -68,16 +68,28 @@ struct TargetQueue {
     pending: queue::Pending<Job>,
     /// Whether a worker is draining this queue; at most one per target.
     running: bool,
+    /// The target's config as its current actor holds it, copied once per actor
+    /// incarnation and shared by every queued event: thousands of targets losing their
+    /// connection at once queue thousands of events, and each must stay small.
+    config: Option<Arc<Target>>,
 }
 
-/// One event to run, with the actions configured when it happened.
+impl TargetQueue {
+    /// The shared copy of `target`, made again only when a reload or restart gave the
+    /// target a new config. Holding the `Arc` keeps the old config's address taken, so
+    /// an equal address always means the same config.
+    fn config(&mut self, target: &Target) -> Arc<Target> {
+        match &self.config {
+            Some(c) if std::ptr::eq(&**c, target) => c.clone(),
+            _ => self.config.insert(Arc::new(target.clone())).clone(),
+        }
+    }
+}
+
+/// One event to run, with the config (and so the actions) it happened under.
 struct Job {
-    target: Arc<str>,
     event: Event,
     payload: Payload,
-    actions: Vec<HookAction>,
-    timeout: Duration,
-    /// Kept for reporting results to listeners.
     config: Arc<Target>,
 }
 
@@ -151,16 +163,14 @@ impl HookRunner {
                     .clone(),
             }
         };
-        let job = Job {
-            target: target.name.as_str().into(),
-            event: t.event,
-            payload: Payload::new(target, t),
-            actions: actions(target, t.event).to_vec(),
-            timeout: target.hook_timeout.get(),
-            config: Arc::new(target.clone()),
-        };
+        let payload = Payload::new(target, t);
         let (dropped, start) = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            let job = Job {
+                event: t.event,
+                payload,
+                config: q.config(target),
+            };
             let dropped = q.pending.push(job);
             let start = !q.running;
             q.running = true;
@@ -214,9 +224,9 @@ impl HookRunner {
 
     async fn run(&self, job: Job) {
         #[cfg(feature = "fault-injection")]
-        crate::fault::check_hook(&job.target);
+        crate::fault::check_hook(&job.config.name);
         let json = job.payload.to_json();
-        for (i, action) in job.actions.iter().enumerate() {
+        for (i, action) in actions(&job.config, job.event).iter().enumerate() {
             let _permit = self
                 .inner
                 .limit
@@ -233,7 +243,7 @@ impl HookRunner {
             let kind = kind(action);
             if result == HookResult::Ok {
                 tracing::info!(
-                    target_name = %job.target,
+                    target_name = %job.config.name,
                     event_id = %job.payload.event_id,
                     hook = %job.event.hook_key(),
                     action = i,
@@ -243,7 +253,7 @@ impl HookRunner {
                 );
             } else {
                 tracing::warn!(
-                    target_name = %job.target,
+                    target_name = %job.config.name,
                     event_id = %job.payload.event_id,
                     hook = %job.event.hook_key(),
                     action = i,
@@ -266,11 +276,15 @@ impl HookRunner {
     ) -> (HookResult, String, String) {
         match action {
             HookAction::Command { command } => {
-                let o = command::run_argv(command, &job.payload, json, job.timeout).await;
+                let o =
+                    command::run_argv(command, &job.payload, json, job.config.hook_timeout.get())
+                        .await;
                 (o.result, o.status, join_output(&o.stdout, &o.stderr))
             }
             HookAction::Shell { shell } => {
-                let o = command::run_shell(shell, &job.payload, json, job.timeout).await;
+                let o =
+                    command::run_shell(shell, &job.payload, json, job.config.hook_timeout.get())
+                        .await;
                 (o.result, o.status, join_output(&o.stdout, &o.stderr))
             }
             HookAction::Webhook {
@@ -293,7 +307,7 @@ impl HookRunner {
                     secret.as_ref(),
                     &job.payload.event_id,
                     json.to_vec(),
-                    job.timeout,
+                    job.config.hook_timeout.get(),
                 )
                 .await;
                 let status = format!("{} after {} attempt(s)", o.status, o.attempts);
