@@ -39,8 +39,6 @@ pub enum HooksError {
         url: String,
         var: String,
     },
-    #[error("cannot build the webhook HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
 }
 
 /// The hook runner: an [`Observer`] that queues transitions for execution.
@@ -56,7 +54,7 @@ struct Inner {
     limit: Arc<Semaphore>,
     /// Webhook keys by environment variable name, read at start and on reload.
     secrets: RwLock<HashMap<String, Secret>>,
-    http: reqwest::Client,
+    http: webhook::Client,
     /// Receives hook results (metrics); never this runner itself.
     report: Arc<dyn Observer>,
     /// The workers, so shutdown can wait for hooks in flight.
@@ -104,12 +102,7 @@ impl HookRunner {
     /// one stops the start instead of surfacing at the first outage.
     pub fn new(config: &Config, report: Arc<dyn Observer>) -> Result<HookRunner, HooksError> {
         let secrets = read_secrets(config)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(HooksError::Client)?;
+        let http = webhook::Client::new();
         Ok(HookRunner {
             inner: Arc::new(Inner {
                 queues: RwLock::default(),
