@@ -13,6 +13,7 @@ pub mod reaper;
 mod webhook;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ struct Inner {
     report: Arc<dyn Observer>,
     /// The workers, so shutdown can wait for hooks in flight.
     tracker: TaskTracker,
+    /// Workers draining a queue now; the last one to finish hands the memory the burst
+    /// used back to the kernel.
+    busy: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -111,6 +115,7 @@ impl HookRunner {
                 http,
                 report,
                 tracker: TaskTracker::new(),
+                busy: AtomicUsize::new(0),
             }),
         })
     }
@@ -178,6 +183,7 @@ impl HookRunner {
             inner.report.hooks_coalesced(target, dropped);
         }
         if start {
+            inner.busy.fetch_add(1, Ordering::AcqRel);
             let runner = self.clone();
             inner.tracker.spawn(async move { runner.work(queue).await });
         }
@@ -192,6 +198,12 @@ impl HookRunner {
                     Some(job) => job,
                     None => {
                         q.running = false;
+                        // Made again at the next event: an idle target keeps no copy.
+                        q.config = None;
+                        drop(q);
+                        if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            crate::allocator::release_free_memory();
+                        }
                         return;
                     }
                 }

@@ -179,24 +179,13 @@ const WORKER_THREADS: usize = 2;
 const BLOCKING_THREADS: usize = 16;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    limit_allocator_arenas();
+    tether::allocator::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// glibc gives each thread that meets contention an arena of its own, each holding on
-/// to freed memory; for a process whose threads share one small heap, one arena keeps
-/// the resident set flat.
-fn limit_allocator_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only tunes the allocator; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
 }
 
 /// Turns signals into requests to the sidecar: SIGHUP reloads `path`, the first
