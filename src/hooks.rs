@@ -109,7 +109,7 @@ impl HookRunner {
         let http = webhook::Client::new();
         Ok(HookRunner {
             inner: Arc::new(Inner {
-                queues: RwLock::default(),
+                queues: RwLock::new(queues(config)),
                 limit: Arc::new(Semaphore::new(config.defaults.max_concurrent_hooks)),
                 secrets: RwLock::new(secrets),
                 http,
@@ -198,8 +198,12 @@ impl HookRunner {
                     Some(job) => job,
                     None => {
                         q.running = false;
-                        // Made again at the next event: an idle target keeps no copy.
+                        // Made again at the next event: an idle target keeps neither a
+                        // copy of its config nor the queue's buffer. Kept, these small
+                        // blocks allocated in the middle of a burst would pin the pages
+                        // the burst used, and the heap could not shrink back.
                         q.config = None;
+                        q.pending = queue::Pending::default();
                         drop(q);
                         if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
                             crate::allocator::release_free_memory();
@@ -329,6 +333,18 @@ impl Observer for HookRunner {
         }
         self.enqueue(target, transition);
     }
+}
+
+/// An empty queue for every target that has hooks, allocated together at start rather
+/// than one by one amid the first burst of events, where each would pin a page of the
+/// burst's memory.
+fn queues(config: &Config) -> HashMap<String, Arc<Mutex<TargetQueue>>> {
+    config
+        .targets
+        .iter()
+        .filter(|t| !t.hooks.is_empty())
+        .map(|t| (t.name.clone(), Arc::default()))
+        .collect()
 }
 
 /// Checks that every webhook secret the config names is set, before anything starts.
