@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -192,6 +192,16 @@ impl HookRunner {
     /// Drains one target's queue, one event at a time.
     async fn work(self, queue: Arc<Mutex<TargetQueue>>) {
         loop {
+            // The slot first, then the event: a target waiting for a slot holds only
+            // this small task, not a started run (whose state is the size of a process
+            // launch), and its queue keeps coalescing until the slot comes.
+            let permit = self
+                .inner
+                .limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the hook semaphore is never closed");
             let job = {
                 let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
                 match q.pending.pop() {
@@ -217,7 +227,7 @@ impl HookRunner {
             // queue keeps being served.
             let runner = self.clone();
             let started = Instant::now();
-            if let Err(e) = tokio::spawn(async move { runner.run(job).await }).await {
+            if let Err(e) = tokio::spawn(async move { runner.run(job, permit).await }).await {
                 tracing::error!(
                     target_name = %config.name,
                     event = %event,
@@ -231,18 +241,13 @@ impl HookRunner {
         }
     }
 
-    async fn run(&self, job: Job) {
+    /// Runs one event's actions in order, in the slot the worker took for it: at most
+    /// `max_concurrent_hooks` actions run at once.
+    async fn run(&self, job: Job, _permit: OwnedSemaphorePermit) {
         #[cfg(feature = "fault-injection")]
         crate::fault::check_hook(&job.config.name);
         let json = job.payload.to_json();
         for (i, action) in actions(&job.config, job.event).iter().enumerate() {
-            let _permit = self
-                .inner
-                .limit
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the hook semaphore is never closed");
             let started = Instant::now();
             let (result, status, output) = self.run_action(action, &job, &json).await;
             let elapsed = started.elapsed();
