@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -20,10 +19,13 @@ use crate::config::{Config, Target};
 use crate::machine::{Event, Transition};
 use crate::observe::{HookResult, Observer, Observers};
 use crate::sidecar::{self, Control};
+use crate::status_view;
 
 /// How long any one step may take before the demo gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(8);
 const TARGET: &str = "demo-db";
+/// The most of an endpoint's answer the demo reads; its metrics are far smaller.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Why the demo could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -295,21 +297,12 @@ fn relevant(line: &str) -> bool {
         && !(line.contains("_total{") && line.ends_with(" 0"))
 }
 
-/// A plain HTTP/1.1 GET of the sidecar's own endpoint.
+/// A GET of the sidecar's own endpoint, whatever its status.
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(head.as_bytes()).await.ok()?;
-        let mut body = Vec::new();
-        stream.read_to_end(&mut body).await.ok()?;
-        let text = String::from_utf8(body).ok()?;
-        text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
-    };
-    timeout(Duration::from_secs(3), exchange)
-        .await
-        .ok()
-        .flatten()
+    let authority = addr.to_string();
+    let exchange = status_view::get(&authority, path, MAX_ANSWER_BYTES);
+    let (_, body) = timeout(Duration::from_secs(3), exchange).await.ok()?.ok()?;
+    String::from_utf8(body.to_vec()).ok()
 }
 
 /// The throwaway service: accepts and holds connections until killed.

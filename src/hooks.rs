@@ -14,10 +14,11 @@ pub mod reaper;
 mod webhook;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -41,8 +42,6 @@ pub enum HooksError {
         url: String,
         var: String,
     },
-    #[error("cannot build the webhook HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
 }
 
 /// The hook runner: an [`Observer`] that queues transitions for execution.
@@ -57,12 +56,17 @@ struct Inner {
     /// Bounds hook runs in flight across all targets.
     limit: Arc<Semaphore>,
     /// Webhook keys by environment variable name, read at start and on reload.
-    secrets: RwLock<HashMap<String, Secret>>,
-    http: reqwest::Client,
+    /// Shared whole with every job queued meanwhile: a delivery is signed with the key
+    /// it was queued under, whatever a reload does before it is sent.
+    secrets: RwLock<Arc<Keys>>,
+    http: webhook::Client,
     /// Receives hook results (metrics); never this runner itself.
     report: Arc<dyn Observer>,
     /// The workers, so shutdown can wait for hooks in flight.
     tracker: TaskTracker,
+    /// Workers draining a queue now; the last one to finish hands the memory the burst
+    /// used back to the kernel.
+    busy: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -70,18 +74,35 @@ struct TargetQueue {
     pending: queue::Pending<Job>,
     /// Whether a worker is draining this queue; at most one per target.
     running: bool,
+    /// The target's config as its current actor holds it, copied once per actor
+    /// incarnation and shared by every queued event: thousands of targets losing their
+    /// connection at once queue thousands of events, and each must stay small.
+    config: Option<Arc<Target>>,
 }
 
-/// One event to run, with the actions configured when it happened.
+impl TargetQueue {
+    /// The shared copy of `target`, made again only when a reload or restart gave the
+    /// target a new config. Holding the `Arc` keeps the old config's address taken, so
+    /// an equal address always means the same config.
+    fn config(&mut self, target: &Target) -> Arc<Target> {
+        match &self.config {
+            Some(c) if std::ptr::eq(&**c, target) => c.clone(),
+            _ => self.config.insert(Arc::new(target.clone())).clone(),
+        }
+    }
+}
+
+/// One event to run, with the config (and so the actions) it happened under.
 struct Job {
-    target: Arc<str>,
     event: Event,
     payload: Payload,
-    actions: Vec<HookAction>,
-    timeout: Duration,
-    /// Kept for reporting results to listeners.
     config: Arc<Target>,
+    /// The webhook keys when the event was queued.
+    keys: Arc<Keys>,
 }
+
+/// Webhook keys by the variable they were read from.
+type Keys = HashMap<String, Secret>;
 
 impl queue::Queued for Job {
     fn event(&self) -> Event {
@@ -100,21 +121,16 @@ impl HookRunner {
     /// one stops the start instead of surfacing at the first outage.
     pub fn new(config: &Config, report: Arc<dyn Observer>) -> Result<HookRunner, HooksError> {
         let secrets = read_secrets(config)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .dns_resolver(Arc::new(crate::resolve::ForWebhooks))
-            .build()
-            .map_err(HooksError::Client)?;
+        let http = webhook::Client::new();
         Ok(HookRunner {
             inner: Arc::new(Inner {
-                queues: RwLock::default(),
+                queues: RwLock::new(queues(config)),
                 limit: Arc::new(Semaphore::new(config.defaults.max_concurrent_hooks)),
-                secrets: RwLock::new(secrets),
+                secrets: RwLock::new(Arc::new(secrets)),
                 http,
                 report,
                 tracker: TaskTracker::new(),
+                busy: AtomicUsize::new(0),
             }),
         })
     }
@@ -127,7 +143,7 @@ impl HookRunner {
             .inner
             .secrets
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = secrets;
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(secrets);
         Ok(())
     }
 
@@ -160,16 +176,20 @@ impl HookRunner {
                     .clone(),
             }
         };
-        let job = Job {
-            target: target.name.as_str().into(),
-            event: t.event,
-            payload: Payload::new(target, t),
-            actions: actions(target, t.event).to_vec(),
-            timeout: target.hook_timeout.get(),
-            config: Arc::new(target.clone()),
-        };
+        let payload = Payload::new(target, t);
+        let keys = inner
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (dropped, start) = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            let job = Job {
+                event: t.event,
+                payload,
+                config: q.config(target),
+                keys,
+            };
             let dropped = q.pending.push(job);
             let start = !q.running;
             q.running = true;
@@ -184,6 +204,7 @@ impl HookRunner {
             inner.report.hooks_coalesced(target, dropped);
         }
         if start {
+            inner.busy.fetch_add(1, Ordering::AcqRel);
             let runner = self.clone();
             inner.tracker.spawn(async move { runner.work(queue).await });
         }
@@ -192,12 +213,32 @@ impl HookRunner {
     /// Drains one target's queue, one event at a time.
     async fn work(self, queue: Arc<Mutex<TargetQueue>>) {
         loop {
+            // The slot first, then the event: a target waiting for a slot holds only
+            // this small task, not a started run (whose state is the size of a process
+            // launch), and its queue keeps coalescing until the slot comes.
+            let permit = self
+                .inner
+                .limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the hook semaphore is never closed");
             let job = {
                 let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
                 match q.pending.pop() {
                     Some(job) => job,
                     None => {
                         q.running = false;
+                        // Made again at the next event: an idle target keeps neither a
+                        // copy of its config nor the queue's buffer. Kept, these small
+                        // blocks allocated in the middle of a burst would pin the pages
+                        // the burst used, and the heap could not shrink back.
+                        q.config = None;
+                        q.pending = queue::Pending::default();
+                        drop(q);
+                        if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            crate::allocator::release_free_memory();
+                        }
                         return;
                     }
                 }
@@ -207,7 +248,7 @@ impl HookRunner {
             // queue keeps being served.
             let runner = self.clone();
             let started = Instant::now();
-            if let Err(e) = tokio::spawn(async move { runner.run(job).await }).await {
+            if let Err(e) = tokio::spawn(async move { runner.run(job, permit).await }).await {
                 tracing::error!(
                     target_name = %config.name,
                     event = %event,
@@ -221,18 +262,13 @@ impl HookRunner {
         }
     }
 
-    async fn run(&self, job: Job) {
+    /// Runs one event's actions in order, in the slot the worker took for it: at most
+    /// `max_concurrent_hooks` actions run at once.
+    async fn run(&self, job: Job, _permit: OwnedSemaphorePermit) {
         #[cfg(feature = "fault-injection")]
-        crate::fault::check_hook(&job.target);
+        crate::fault::check_hook(&job.config.name);
         let json = job.payload.to_json();
-        for (i, action) in job.actions.iter().enumerate() {
-            let _permit = self
-                .inner
-                .limit
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the hook semaphore is never closed");
+        for (i, action) in actions(&job.config, job.event).iter().enumerate() {
             let started = Instant::now();
             let (result, status, output) = self.run_action(action, &job, &json).await;
             let elapsed = started.elapsed();
@@ -242,7 +278,7 @@ impl HookRunner {
             let kind = kind(action);
             if result == HookResult::Ok {
                 tracing::info!(
-                    target_name = %job.target,
+                    target_name = %job.config.name,
                     event_id = %job.payload.event_id,
                     hook = %job.event.hook_key(),
                     action = i,
@@ -252,7 +288,7 @@ impl HookRunner {
                 );
             } else {
                 tracing::warn!(
-                    target_name = %job.target,
+                    target_name = %job.config.name,
                     event_id = %job.payload.event_id,
                     hook = %job.event.hook_key(),
                     action = i,
@@ -275,11 +311,15 @@ impl HookRunner {
     ) -> (HookResult, String, String) {
         match action {
             HookAction::Command { command } => {
-                let o = command::run_argv(command, &job.payload, json, job.timeout).await;
+                let o =
+                    command::run_argv(command, &job.payload, json, job.config.hook_timeout.get())
+                        .await;
                 (o.result, o.status.clone(), o.output())
             }
             HookAction::Shell { shell } => {
-                let o = command::run_shell(shell, &job.payload, json, job.timeout).await;
+                let o =
+                    command::run_shell(shell, &job.payload, json, job.config.hook_timeout.get())
+                        .await;
                 (o.result, o.status.clone(), o.output())
             }
             HookAction::Webhook {
@@ -287,22 +327,30 @@ impl HookRunner {
                 headers,
                 secret_env,
             } => {
-                let secret = secret_env.as_ref().and_then(|v| {
-                    self.inner
-                        .secrets
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(v)
-                        .cloned()
-                });
+                let secret = match secret_env {
+                    None => None,
+                    Some(var) => match job.keys.get(var) {
+                        Some(key) => Some(key),
+                        // Validated at load, so this cannot happen; if it did, an unsigned
+                        // delivery would be accepted as genuine by no receiver worth the
+                        // name, and trusted by a careless one: it is never sent.
+                        None => {
+                            return (
+                                HookResult::Error,
+                                format!("no key was read from {var}: not sent unsigned"),
+                                String::new(),
+                            );
+                        }
+                    },
+                };
                 let o = webhook::deliver(
                     &self.inner.http,
                     webhook,
                     headers,
-                    secret.as_ref(),
+                    secret,
                     &job.payload.event_id,
                     json.to_vec(),
-                    job.timeout,
+                    job.config.hook_timeout.get(),
                 )
                 .await;
                 let status = format!("{} after {} attempt(s)", o.status, o.attempts);
@@ -321,13 +369,25 @@ impl Observer for HookRunner {
     }
 }
 
+/// An empty queue for every target that has hooks, allocated together at start rather
+/// than one by one amid the first burst of events, where each would pin a page of the
+/// burst's memory.
+fn queues(config: &Config) -> HashMap<String, Arc<Mutex<TargetQueue>>> {
+    config
+        .targets
+        .iter()
+        .filter(|t| !t.hooks.is_empty())
+        .map(|t| (t.name.clone(), Arc::default()))
+        .collect()
+}
+
 /// Checks that every webhook secret the config names is set, before anything starts.
 pub fn check_environment(config: &Config) -> Result<(), HooksError> {
     read_secrets(config).map(drop)
 }
 
 /// Every webhook secret the config names, from the environment.
-fn read_secrets(config: &Config) -> Result<HashMap<String, Secret>, HooksError> {
+fn read_secrets(config: &Config) -> Result<Keys, HooksError> {
     let mut secrets = HashMap::new();
     for target in &config.targets {
         for event in Event::ALL {

@@ -2,6 +2,7 @@
 //! notices the moment it dies, reconnects with backoff and runs the user's hooks so the
 //! application can fail over to a fallback and back.
 
+pub mod allocator;
 pub mod backoff;
 pub mod check;
 pub mod checker;

@@ -164,8 +164,18 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
     })
 }
 
+/// Worker threads: a sidecar's work is waiting on sockets and on hook processes, which
+/// two threads keep up with at 10,000 targets; one per core of a large host would
+/// only add stacks and allocator arenas.
+const WORKER_THREADS: usize = 2;
+/// Threads for blocking calls (name resolution, files); idle ones exit after a while.
+const BLOCKING_THREADS: usize = 16;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tether::allocator::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -15,8 +15,10 @@
 //! Like glibc, nothing is cached: each lookup asks again, so a moved target is followed
 //! as soon as its records change. Both files are read again when they change.
 
+use hyper_util::client::legacy::connect::dns::Name;
 use std::collections::HashMap;
 use std::fs;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -219,16 +221,28 @@ fn build_dns_resolver(resolv_conf: &[u8], port: u16) -> Result<TokioResolver, St
 
 /// The same resolution for the webhooks' HTTP client: a webhook to a name behind a dead
 /// resolver waits on the runtime like a target does, never on a blocking thread.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ForWebhooks;
 
-impl reqwest::dns::Resolve for ForWebhooks {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+impl tower_service::Service<Name> for ForWebhooks {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ResolveError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         Box::pin(async move {
             let ips = system().lookup(name.as_str()).await?;
             // The client puts the URL's port in.
-            let addrs: reqwest::dns::Addrs =
-                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-            Ok(addrs)
+            let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            Ok(addrs.into_iter())
         })
     }
 }

@@ -53,9 +53,12 @@ pub async fn run(
     withhold_secrets(&config);
     hooks::check_environment(&config)?;
     let telemetry = Telemetry::start(&config).await?;
-    let listeners = extra
+    // The caller's listeners (the demo, tests) come last: when they hear of a change,
+    // the registry and the metrics have recorded it, so what they read back shows it.
+    let listeners = Observers::new()
         .with(Arc::new(telemetry.observers()))
-        .with(Arc::new(LogObserver));
+        .with(Arc::new(LogObserver))
+        .with(Arc::new(extra));
     // Hook results go to the listeners (metrics, logs), never back into the runner.
     let report: Arc<dyn Observer> = Arc::new(listeners.clone());
     let hooks = HookRunner::new(&config, report.clone())?;

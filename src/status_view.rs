@@ -165,28 +165,41 @@ pub async fn fetch(url: &Url) -> Result<(Document, Bytes), FetchError> {
 }
 
 async fn fetch_inner(url: &Url) -> Result<(Document, Bytes), FetchError> {
-    let stream = TcpStream::connect(&url.authority)
+    let (status, body) = get(&url.authority, &url.path, MAX_DOCUMENT_BYTES).await?;
+    if status != StatusCode::OK {
+        return Err(FetchError::Status(status));
+    }
+    let document = serde_json::from_slice(&body)?;
+    Ok((document, body))
+}
+
+/// A GET of `path` from a sidecar's endpoint at `authority` over one HTTP/1.1
+/// connection (hyper's client, the stack webhooks use too); the body is read up to
+/// `limit` bytes. Not bounded in time: callers wrap it in their own timeout.
+pub async fn get(
+    authority: &str,
+    path: &str,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), FetchError> {
+    let stream = TcpStream::connect(authority)
         .await
         .map_err(FetchError::Connect)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection is driven here and dropped with this future.
     let driver = tokio::spawn(conn);
-    let request = Request::get(url.path.as_str())
-        .header(HOST, url.authority.as_str())
+    let request = Request::get(path)
+        .header(HOST, authority)
         .body(Empty::<Bytes>::new())
         .expect("a path and a host make a valid request");
     let result = async {
         let response = sender.send_request(request).await?;
-        if response.status() != StatusCode::OK {
-            return Err(FetchError::Status(response.status()));
-        }
-        let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+        let status = response.status();
+        let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map_err(|e| FetchError::Body(e.to_string()))?
             .to_bytes();
-        let document = serde_json::from_slice(&body)?;
-        Ok((document, body))
+        Ok((status, body))
     }
     .await;
     driver.abort();

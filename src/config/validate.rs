@@ -956,18 +956,38 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A webhook URL as the HTTP client will parse it (the `http` crate's `Uri`, which hyper
+/// builds requests from), so that a URL accepted here can always be sent to.
 fn check_url(url: &str) -> Result<(), String> {
+    if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("\"{url}\" contains spaces or control characters"));
+    }
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| format!("\"{url}\" must be an http:// or https:// URL"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host.is_empty() || host.starts_with(':') {
+    let named = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if named.is_empty() || named.starts_with(':') {
         return Err(format!("\"{url}\" has no host"));
     }
-    if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!("\"{url}\" contains spaces or control characters"));
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("\"{url}\" is not a valid URL: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    if let Some(literal) = host.strip_prefix('[') {
+        let inner = literal.strip_suffix(']').unwrap_or(literal);
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("\"{url}\" has an invalid IPv6 address \"{host}\""));
+        }
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "\"{url}\" carries credentials: use secret_env to sign, or headers"
+        ));
     }
     Ok(())
 }

@@ -4,14 +4,17 @@
 //! zombies.
 //!
 //! Hook commands themselves are reaped by tokio; the orphan reaper must not take their
-//! exit status first, so spawning and reaping share one lock and the reaper skips the
-//! hook processes tokio still waits for.
+//! exit status first, so it skips the hook processes tokio still waits for, and a hook
+//! is spawned and registered as one step with respect to the reaper. Spawns take that
+//! guard shared, so they never wait for each other; the reaper takes it exclusively
+//! only to collect, never while it scans `/proc`.
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Duration;
 
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -23,12 +26,23 @@ fn live() -> MutexGuard<'static, HashSet<u32>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Held shared from a hook's spawn to its registration, exclusively while orphans are
+/// collected: a hook that exits at once is never mistaken for an orphan.
+fn spawning() -> &'static RwLock<()> {
+    static SPAWNING: RwLock<()> = RwLock::new(());
+    &SPAWNING
+}
+
+/// At most one `/proc` scan in this interval: a burst of hooks raises SIGCHLD
+/// thousands of times, and an orphan may well wait a moment to be collected.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Spawns a hook process and registers it atomically with respect to the reaper.
 pub fn spawn(cmd: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
-    let mut live = live();
+    let _spawning = spawning().read().unwrap_or_else(|p| p.into_inner());
     let child = cmd.spawn()?;
     if let Some(pid) = child.id() {
-        live.insert(pid);
+        live().insert(pid);
     }
     Ok(child)
 }
@@ -67,6 +81,9 @@ pub fn spawn_orphan_reaper() -> io::Result<()> {
     tokio::spawn(async move {
         while sigchld.recv().await.is_some() {
             reap_orphans();
+            // Signals that arrive meanwhile are kept by the stream: the next scan
+            // follows at once after the pause, and covers them all.
+            tokio::time::sleep(SCAN_INTERVAL).await;
         }
     });
     Ok(())
@@ -74,15 +91,20 @@ pub fn spawn_orphan_reaper() -> io::Result<()> {
 
 /// Reaps every zombie child that is not a hook process tokio waits for.
 pub fn reap_orphans() -> usize {
+    let zombies = zombie_children(std::process::id());
+    if zombies.is_empty() {
+        return 0;
+    }
+    let _collecting = spawning().write().unwrap_or_else(|p| p.into_inner());
     let live = live();
-    let me = std::process::id();
     let mut reaped = 0;
-    for pid in zombie_children(me) {
+    for pid in zombies {
         if live.contains(&pid) {
             continue;
         }
-        if waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)).is_ok() {
-            reaped += 1;
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => {}
+            Ok(_) => reaped += 1,
         }
     }
     reaped

@@ -137,6 +137,7 @@ async fn a_signed_webhook_carries_a_verifiable_hmac_of_its_body() {
     assert_eq!(req.headers["content-type"], "application/json");
     assert_eq!(req.headers["x-team"], "payments");
     assert_eq!(req.headers["x-tether-event-id"], "cache:0");
+    assert_eq!(req.headers["x-tether-instance"], tether::instance::id());
     let expected = tether::hooks::signature(
         &tether::hooks::Secret::new(b"s3cret-key".to_vec()),
         &req.body,
@@ -691,4 +692,48 @@ async fn the_logged_output_of_a_failing_hook_is_at_most_4_kib() {
         output.len() > 4000,
         "the output is cut at 4 KiB, not dropped"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_webhook_stays_signed_with_its_key_when_a_reload_removes_its_target() {
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var("TETHER_TEST_QUEUED_KEY", "key-it-was-queued-under") };
+    // Four refusals: the delivery is still being retried when the reload lands.
+    let receiver = Receiver::start(&[503, 503, 503, 503]).await;
+    let (listener, other) = (
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+    );
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(
+        &format!(
+            "{}{}",
+            target(
+                "cache",
+                &listener.address(),
+                &format!(
+                    r#"hook_timeout = "20s"
+                    [targets.hooks]
+                    on_connect = {{ webhook = "{}", secret_env = "TETHER_TEST_QUEUED_KEY" }}"#,
+                    receiver.url("/store")
+                ),
+            ),
+            target("other", &other.address(), "")
+        ),
+        &rec,
+    );
+    receiver.until(1, LIMIT).await;
+    // The target goes, and the variable is no longer one the config reads.
+    sidecar.reload(&target("other", &other.address(), "")).await;
+    let got = receiver.until(5, LIMIT).await;
+    sidecar.stop().await;
+    let key = tether::hooks::Secret::new(b"key-it-was-queued-under".to_vec());
+    for req in &got {
+        assert_eq!(
+            req.headers.get("x-tether-signature").map(String::as_str),
+            Some(tether::hooks::signature(&key, &req.body).as_str()),
+            "every attempt is signed with the key it was queued under"
+        );
+    }
+    assert_eq!(got.len(), 5, "the delivery went on to its success");
 }

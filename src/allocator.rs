@@ -1,0 +1,24 @@
+//! Tuning of the C allocator for a long-running process whose heap is small but spikes
+//! (thousands of hook runs at once after a mass outage).
+
+/// glibc gives each thread that meets contention an arena of its own, each holding on
+/// to freed memory; for a process whose few threads share one small heap, one arena
+/// keeps the resident set flat. Call before any thread starts.
+pub fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator, and no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Hands freed heap memory back to the kernel. glibc keeps what a burst freed unless
+/// it sits at the very top of the heap, so the resident set would stay at its peak
+/// long after the burst: called when a burst of work is over.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim is thread-safe and only returns free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
