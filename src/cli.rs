@@ -189,7 +189,10 @@ impl ProbeKind {
     pub fn probe(self) -> config::Probe {
         match self {
             ProbeKind::Tcp => config::Probe::Tcp,
-            ProbeKind::Redis => config::Probe::Redis { password_env: None },
+            ProbeKind::Redis => config::Probe::Redis {
+                password_env: None,
+                password_file: None,
+            },
             ProbeKind::Postgres => config::Probe::Postgres,
             ProbeKind::Mysql => config::Probe::Mysql,
             ProbeKind::Http => config::Probe::Http {

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::secrets::Source;
+
 pub use address::{Address, AddressError};
 pub use duration::HumanDuration;
 pub use validate::builtin;
@@ -139,9 +141,13 @@ pub enum Probe {
     Tcp,
     /// `PING` answered by `+PONG`.
     Redis {
-        /// Environment variable holding the `AUTH` password, read at start.
+        /// Environment variable holding the `AUTH` password.
         #[serde(skip_serializing_if = "Option::is_none")]
         password_env: Option<String>,
+        /// File holding the `AUTH` password (a Kubernetes Secret volume); at most one of
+        /// the two is set. Either is read at start and on each reload.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
     },
     /// `SSLRequest` answered by `S` or `N`.
     Postgres,
@@ -157,6 +163,17 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// Where the probe's password comes from, if it has one.
+    pub fn password(&self) -> Option<Source> {
+        match self {
+            Probe::Redis {
+                password_env,
+                password_file,
+            } => source(password_env, password_file),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Probe::Tcp => "tcp",
@@ -207,7 +224,30 @@ pub enum HookAction {
         /// never stored here, so printing the config cannot leak it.
         #[serde(skip_serializing_if = "Option::is_none")]
         secret_env: Option<String>,
+        /// Or the file holding it; at most one of the two is set.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret_file: Option<PathBuf>,
     },
+}
+
+impl HookAction {
+    /// Where a webhook's signing key comes from, if it is signed.
+    pub fn key(&self) -> Option<Source> {
+        match self {
+            HookAction::Webhook {
+                secret_env,
+                secret_file,
+                ..
+            } => source(secret_env, secret_file),
+            _ => None,
+        }
+    }
+}
+
+fn source(env: &Option<String>, file: &Option<PathBuf>) -> Option<Source> {
+    env.clone()
+        .map(Source::Env)
+        .or_else(|| file.clone().map(Source::File))
 }
 
 /// A config file that cannot be used.
@@ -320,12 +360,17 @@ impl Config {
 
     /// The environment variables this config reads secrets from: probe passwords and
     /// webhook keys.
-    pub fn secret_variables(&self) -> impl Iterator<Item = &str> {
+    pub fn secret_variables(&self) -> impl Iterator<Item = String> + '_ {
+        self.secret_sources().filter_map(|s| match s {
+            Source::Env(var) => Some(var),
+            Source::File(_) => None,
+        })
+    }
+
+    /// Every source this config reads a secret from.
+    pub fn secret_sources(&self) -> impl Iterator<Item = Source> + '_ {
         self.targets.iter().flat_map(|t| {
-            let password = match &t.probe {
-                Probe::Redis { password_env } => password_env.as_deref(),
-                _ => None,
-            };
+            let password = t.probe.password();
             let keys = [
                 &t.hooks.on_connect,
                 &t.hooks.on_disconnect,
@@ -334,10 +379,7 @@ impl Config {
             ]
             .into_iter()
             .flatten()
-            .filter_map(|a| match a {
-                HookAction::Webhook { secret_env, .. } => secret_env.as_deref(),
-                _ => None,
-            });
+            .filter_map(HookAction::key);
             password.into_iter().chain(keys)
         })
     }

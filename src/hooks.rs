@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, HookAction, Target};
 use crate::machine::{Event, State, Transition};
 use crate::observe::{HookResult, Observer};
+use crate::secrets;
 
 pub use descendants::kill_everything;
 pub use payload::Payload;
@@ -33,14 +34,12 @@ pub use webhook::{Secret, signature};
 /// A problem found before any hook runs.
 #[derive(Debug, thiserror::Error)]
 pub enum HooksError {
-    #[error(
-        "target \"{target}\": {event} webhook {url}: secret_env names {var}, which is not set in the environment"
-    )]
+    #[error("target \"{target}\": {event} webhook {url}: no signing key: {error}")]
     MissingSecret {
         target: String,
         event: &'static str,
         url: String,
-        var: String,
+        error: secrets::ReadError,
     },
 }
 
@@ -101,8 +100,8 @@ struct Job {
     keys: Arc<Keys>,
 }
 
-/// Webhook keys by the variable they were read from.
-type Keys = HashMap<String, Secret>;
+/// Webhook keys by where they were read from.
+type Keys = HashMap<secrets::Source, Secret>;
 
 impl queue::Queued for Job {
     fn event(&self) -> Event {
@@ -323,13 +322,11 @@ impl HookRunner {
                 (o.result, o.status.clone(), o.output())
             }
             HookAction::Webhook {
-                webhook,
-                headers,
-                secret_env,
+                webhook, headers, ..
             } => {
-                let secret = match secret_env {
+                let secret = match action.key() {
                     None => None,
-                    Some(var) => match job.keys.get(var) {
+                    Some(source) => match job.keys.get(&source) {
                         Some(key) => Some(key),
                         // Validated at load, so this cannot happen; if it did, an unsigned
                         // delivery would be accepted as genuine by no receiver worth the
@@ -337,7 +334,7 @@ impl HookRunner {
                         None => {
                             return (
                                 HookResult::Error,
-                                format!("no key was read from {var}: not sent unsigned"),
+                                format!("no key was read from {source}: not sent unsigned"),
                                 String::new(),
                             );
                         }
@@ -386,33 +383,31 @@ pub fn check_environment(config: &Config) -> Result<(), HooksError> {
     read_secrets(config).map(drop)
 }
 
-/// Every webhook secret the config names, from the environment.
+/// Every webhook key the config names, read now from its variable or file: once per
+/// start or reload, so a rotated key is taken up by SIGHUP.
 fn read_secrets(config: &Config) -> Result<Keys, HooksError> {
-    let mut secrets = HashMap::new();
+    let mut keys = HashMap::new();
     for target in &config.targets {
         for event in Event::ALL {
             for action in actions(target, event) {
-                let HookAction::Webhook {
-                    webhook,
-                    secret_env: Some(var),
-                    ..
-                } = action
+                let (HookAction::Webhook { webhook, .. }, Some(source)) = (action, action.key())
                 else {
                     continue;
                 };
-                let Some(value) = std::env::var_os(var) else {
-                    return Err(HooksError::MissingSecret {
-                        target: target.name.clone(),
-                        event: event.hook_key(),
-                        url: webhook.clone(),
-                        var: var.clone(),
-                    });
-                };
-                secrets.insert(var.clone(), Secret::new(value.into_encoded_bytes()));
+                if keys.contains_key(&source) {
+                    continue;
+                }
+                let value = secrets::read(&source).map_err(|error| HooksError::MissingSecret {
+                    target: target.name.clone(),
+                    event: event.hook_key(),
+                    url: webhook.clone(),
+                    error,
+                })?;
+                keys.insert(source, Secret::new(value.to_vec()));
             }
         }
     }
-    Ok(secrets)
+    Ok(keys)
 }
 
 fn actions(target: &Target, event: Event) -> &[HookAction] {

@@ -88,9 +88,7 @@ impl Prober {
     pub fn new(probe: &config::Probe, address: &Address) -> Prober {
         match probe {
             config::Probe::Tcp => Prober::Tcp(tcp::Tcp),
-            config::Probe::Redis { password_env } => {
-                Prober::Redis(redis::Redis::from_env(password_env.as_deref()))
-            }
+            config::Probe::Redis { .. } => Prober::Redis(redis::Redis::new(probe.password())),
             config::Probe::Postgres => Prober::Postgres(postgres::Postgres),
             config::Probe::Mysql => Prober::Mysql(mysql::Mysql),
             config::Probe::Http {

@@ -136,7 +136,12 @@ pub async fn run(
 /// config is used, so no hook of it ever sees one.
 fn withhold_secrets(config: &Config) {
     for var in config.secret_variables() {
-        crate::secrets::withhold(var);
+        crate::secrets::withhold(&var);
+    }
+    // The values, for the probes' next connections; a probe whose password cannot be
+    // read fails its checks saying so (webhook keys are checked by the hook runner).
+    for error in crate::secrets::load(&config.secret_sources().collect::<Vec<_>>()) {
+        tracing::warn!(%error, "a secret cannot be read");
     }
 }
 

@@ -104,7 +104,7 @@ pub struct RawKeepalive {
 #[derive(Debug)]
 pub enum RawProbe {
     Kind(String),
-    Table(RawProbeTable),
+    Table(Box<RawProbeTable>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +115,7 @@ pub struct RawProbeTable {
     pub expect_status: Option<Spanned<i64>>,
     pub host: Option<Spanned<String>>,
     pub password_env: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
 }
 
 impl<'de> Deserialize<'de> for RawProbe {
@@ -134,7 +135,7 @@ impl<'de> Deserialize<'de> for RawProbe {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawProbe, A::Error> {
                 RawProbeTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawProbe::Table)
+                    .map(|t| RawProbe::Table(Box::new(t)))
             }
         }
 
@@ -162,6 +163,7 @@ pub struct RawAction {
     pub webhook: Option<Spanned<String>>,
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
 }
 
 /// A single action table, or an array of them, so the common one-action case needs no
@@ -169,7 +171,7 @@ pub struct RawAction {
 /// is positioned by the enclosing `Spanned`.
 #[derive(Debug)]
 pub enum RawActions {
-    One(RawAction),
+    One(Box<RawAction>),
     Many(Vec<Spanned<RawAction>>),
 }
 
@@ -186,7 +188,7 @@ impl<'de> Deserialize<'de> for RawActions {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 RawAction::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawActions::One)
+                    .map(|a| RawActions::One(Box::new(a)))
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {

@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -660,26 +660,28 @@ impl Ctx<'_> {
                 t.password_env.as_ref().map(Spanned::span),
                 &["redis"],
             );
+            only_for(
+                self,
+                "password_file",
+                t.password_file.as_ref().map(Spanned::span),
+                &["redis"],
+            );
         }
         match kind {
             "tcp" => Probe::Tcp,
             "postgres" => Probe::Postgres,
             "mysql" => Probe::Mysql,
             "redis" => {
-                let password_env = table.and_then(|t| t.password_env.as_ref()).map(|v| {
-                    if !valid_env_name(v.get_ref()) {
-                        self.err(
-                            Some(v.span()),
-                            format!("{key}.password_env"),
-                            format!(
-                                "\"{}\" is not a valid environment variable name",
-                                v.get_ref()
-                            ),
-                        );
-                    }
-                    v.get_ref().clone()
-                });
-                Probe::Redis { password_env }
+                let (password_env, password_file) = self.secret_source(
+                    table.and_then(|t| t.password_env.as_ref()),
+                    table.and_then(|t| t.password_file.as_ref()),
+                    key,
+                    "password",
+                );
+                Probe::Redis {
+                    password_env,
+                    password_file,
+                }
             }
             "http" => {
                 let path = match table.and_then(|t| t.path.as_ref()) {
@@ -793,6 +795,7 @@ impl Ctx<'_> {
             for (name, s) in [
                 ("headers", a.headers.as_ref().map(Spanned::span)),
                 ("secret_env", a.secret_env.as_ref().map(Spanned::span)),
+                ("secret_file", a.secret_file.as_ref().map(Spanned::span)),
             ] {
                 if let Some(s) = s {
                     self.err(
@@ -846,24 +849,55 @@ impl Ctx<'_> {
                 }
             }
         }
-        let secret_env = a.secret_env.as_ref().map(|s| {
-            if !valid_env_name(s.get_ref()) {
-                self.err(
-                    Some(s.span()),
-                    format!("{key}.secret_env"),
-                    format!(
-                        "\"{}\" is not a valid environment variable name",
-                        s.get_ref()
-                    ),
-                );
-            }
-            s.get_ref().clone()
-        });
+        let (secret_env, secret_file) =
+            self.secret_source(a.secret_env.as_ref(), a.secret_file.as_ref(), key, "secret");
         Some(HookAction::Webhook {
             webhook: w.get_ref().clone(),
             headers,
             secret_env,
+            secret_file,
         })
+    }
+
+    /// `{name}_env` or `{name}_file`, at most one of them: a variable's name, or a path.
+    fn secret_source(
+        &mut self,
+        env: Option<&Spanned<String>>,
+        file: Option<&Spanned<String>>,
+        key: &str,
+        name: &str,
+    ) -> (Option<String>, Option<PathBuf>) {
+        if let (Some(_), Some(f)) = (env, file) {
+            self.err(
+                Some(f.span()),
+                format!("{key}.{name}_file"),
+                format!("set `{name}_env` or `{name}_file`, not both"),
+            );
+        }
+        let env = env.map(|v| {
+            if !valid_env_name(v.get_ref()) {
+                self.err(
+                    Some(v.span()),
+                    format!("{key}.{name}_env"),
+                    format!(
+                        "\"{}\" is not a valid environment variable name",
+                        v.get_ref()
+                    ),
+                );
+            }
+            v.get_ref().clone()
+        });
+        let file = file.map(|v| {
+            if v.get_ref().trim().is_empty() {
+                self.err(
+                    Some(v.span()),
+                    format!("{key}.{name}_file"),
+                    "must be the path of a file",
+                );
+            }
+            PathBuf::from(v.get_ref())
+        });
+        (env, file)
     }
 }
 

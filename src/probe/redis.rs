@@ -1,21 +1,20 @@
 //! The `redis` probe: `PING` answered by `+PONG`, on the held connection at every
 //! interval (Redis answers any number of commands on one connection).
 //!
-//! With `password_env`, each new connection first sends `AUTH <password>` (the password
-//! read from that variable when the target's actor starts, and never logged). Without
-//! it, nothing that needs credentials or changes state is sent.
+//! With `password_env` or `password_file`, each new connection first sends `AUTH
+//! <password>` (as read at start or at the last reload, and never logged). Without it,
+//! nothing that needs credentials or changes state is sent.
 //!
 //! - `-NOAUTH` is healthy: the server parsed and answered the command, and refuses only
 //!   because it wants a password, which the application has and tether need not.
 //! - `-LOADING` is unhealthy: the server is up but serves nothing until its dataset is in
 //!   memory. So are `-BUSY` (a script is running), `-MASTERDOWN` and any other error.
 
-use std::fmt;
-
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::{Afterwards, ProbeError, Protocol, quote, read_line};
+use crate::secrets::{self, Source};
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 /// Simple-string and error replies are short; a longer line is not an answer to PING.
@@ -23,48 +22,12 @@ const MAX_LINE: usize = 4096;
 
 #[derive(Debug)]
 pub struct Redis {
-    password: Password,
-}
-
-/// The `AUTH` password as configured.
-enum Password {
-    /// No `password_env`: nothing is sent but `PING`.
-    None,
-    Set(String),
-    /// `password_env` names a variable that is unset or empty: every check fails saying
-    /// so, instead of silently probing without the password the user asked for.
-    Missing(String),
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Password::None => f.write_str("None"),
-            Password::Set(_) => f.write_str("Set([redacted])"),
-            Password::Missing(var) => write!(f, "Missing({var})"),
-        }
-    }
+    /// Where the `AUTH` password comes from; `None`: nothing is sent but `PING`.
+    password: Option<Source>,
 }
 
 impl Redis {
-    /// Reads the password from the variable named `password_env`, if any.
-    pub fn from_env(password_env: Option<&str>) -> Redis {
-        let password = match password_env {
-            None => Password::None,
-            Some(var) => match std::env::var(var) {
-                Ok(value) if !value.is_empty() => {
-                    crate::secrets::remember(&value);
-                    Password::Set(value)
-                }
-                _ => {
-                    tracing::warn!(
-                        variable = var,
-                        "the redis password variable is unset or empty; every check will fail"
-                    );
-                    Password::Missing(var.to_owned())
-                }
-            },
-        };
+    pub fn new(password: Option<Source>) -> Redis {
         Redis { password }
     }
 }
@@ -72,21 +35,16 @@ impl Redis {
 impl Protocol for Redis {
     async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Afterwards, ProbeError> {
         let mut reader = BufReader::new(stream);
-        if fresh {
-            match &self.password {
-                Password::None => {}
-                Password::Missing(var) => {
-                    return Err(ProbeError::Unhealthy(format!(
-                        "password_env {var} is unset or empty"
-                    )));
-                }
-                Password::Set(password) => {
-                    reader.get_mut().write_all(&auth_command(password)).await?;
-                    let reply = read_line(&mut reader, MAX_LINE, "Redis").await?;
-                    if reply != b"+OK" {
-                        return Err(auth_refused(&reply));
-                    }
-                }
+        if let (true, Some(source)) = (fresh, &self.password) {
+            // As last loaded (at start or reload): a rotated password is used from the
+            // next new connection on, and the one held stays authenticated.
+            let password = secrets::current(source).map_err(|e| {
+                ProbeError::Unhealthy(format!("no password: {e} (unset, empty or unreadable)"))
+            })?;
+            reader.get_mut().write_all(&auth_command(&password)).await?;
+            let reply = read_line(&mut reader, MAX_LINE, "Redis").await?;
+            if reply != b"+OK" {
+                return Err(auth_refused(&reply));
             }
         }
         reader.get_mut().write_all(PING).await?;
@@ -102,10 +60,10 @@ impl Protocol for Redis {
 }
 
 /// `AUTH` as a RESP array, so the password needs no quoting whatever it contains.
-fn auth_command(password: &str) -> Vec<u8> {
+fn auth_command(password: &[u8]) -> Vec<u8> {
     let mut cmd = b"*2\r\n$4\r\nAUTH\r\n".to_vec();
     cmd.extend_from_slice(format!("${}\r\n", password.len()).as_bytes());
-    cmd.extend_from_slice(password.as_bytes());
+    cmd.extend_from_slice(password);
     cmd.extend_from_slice(b"\r\n");
     cmd
 }
@@ -198,16 +156,8 @@ mod tests {
     #[test]
     fn auth_is_a_resp_array_so_any_password_survives() {
         assert_eq!(
-            auth_command("p a\r\ns"),
+            auth_command(b"p a\r\ns"),
             b"*2\r\n$4\r\nAUTH\r\n$6\r\np a\r\ns\r\n".to_vec()
         );
-    }
-
-    #[test]
-    fn the_password_never_shows_in_debug_output() {
-        let r = Redis {
-            password: Password::Set("hunter2".into()),
-        };
-        assert!(!format!("{r:?}").contains("hunter2"));
     }
 }

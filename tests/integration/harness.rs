@@ -15,12 +15,30 @@ use tokio::task::JoinHandle;
 /// What a checker reported, with the moment the test saw it.
 #[derive(Clone, Debug)]
 pub enum Record {
-    Attempt { ok: bool, at: Instant },
-    Lost { error: String, at: Instant },
-    Transition { t: Transition, at: Instant },
-    Hook { event: Event, result: HookResult },
-    Coalesced { count: u64 },
+    Attempt {
+        ok: bool,
+        at: Instant,
+    },
+    Lost {
+        error: String,
+        at: Instant,
+    },
+    Transition {
+        t: Transition,
+        at: Instant,
+    },
+    Hook {
+        event: Event,
+        result: HookResult,
+    },
+    Coalesced {
+        count: u64,
+    },
     Restarted,
+    /// A reload was applied (`true`) or refused; recorded under the target name "".
+    Reloaded {
+        ok: bool,
+    },
 }
 
 /// An observer that keeps every report of every target.
@@ -136,7 +154,29 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Waits until `n` reloads have been applied.
+    pub async fn reloads_applied(&self, n: usize, limit: Duration) {
+        self.until("", limit, "applied reloads", |records| {
+            let applied = records
+                .iter()
+                .filter(|r| matches!(r, Record::Reloaded { ok: true }))
+                .count();
+            (applied >= n).then_some(())
+        })
+        .await
+    }
+}
+
 impl Observer for Recorder {
+    fn reloaded(&self, ok: bool) {
+        self.records
+            .lock()
+            .unwrap()
+            .push((String::new(), Record::Reloaded { ok }));
+        self.changed.notify_waiters();
+    }
+
     fn attempt(&self, target: &Target, ok: bool, _elapsed: Duration) {
         self.push(
             target,

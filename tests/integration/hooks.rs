@@ -737,3 +737,47 @@ async fn a_queued_webhook_stays_signed_with_its_key_when_a_reload_removes_its_ta
     }
     assert_eq!(got.len(), 5, "the delivery went on to its success");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_key_from_a_file_signs_and_a_rotated_one_is_taken_up_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("hook-key");
+    std::fs::write(&key_file, "first-key-from-a-file\n").unwrap();
+    let receiver = Receiver::start(&[]).await;
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let config = target(
+        "cache",
+        &listener.address(),
+        &format!(
+            r#"failure_threshold = 5
+            [targets.hooks]
+            on_connect = {{ webhook = "{url}", secret_file = "{key}" }}
+            on_disconnect = {{ webhook = "{url}", secret_file = "{key}" }}"#,
+            url = receiver.url("/store"),
+            key = key_file.display()
+        ),
+    );
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(&config, &rec);
+    receiver.until(1, LIMIT).await;
+    std::fs::write(&key_file, "second-key-from-a-file").unwrap();
+    sidecar.reload(&config).await;
+    rec.reloads_applied(1, LIMIT).await;
+    listener.kill().await;
+    let got = receiver.until(2, LIMIT).await;
+    sidecar.stop().await;
+    let signed = |key: &str, i: usize| {
+        tether::hooks::signature(
+            &tether::hooks::Secret::new(key.as_bytes().to_vec()),
+            &got[i].body,
+        )
+    };
+    assert_eq!(
+        got[0].headers["x-tether-signature"],
+        signed("first-key-from-a-file", 0)
+    );
+    assert_eq!(
+        got[1].headers["x-tether-signature"],
+        signed("second-key-from-a-file", 1)
+    );
+}
