@@ -55,13 +55,6 @@ impl ReconnectBackoff {
         self.fold(delay)
     }
 
-    /// The delay between attempts once the target has failed: the maximum interval,
-    /// spread downward by the jitter.
-    pub fn steady_delay(&mut self) -> Duration {
-        self.policy.current_interval = self.policy.max_interval;
-        self.next_delay()
-    }
-
     /// Starts the schedule over, after a successful connect.
     pub fn reset(&mut self) {
         self.policy.reset();
@@ -138,11 +131,14 @@ mod tests {
     }
 
     #[test]
-    fn the_steady_delay_after_failure_sits_just_under_max() {
+    fn at_the_cap_delays_spread_just_under_max() {
         let c = cfg(100, 2000, 2.0, 0.25);
         let mut b = ReconnectBackoff::new(&c);
+        for _ in 0..5 {
+            b.next_delay();
+        }
         for _ in 0..200 {
-            let d = b.steady_delay();
+            let d = b.next_delay();
             assert!(
                 d >= Duration::from_millis(1500) && d <= Duration::from_millis(2000),
                 "{d:?}"

@@ -31,7 +31,11 @@ const WAIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Checks an address once with `probe`; the error says why it is not healthy.
 pub async fn probe_once(address: &Address, probe: &Probe, limit: Duration) -> Result<(), String> {
     let prober = Prober::new(probe, address);
-    let attempt = probe::connect(address, &prober, limit, &ONE_OFF_KEEPALIVE);
+    let limits = probe::Limits {
+        connect: limit,
+        check: limit,
+    };
+    let attempt = probe::connect(address, &prober, limits, &ONE_OFF_KEEPALIVE);
     match timeout(limit, attempt).await {
         Ok(Ok(_connection)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

@@ -5,7 +5,7 @@
 //! A healthy, idle `tcp` target at an IP address costs one registered socket and no
 //! timer: the kernel's keepalive watches for silent peer death, and the task sleeps
 //! until the socket turns readable. Two things add a timer while up: a protocol probe,
-//! which checks the server again at every keepalive interval, and a host name, which is
+//! which checks the server again every `check_interval`, and a host name, which is
 //! resolved again every `resolve_interval` so that a moved target is followed.
 
 use std::io;
@@ -21,7 +21,7 @@ use crate::config::Target;
 use crate::machine::{Input, Machine, Next, Snapshot};
 use crate::net::{self, Readiness};
 use crate::observe::Observer;
-use crate::probe::{self, Connection, Prober};
+use crate::probe::{self, Connection, Limits, Prober};
 
 /// One target's actor.
 pub struct Checker {
@@ -128,13 +128,7 @@ impl Checker {
         crate::fault::check_connect(&self.target.name);
         let t = &self.target;
         let started = Instant::now();
-        let result = probe::connect(
-            &t.address,
-            &self.prober,
-            t.connect_timeout.get(),
-            &t.keepalive,
-        )
-        .await;
+        let result = probe::connect(&t.address, &self.prober, Limits::of(t), &t.keepalive).await;
         self.observer.attempt(t, result.is_ok(), started.elapsed());
         match result {
             Ok(conn) => {
@@ -150,10 +144,7 @@ impl Checker {
         let t = &self.target;
         Link {
             conn,
-            next_check: self
-                .prober
-                .is_periodic()
-                .then(|| now + t.keepalive.interval.get()),
+            next_check: t.check.map(|c| now + c.interval.get()),
             next_resolve: t
                 .address
                 .ip()
@@ -214,15 +205,10 @@ impl Checker {
     /// Probes the server again (see [`probe::recheck`]) and schedules the next check.
     async fn recheck(&self, link: &mut Link) -> Result<(), String> {
         let t = &self.target;
-        probe::recheck(
-            &mut link.conn,
-            &self.prober,
-            t.connect_timeout.get(),
-            &t.keepalive,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        link.next_check = Some(Instant::now() + t.keepalive.interval.get());
+        probe::recheck(&mut link.conn, &self.prober, Limits::of(t), &t.keepalive)
+            .await
+            .map_err(|e| e.to_string())?;
+        link.next_check = t.check.map(|c| Instant::now() + c.interval.get());
         Ok(())
     }
 
@@ -233,8 +219,8 @@ impl Checker {
     async fn follow(&self, link: &mut Link) {
         let t = &self.target;
         link.next_resolve = Some(Instant::now() + t.resolve_interval.get());
-        let limit = t.connect_timeout.get();
-        let addrs = match net::resolve(&t.address, limit).await {
+        let limits = Limits::of(t);
+        let addrs = match net::resolve(&t.address, limits.connect).await {
             Ok(addrs) => addrs,
             Err(e) => {
                 tracing::debug!(target_name = %t.name, error = %e, "re-resolution failed; keeping the connection");
@@ -245,7 +231,7 @@ impl Checker {
         if addrs.iter().any(|a| same_endpoint(*a, from)) {
             return;
         }
-        match probe::connect_any(&t.address, &addrs, &self.prober, limit, &t.keepalive).await {
+        match probe::connect_any(&t.address, &addrs, &self.prober, limits, &t.keepalive).await {
             Ok(conn) => {
                 let to = conn.peer;
                 let next_resolve = link.next_resolve;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, duration};
+use crate::config::{self, Address, duration};
 use crate::status_view::{Url, UrlError};
 
 /// Holds a connection to each dependency of an application, notices the moment it
@@ -70,10 +70,11 @@ pub enum Command {
 
     /// Check one address once, for scripts and exec probes
     ///
-    /// Exit status: 0 healthy, 1 not.
+    /// Exit status: 0 healthy, 1 not, 2 bad usage.
     Probe {
         /// host:port to check
-        address: String,
+        #[arg(value_parser = parse_address)]
+        address: Address,
 
         #[command(flatten)]
         check: CheckArgs,
@@ -85,11 +86,11 @@ pub enum Command {
 
     /// Wait until every address is healthy, retrying with backoff (for init containers)
     ///
-    /// Exit status: 0 all healthy, 1 timed out.
+    /// Exit status: 0 all healthy, 1 timed out, 2 bad usage.
     Wait {
         /// host:port addresses to wait for
-        #[arg(required = true)]
-        addresses: Vec<String>,
+        #[arg(required = true, value_parser = parse_address)]
+        addresses: Vec<Address>,
 
         #[command(flatten)]
         check: CheckArgs,
@@ -202,6 +203,10 @@ impl ProbeKind {
 
 fn parse_url(s: &str) -> Result<Url, String> {
     s.parse().map_err(|e: UrlError| e.to_string())
+}
+
+fn parse_address(s: &str) -> Result<Address, String> {
+    s.parse().map_err(|e: config::AddressError| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -2,7 +2,7 @@
 //! of tether runs on, so that an invalid setting cannot reach a running actor.
 //!
 //! Every error names the file, line, column and key; all semantic errors of a file are
-//! reported at once, so an operator fixes them in one pass.
+//! reported at once (the first hundred printed), so an operator fixes them in one pass.
 
 mod address;
 pub mod duration;
@@ -11,6 +11,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,9 @@ use serde::Serialize;
 pub use address::{Address, AddressError};
 pub use duration::HumanDuration;
 pub use validate::builtin;
+
+/// The largest config file read. Ten thousand targets take about 1 MiB.
+pub const MAX_SIZE: u64 = 16 * 1024 * 1024;
 
 /// Where `tether run` looks when neither `-c` nor `$TETHER_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "tether.toml";
@@ -70,7 +74,12 @@ pub struct Target {
     pub probe: Probe,
     /// Whether this target counts toward `/readyz`.
     pub required: bool,
+    /// Bounds the TCP handshake only; the first probe answer has `check_timeout`.
     pub connect_timeout: HumanDuration,
+    /// The timing of a protocol probe; `None` for `tcp`, which has nothing to ask (its
+    /// connection is watched by the kernel's keepalive).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
     /// Consecutive failed attempts before `on_failure`.
     pub failure_threshold: u32,
     pub backoff: Backoff,
@@ -81,6 +90,18 @@ pub struct Target {
     /// How often a held connection's host name is resolved again to follow moves.
     pub resolve_interval: HumanDuration,
     pub hooks: Hooks,
+}
+
+/// When a protocol probe asks, and how long its answer may take: a frozen server is
+/// noticed within `interval + timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// How often the server is asked again while its connection is held.
+    #[serde(rename = "check_interval")]
+    pub interval: HumanDuration,
+    /// Bounds every answer, the first one on a new connection included.
+    #[serde(rename = "check_timeout")]
+    pub timeout: HumanDuration,
 }
 
 /// The reconnect schedule: `initial * multiplier^n`, capped at `max`, each delay spread
@@ -198,6 +219,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: the config file is {size} bytes; at most {MAX_SIZE} are read", path.display())]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{}", Diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -206,7 +229,7 @@ impl ConfigError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             ConfigError::Invalid(d) => d,
-            ConfigError::Read { .. } => &[],
+            ConfigError::Read { .. } | ConfigError::TooLarge { .. } => &[],
         }
     }
 }
@@ -234,25 +257,54 @@ impl fmt::Display for Diagnostic {
 
 struct Diagnostics<'a>(&'a [Diagnostic]);
 
+/// How many problems of one file are printed; the rest are counted. A file mangled
+/// throughout would otherwise bury the first, most useful lines under thousands.
+pub const SHOWN_DIAGNOSTICS: usize = 100;
+
 impl fmt::Display for Diagnostics<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
+        for (i, d) in self.0.iter().take(SHOWN_DIAGNOSTICS).enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
             write!(f, "{d}")?;
+        }
+        if let Some(more) = self
+            .0
+            .len()
+            .checked_sub(SHOWN_DIAGNOSTICS)
+            .filter(|n| *n > 0)
+        {
+            write!(f, "\nand {more} more")?;
         }
         Ok(())
     }
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Blocking: the sidecar calls it off its
+    /// runtime, so a huge or slow file never stalls detection.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        // Read one byte past the limit: a file that grows while it is read, or whose
+        // size the metadata does not tell (a pipe), is bounded all the same.
+        let mut bytes = Vec::new();
+        file.take(MAX_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_SIZE {
+            let size = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size,
+            });
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Config::parse(&text, path)
     }
 

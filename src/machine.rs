@@ -342,14 +342,14 @@ impl Machine {
             Phase::Reconnecting => {
                 self.phase = Phase::Up;
                 if self.outage && self.recover_at.is_none() {
-                    self.recover_at = Some(now + self.recover_after);
+                    self.recover_at = Some(later(now, self.recover_after));
                 }
             }
             Phase::Connecting | Phase::Down | Phase::Failed => {
                 self.phase = Phase::Up;
                 self.emit(out, Event::Connect, previous);
                 if self.outage && self.recover_at.is_none() {
-                    self.recover_at = Some(now + self.recover_after);
+                    self.recover_at = Some(later(now, self.recover_after));
                 }
             }
         }
@@ -381,11 +381,9 @@ impl Machine {
             self.outage = true;
             self.emit(out, Event::Failure, previous);
         }
-        if self.phase == Phase::Failed {
-            Next::ConnectAfter(self.backoff.steady_delay())
-        } else {
-            Next::ConnectAfter(self.backoff.next_delay())
-        }
+        // The schedule keeps growing through the whole outage, `failed` or not: a
+        // dependency that restarts in seconds is announced back within seconds.
+        Next::ConnectAfter(self.backoff.next_delay())
     }
 
     fn tick(&mut self, now: Instant, out: &mut Emitter) -> Next {
@@ -421,6 +419,14 @@ impl Machine {
             at: out.wall,
         });
     }
+}
+
+/// `now + d`, or a deadline that never comes when that is past what `Instant` holds:
+/// a setting can never make the machine panic.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(config::duration::MAX))
+        .unwrap_or(now)
 }
 
 struct Emitter {

@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use tether::cli::{Cli, Command, ConfigArg};
-use tether::config::{self, Address, Config, ConfigError};
+use tether::config::{self, Config, ConfigError};
 use tether::observe::Observers;
 use tether::sidecar::Control;
 use tether::status_view::{self, Output, Url};
@@ -73,7 +73,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             check: args,
             timeout,
         } => {
-            let address = parse_address(&address)?;
             let probe = match args.probe() {
                 Ok(probe) => probe,
                 Err(e) => return Ok(usage_error(&e)),
@@ -99,10 +98,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(probe) => probe,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let addresses = addresses
-                .iter()
-                .map(|a| parse_address(a))
-                .collect::<anyhow::Result<Vec<Address>>>()?;
             let result = runtime()?.block_on(check::wait_all(&addresses, &probe, timeout));
             Ok(match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -161,14 +156,10 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
     Config::load(&path).map_err(|e| {
         match &e {
             ConfigError::Invalid(_) => eprintln!("{e}"),
-            ConfigError::Read { .. } => eprintln!("tether: {e}"),
+            ConfigError::Read { .. } | ConfigError::TooLarge { .. } => eprintln!("tether: {e}"),
         }
         ExitCode::from(EXIT_BAD_CONFIG)
     })
-}
-
-fn parse_address(s: &str) -> anyhow::Result<Address> {
-    s.parse::<Address>().map_err(anyhow::Error::from)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -115,13 +115,6 @@ impl Prober {
         }
     }
 
-    /// Whether a held connection is checked again at every keepalive interval. Not for
-    /// `tcp`: the kernel's keepalive watches its connection, and a healthy idle target
-    /// costs no timer.
-    pub fn is_periodic(&self) -> bool {
-        !matches!(self, Prober::Tcp(_))
-    }
-
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the
     /// server `limit` to answer.
     pub async fn check(
@@ -142,6 +135,28 @@ impl Prober {
         timeout(limit, check)
             .await
             .unwrap_or(Err(ProbeError::Timeout(limit)))
+    }
+}
+
+/// The time each step of an attempt may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Name resolution, and then the TCP handshake with each address.
+    pub connect: Duration,
+    /// Every probe answer, the first one on a new connection included.
+    pub check: Duration,
+}
+
+impl Limits {
+    /// The limits of a target's attempts and checks.
+    pub fn of(target: &config::Target) -> Limits {
+        Limits {
+            connect: target.connect_timeout.get(),
+            // `tcp` has no answer to wait for; its check returns at once.
+            check: target
+                .check
+                .map_or(target.connect_timeout.get(), |c| c.timeout.get()),
+        }
     }
 }
 
@@ -184,15 +199,16 @@ impl Connection {
 }
 
 /// Resolves `address` and connects to the first of its addresses whose server passes the
-/// probe, each address within `connect_timeout` for the handshake and again for the probe.
+/// probe, each address within `limits.connect` for the handshake and `limits.check` for
+/// the probe's answer.
 pub async fn connect(
     address: &Address,
     prober: &Prober,
-    connect_timeout: Duration,
+    limits: Limits,
     keepalive: &Keepalive,
 ) -> Result<Connection, AttemptError> {
-    let addrs = net::resolve(address, connect_timeout).await?;
-    connect_any(address, &addrs, prober, connect_timeout, keepalive).await
+    let addrs = net::resolve(address, limits.connect).await?;
+    connect_any(address, &addrs, prober, limits, keepalive).await
 }
 
 /// Connects to the first of `addrs` (resolved from `address`) whose server passes the
@@ -201,12 +217,12 @@ pub async fn connect_any(
     address: &Address,
     addrs: &[SocketAddr],
     prober: &Prober,
-    connect_timeout: Duration,
+    limits: Limits,
     keepalive: &Keepalive,
 ) -> Result<Connection, AttemptError> {
     let mut last = None;
     for &addr in addrs {
-        match connect_one(addr, prober, connect_timeout, keepalive).await {
+        match connect_one(addr, prober, limits, keepalive).await {
             Ok(connection) => return Ok(connection),
             Err(e) => last = Some(e),
         }
@@ -232,11 +248,11 @@ pub async fn connect_any(
 pub async fn connect_one(
     addr: SocketAddr,
     prober: &Prober,
-    connect_timeout: Duration,
+    limits: Limits,
     keepalive: &Keepalive,
 ) -> Result<Connection, AttemptError> {
-    let mut stream = net::connect_addr(addr, connect_timeout, keepalive).await?;
-    match prober.check(&mut stream, true, connect_timeout).await {
+    let mut stream = net::connect_addr(addr, limits.connect, keepalive).await?;
+    match prober.check(&mut stream, true, limits.check).await {
         Ok(after) => Ok(Connection::new(stream, addr, after)),
         Err(source) => Err(AttemptError::Probe {
             kind: prober.kind(),
@@ -253,27 +269,26 @@ pub async fn connect_one(
 pub async fn recheck(
     conn: &mut Connection,
     prober: &Prober,
-    limit: Duration,
+    limits: Limits,
     keepalive: &Keepalive,
 ) -> Result<(), AttemptError> {
     match conn.stream.as_mut() {
         Some(stream) if conn.reusable => {
-            let after =
-                prober
-                    .check(stream, false, limit)
-                    .await
-                    .map_err(|source| AttemptError::Probe {
-                        kind: prober.kind(),
-                        addr: conn.peer,
-                        source,
-                        others: 0,
-                    })?;
+            let after = prober
+                .check(stream, false, limits.check)
+                .await
+                .map_err(|source| AttemptError::Probe {
+                    kind: prober.kind(),
+                    addr: conn.peer,
+                    source,
+                    others: 0,
+                })?;
             conn.reusable = after == Afterwards::Reuse;
             if after == Afterwards::Drop {
                 conn.stream = None;
             }
         }
-        _ => *conn = connect_one(conn.peer, prober, limit, keepalive).await?,
+        _ => *conn = connect_one(conn.peer, prober, limits, keepalive).await?,
     }
     Ok(())
 }
@@ -337,6 +352,11 @@ mod tests {
     use super::*;
     use crate::net::tests::keepalive;
 
+    const LIMITS: Limits = Limits {
+        connect: Duration::from_secs(1),
+        check: Duration::from_secs(1),
+    };
+
     #[tokio::test]
     async fn a_refused_connection_is_reported_plainly() {
         let port = {
@@ -345,7 +365,7 @@ mod tests {
         };
         let address = Address::new("127.0.0.1", port);
         let tcp = Prober::new(&config::Probe::Tcp, &address);
-        let Err(e) = connect(&address, &tcp, Duration::from_secs(1), &keepalive()).await else {
+        let Err(e) = connect(&address, &tcp, LIMITS, &keepalive()).await else {
             panic!("nothing listens on port {port}");
         };
         assert_eq!(
@@ -365,7 +385,7 @@ mod tests {
         assert!(addrs.iter().any(|a| a.ip().is_loopback()));
         // localhost may resolve to ::1 first where nothing listens: the next address is tried.
         let tcp = Prober::new(&config::Probe::Tcp, &address);
-        connect(&address, &tcp, Duration::from_secs(1), &keepalive())
+        connect(&address, &tcp, LIMITS, &keepalive())
             .await
             .expect("127.0.0.1 answers");
     }

@@ -29,15 +29,24 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// The longest duration tether accepts anywhere. Far beyond any sensible setting, and
+/// far below what would overflow a deadline computed from it: a typo such as
+/// `"300000000000y"` is refused where it is written instead of breaking a timer later.
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Parses the strings accepted in the config file and on the command line.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let trimmed = s.trim();
     if trimmed.starts_with('-') {
         return Err(format!("invalid duration \"{s}\": must not be negative"));
     }
-    humantime::parse_duration(trimmed).map_err(|e| {
+    let d = humantime::parse_duration(trimmed).map_err(|e| {
         format!("invalid duration \"{s}\": {e} (write a number and a unit, like \"250ms\", \"2s\" or \"1m\")")
-    })
+    })?;
+    if d > MAX {
+        return Err(format!("invalid duration \"{s}\": at most 365 days"));
+    }
+    Ok(d)
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
@@ -84,6 +93,20 @@ mod tests {
         assert!(parse("10").is_err());
         assert!(parse("-1s").unwrap_err().contains("negative"));
         assert!(parse("soon").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_however_large() {
+        assert_eq!(parse("365d").unwrap(), MAX);
+        for huge in ["366d", "300000000000y", "18446744073709551615s"] {
+            let e = parse(huge).unwrap_err();
+            assert!(e.contains(huge), "{e}");
+        }
+        assert!(
+            parse("300000000000y")
+                .unwrap_err()
+                .contains("at most 365 days")
+        );
     }
 
     #[test]

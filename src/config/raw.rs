@@ -53,6 +53,8 @@ pub struct RawDefaults {
     pub hook_timeout: Option<Spanned<HumanDuration>>,
     pub recover_after: Option<Spanned<HumanDuration>>,
     pub resolve_interval: Option<Spanned<HumanDuration>>,
+    pub check_interval: Option<Spanned<HumanDuration>>,
+    pub check_timeout: Option<Spanned<HumanDuration>>,
     pub probe: Option<Spanned<RawProbe>>,
     pub required: Option<bool>,
     pub hooks: Option<RawHooks>,
@@ -75,6 +77,8 @@ pub struct RawTarget {
     pub hook_timeout: Option<Spanned<HumanDuration>>,
     pub recover_after: Option<Spanned<HumanDuration>>,
     pub resolve_interval: Option<Spanned<HumanDuration>>,
+    pub check_interval: Option<Spanned<HumanDuration>>,
+    pub check_timeout: Option<Spanned<HumanDuration>>,
     pub hooks: Option<RawHooks>,
 }
 

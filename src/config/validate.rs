@@ -1,6 +1,7 @@
 //! Turns the raw file into a [`Config`]: fills defaults, checks every value, and maps
 //! each problem to the line, column and key it came from.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
@@ -13,8 +14,8 @@ use super::raw::{
     RawTarget,
 };
 use super::{
-    Address, Backoff, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration, Keepalive,
-    Probe, Server, Supervision, Target,
+    Address, Backoff, Check, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration,
+    Keepalive, Probe, Server, Supervision, Target,
 };
 
 /// The built-in defaults, documented in the README's config reference.
@@ -25,12 +26,18 @@ pub mod builtin {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const FAILURE_THRESHOLD: u32 = 5;
     pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// Delays reach the cap after about 1.5 s of outage; from then on a target is
+    /// tried at most once every 1.2 s, and a returning dependency is seen within 1.5 s.
+    pub const BACKOFF_MAX: Duration = Duration::from_millis(1500);
     pub const BACKOFF_MULTIPLIER: f64 = 2.0;
     pub const BACKOFF_JITTER: f64 = 0.2;
-    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+    /// Silent peer death is noticed within `idle + interval * count` = 6 s.
+    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
     pub const KEEPALIVE_COUNT: u32 = 3;
+    /// A frozen server is noticed by a probe within `check_interval + check_timeout` = 3 s.
+    pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
     pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
     pub const RECOVER_AFTER: Duration = Duration::ZERO;
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -53,6 +60,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
     let mut ctx = Ctx {
         text,
         file,
+        lines: OnceCell::new(),
         diags: Vec::new(),
     };
     let raw = match deserialize(text) {
@@ -118,6 +126,8 @@ fn reword(key: &str, message: &str) -> String {
 struct Ctx<'a> {
     text: &'a str,
     file: &'a Path,
+    /// Built on the first error, so a valid file never pays for it.
+    lines: OnceCell<LineIndex>,
     diags: Vec<Diagnostic>,
 }
 
@@ -135,7 +145,11 @@ impl Ctx<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) {
-        let (line, column) = span.map_or((1, 1), |s| line_col(self.text, s.start));
+        let (line, column) = span.map_or((1, 1), |s| {
+            self.lines
+                .get_or_init(|| LineIndex::new(self.text))
+                .line_col(self.text, s.start)
+        });
         self.diags.push(Diagnostic {
             file: self.file.to_owned(),
             line,
@@ -174,7 +188,8 @@ impl Ctx<'_> {
         let mut targets = Vec::with_capacity(raw.targets.len());
         for (i, t) in raw.targets.iter().enumerate() {
             let name = t.get_ref().name.get_ref();
-            if let Some(first) = seen.insert(name.clone(), i) {
+            let first = *seen.entry(name.clone()).or_insert(i);
+            if first != i {
                 self.err(
                     Some(t.get_ref().name.span()),
                     format!("targets[{i}].name"),
@@ -309,6 +324,12 @@ impl Ctx<'_> {
             builtin::RESOLVE_INTERVAL,
             false,
         );
+        let probe = match (&t.probe, &d.probe) {
+            (Some(p), _) => self.probe(p, &key("probe")),
+            (None, Some(p)) => self.probe(p, "defaults.probe"),
+            (None, None) => Probe::Tcp,
+        };
+        let check = self.check(i, t, d, &probe);
         let failure_threshold = self.threshold(pick(
             &t.failure_threshold,
             &d.failure_threshold,
@@ -317,11 +338,6 @@ impl Ctx<'_> {
         ));
         let backoff = self.backoff(i, t.backoff.as_ref(), d.backoff.as_ref());
         let keepalive = self.keepalive(i, t.keepalive.as_ref(), d.keepalive.as_ref());
-        let probe = match (&t.probe, &d.probe) {
-            (Some(p), _) => self.probe(p, &key("probe")),
-            (None, Some(p)) => self.probe(p, "defaults.probe"),
-            (None, None) => Probe::Tcp,
-        };
         let hooks = self.hooks(i, t.hooks.as_ref(), d.hooks.as_ref());
         Target {
             name,
@@ -329,6 +345,7 @@ impl Ctx<'_> {
             probe,
             required: t.required.or(d.required).unwrap_or(true),
             connect_timeout,
+            check,
             failure_threshold,
             backoff,
             keepalive,
@@ -351,12 +368,80 @@ impl Ctx<'_> {
             self.duration(pick(&None, v, 0, name), Duration::ZERO, zero_ok);
         }
         self.threshold(pick(&None, &d.failure_threshold, 0, "failure_threshold"));
+        self.check_pair(
+            pick(&None, &d.check_interval, 0, "check_interval"),
+            pick(&None, &d.check_timeout, 0, "check_timeout"),
+        );
         self.backoff(0, None, d.backoff.as_ref());
         self.keepalive(0, None, d.keepalive.as_ref());
         if let Some(p) = &d.probe {
             self.probe(p, "defaults.probe");
         }
         self.hooks(0, None, d.hooks.as_ref());
+    }
+
+    /// `check_interval` and `check_timeout` of a target. Written on a `tcp` target they
+    /// are a mistake (nothing would ever use them); inherited from `[defaults]` they
+    /// are not, since the defaults serve every kind of target.
+    fn check(&mut self, i: usize, t: &RawTarget, d: &RawDefaults, probe: &Probe) -> Option<Check> {
+        if *probe == Probe::Tcp {
+            for (v, name) in [
+                (&t.check_interval, "check_interval"),
+                (&t.check_timeout, "check_timeout"),
+            ] {
+                if let Some(v) = v {
+                    self.err(
+                        Some(v.span()),
+                        format!("targets[{i}].{name}"),
+                        format!(
+                            "`{name}` is a setting of protocol probes; a tcp target has no check to time (its connection is watched by keepalive)"
+                        ),
+                    );
+                }
+            }
+        }
+        let (interval, timeout) = self.check_pair(
+            pick(&t.check_interval, &d.check_interval, i, "check_interval"),
+            pick(&t.check_timeout, &d.check_timeout, i, "check_timeout"),
+        );
+        (*probe != Probe::Tcp).then_some(Check { interval, timeout })
+    }
+
+    /// Both above zero, and the answer due before the next check is.
+    fn check_pair(
+        &mut self,
+        interval: Option<At<HumanDuration>>,
+        timeout: Option<At<HumanDuration>>,
+    ) -> (HumanDuration, HumanDuration) {
+        // Blame the value closest to the target, as for the backoff's bounds.
+        let blame = match (&interval, &timeout) {
+            (Some(iv), Some(to))
+                if iv.key.starts_with("targets") && !to.key.starts_with("targets") =>
+            {
+                Some((iv.span.clone(), iv.key.clone()))
+            }
+            (_, Some(to)) => Some((to.span.clone(), to.key.clone())),
+            (Some(iv), None) => Some((iv.span.clone(), iv.key.clone())),
+            (None, None) => None,
+        };
+        let interval = self.duration(interval, builtin::CHECK_INTERVAL, false);
+        // Unset, the timeout follows a short interval down, so that `check_interval`
+        // alone can be tightened.
+        let timeout = self.duration(
+            timeout,
+            builtin::CHECK_TIMEOUT.min(interval.get() / 2),
+            false,
+        );
+        if let (true, Some((span, key))) = (timeout >= interval, blame) {
+            self.err(
+                Some(span),
+                key,
+                format!(
+                    "check_timeout ({timeout}) must be below check_interval ({interval}): an answer is due before the next check"
+                ),
+            );
+        }
+        (interval, timeout)
     }
 
     fn threshold(&mut self, v: Option<At<i64>>) -> u32 {
@@ -856,18 +941,95 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// 1-based line and column (in characters) of a byte offset.
+/// Where each line of the file starts, so that placing an error costs a binary search
+/// rather than a scan of the text before it: a file with thousands of mistakes is
+/// reported in linear time.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        LineIndex { starts }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let start = self.starts[line - 1];
+        (line, text[start..offset].chars().count() + 1)
+    }
+}
+
+#[cfg(test)]
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-    (line, before[line_start..].chars().count() + 1)
+    LineIndex::new(text).line_col(text, offset)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn targets(text: &str) -> Vec<Target> {
+        parse(text, Path::new("t.toml"))
+            .unwrap_or_else(|d| panic!("{d:?}"))
+            .targets
+    }
+
+    #[test]
+    fn a_tcp_target_inherits_check_settings_without_error_and_has_no_check() {
+        let t = targets(
+            r#"
+            [defaults]
+            check_interval = "300ms"
+            check_timeout = "100ms"
+            [[targets]]
+            name = "db"
+            address = "127.0.0.1:5432"
+            [[targets]]
+            name = "cache"
+            address = "127.0.0.1:6379"
+            probe = "redis"
+            "#,
+        );
+        assert_eq!(t[0].check, None);
+        let check = t[1].check.expect("a redis target has a check");
+        assert_eq!(check.interval.get(), Duration::from_millis(300));
+        assert_eq!(check.timeout.get(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn an_unset_check_timeout_follows_a_short_check_interval_down() {
+        let t = targets(
+            r#"
+            [[targets]]
+            name = "fast"
+            address = "127.0.0.1:6379"
+            probe = "redis"
+            check_interval = "100ms"
+            [[targets]]
+            name = "default"
+            address = "127.0.0.1:6379"
+            probe = "redis"
+            "#,
+        );
+        let fast = t[0].check.unwrap();
+        assert_eq!(fast.timeout.get(), Duration::from_millis(50));
+        let default = t[1].check.unwrap();
+        assert_eq!(default.interval.get(), builtin::CHECK_INTERVAL);
+        assert_eq!(default.timeout.get(), builtin::CHECK_TIMEOUT);
+    }
 
     #[test]
     fn line_and_column_count_characters_from_one() {

@@ -106,12 +106,43 @@ fn a_failed_reconnect_enters_down_and_the_threshold_enters_failed() {
     );
     assert_eq!(
         h.next,
-        Next::ConnectAfter(Duration::from_secs(2)),
-        "failed retries at max"
+        Next::ConnectAfter(Duration::from_millis(400)),
+        "entering failed does not jump to max"
     );
     assert_eq!(h.feed(err("refused")), []);
     assert_eq!(h.feed(Input::Connected), [Event::Connect, Event::Recover]);
     assert_eq!((h.machine.state(), h.machine.failures()), (State::Up, 0));
+}
+
+#[test]
+fn the_backoff_keeps_growing_across_failed_and_resets_on_connect() {
+    let mut h = Harness::new(&target(3, 0, 0.0));
+    let mut delays = Vec::new();
+    let mut states = Vec::new();
+    for _ in 0..8 {
+        h.feed(err("refused"));
+        let Next::ConnectAfter(d) = h.next else {
+            panic!("a failed attempt schedules the next one: {:?}", h.next);
+        };
+        delays.push(d.as_millis());
+        states.push(h.machine.state());
+        h.advance(d);
+    }
+    assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+    assert_eq!(states[1], State::Down);
+    assert_eq!(
+        states[2],
+        State::Failed,
+        "the third failure reaches the threshold"
+    );
+    assert_eq!(h.feed(Input::Connected), [Event::Connect, Event::Recover]);
+    h.feed(lost("reset"));
+    h.feed(err("refused"));
+    assert_eq!(
+        h.next,
+        Next::ConnectAfter(Duration::from_millis(100)),
+        "a successful connect starts the schedule over"
+    );
 }
 
 #[test]
@@ -247,12 +278,8 @@ proptest! {
             // The next delay stays in the band of the policy.
             if let Next::ConnectAfter(d) = h.next {
                 let slack = Duration::from_nanos(2);
-                let (lo, hi) = if h.machine.state() == State::Failed {
-                    let max = t.backoff.max.get();
-                    (max.mul_f64(1.0 - t.backoff.jitter), max)
-                } else {
-                    backoff::band(&t.backoff, h.machine.failures() - 1)
-                };
+                // One band for the whole outage: `failed` changes nothing.
+                let (lo, hi) = backoff::band(&t.backoff, h.machine.failures() - 1);
                 prop_assert!(d + slack >= lo && d <= hi + slack, "delay {d:?} outside [{lo:?}, {hi:?}]");
             }
         }

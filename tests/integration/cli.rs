@@ -201,3 +201,29 @@ fn the_demo_breaks_and_restores_a_service_and_shows_hooks_and_metrics_in_under_1
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn bad_usage_of_probe_and_wait_exits_2_with_a_message_and_never_panics() {
+    let cases: [&[&str]; 5] = [
+        &["probe", "not-an-address"],
+        &["wait", "127.0.0.1:5432", "no-port"],
+        &["wait", "127.0.0.1:5432", "--timeout", "300000000000y"],
+        &[
+            "probe",
+            "127.0.0.1:5432",
+            "--timeout",
+            "18446744073709551615s",
+        ],
+        &["probe", "127.0.0.1:5432", "--timeout", "0s"],
+    ];
+    for args in cases {
+        let out = tether().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            stderr.starts_with("error: invalid value"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

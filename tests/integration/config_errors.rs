@@ -290,3 +290,55 @@ fn an_expectation_line_names_the_key_only_when_there_is_one() {
     assert!(Expected::parse("[[targets]]").is_none());
     assert!(Expected::parse("# expect: 3: no column").is_none());
 }
+
+#[test]
+fn a_config_with_forty_thousand_mistakes_is_reported_quickly_showing_the_first_hundred() {
+    let dir = tempfile::tempdir().expect("create a scratch directory");
+    let file = dir.path().join("mangled.toml");
+    // Each block holds two mistakes: a zero duration and, after the first, a duplicate name.
+    let block =
+        "[[targets]]\nname = \"db\"\naddress = \"db.internal:5432\"\nconnect_timeout = \"0s\"\n";
+    fs::write(&file, block.repeat(20_000)).expect("write the config");
+
+    let started = std::time::Instant::now();
+    let outcome = check_config(&file);
+    let took = started.elapsed();
+    eprintln!("check-config of 39,999 mistakes took {took:?}");
+
+    assert_eq!(outcome.code, Some(EXIT_BAD_CONFIG), "{outcome}");
+    let diagnostics = outcome.diagnostics_about(&file);
+    assert_eq!(diagnostics.len(), 100, "{outcome}");
+    assert!(
+        diagnostics[0].contains(":4:19: targets[0].connect_timeout:"),
+        "{}",
+        diagnostics[0]
+    );
+    assert_eq!(
+        outcome.stderr.lines().last(),
+        Some("and 39899 more"),
+        "{outcome}"
+    );
+    // Placing each mistake by rescanning the file took minutes for this many.
+    assert!(took < Duration::from_secs(15), "check-config took {took:?}");
+}
+
+#[test]
+fn a_config_file_over_16_mib_is_refused_before_it_is_parsed() {
+    let dir = tempfile::tempdir().expect("create a scratch directory");
+    let file = dir.path().join("huge.toml");
+    let comment = format!("#{}\n", "x".repeat(1023));
+    fs::write(&file, comment.repeat(16 * 1024 + 1)).expect("write the config");
+
+    for command in ["check-config", "run"] {
+        let outcome = tether(&[command, "-c", path_arg(&file)]);
+        assert_eq!(
+            outcome.code,
+            Some(EXIT_BAD_CONFIG),
+            "tether {command}: {outcome}"
+        );
+        assert!(
+            outcome.stderr.contains("at most 16777216 are read"),
+            "tether {command}: {outcome}"
+        );
+    }
+}

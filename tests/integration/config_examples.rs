@@ -88,3 +88,36 @@ fn every_example_config_is_valid_and_its_effective_config_round_trips() {
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+#[test]
+fn the_reference_config_documents_the_check_timing_and_check_config_prints_it() {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tether.toml");
+    let text = fs::read_to_string(&reference).expect("read config/tether.toml");
+    for key in ["check_interval = ", "check_timeout = "] {
+        assert!(
+            text.lines().any(|l| l.starts_with(key)),
+            "config/tether.toml does not set {key:?}"
+        );
+    }
+    let effective = check_config(&reference).expect("the reference config is valid");
+    let table: toml::Table = effective.parse().expect("the effective config is TOML");
+    let targets = table["targets"].as_array().expect("targets");
+    let timing = |name: &str| {
+        let t = targets
+            .iter()
+            .find(|t| t["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no target {name} in\n{effective}"));
+        (
+            t.get("check_interval").and_then(|v| v.as_str()),
+            t.get("check_timeout").and_then(|v| v.as_str()),
+        )
+    };
+    // Overridden, and inherited from [defaults].
+    assert_eq!(timing("db"), (Some("5s"), Some("2s")));
+    assert_eq!(timing("cache"), (Some("2s"), Some("1s")));
+    // A tcp target has no check to time, though [defaults] sets one.
+    let minimal = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/minimal.toml");
+    let effective = check_config(&minimal).expect("the minimal config is valid");
+    assert!(effective.contains("kind = \"tcp\""), "{effective}");
+    assert!(!effective.contains("check_interval"), "{effective}");
+}

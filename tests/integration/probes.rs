@@ -30,8 +30,12 @@ failure_threshold = 3
 keepalive = { idle = "1s", interval = "1s", count = 3 }
 backoff = { initial = "50ms", max = "200ms", multiplier = 2.0, jitter = 0.1 }"#;
 
+/// A check every second with 500 ms to answer, for targets with a protocol probe.
+const CHECK: &str = r#"check_interval = "1s"
+check_timeout = "500ms""#;
+
 /// A frozen server is noticed by the next check, due within one interval (1 s) and given
-/// `connect_timeout` (500 ms) to be answered: 1.5 s. The window allows for a loaded machine,
+/// `check_timeout` (500 ms) to be answered: 1.5 s. The window allows for a loaded machine,
 /// and is also how long the `tcp` target must stay blind.
 const FROZEN_WINDOW: Duration = Duration::from_secs(4);
 
@@ -78,6 +82,7 @@ fn probe_and_tcp(addr: &str, probe: &str, extra: &str) -> String {
         address = "{addr}"
         probe = "{probe}"
         {FAST}
+        {CHECK}
         {extra}
 
         [[targets]]
@@ -301,6 +306,7 @@ async fn closed_unauthenticated_sessions_raise_no_false_down(name: &str, addr: &
         address = "{addr}"
         probe = "{probe}"
         connect_timeout = "500ms"
+        check_interval = "5s"
         keepalive = {{ idle = "5s", interval = "5s", count = 3 }}
 
         [[targets]]
@@ -308,6 +314,7 @@ async fn closed_unauthenticated_sessions_raise_no_false_down(name: &str, addr: &
         address = "{addr}"
         probe = "{probe}"
         connect_timeout = "500ms"
+        check_interval = "1s"
         keepalive = {{ idle = "1s", interval = "1s", count = 3 }}
 
         [[targets]]
@@ -371,6 +378,7 @@ async fn an_http_service_that_starts_answering_503_is_detected_within_an_interva
         address = "{}"
         probe = {{ kind = "http", path = "/healthz", host = "web.internal" }}
         {FAST}
+        {CHECK}
         "#,
         http.addr()
     );
@@ -413,7 +421,7 @@ async fn watch_http_until(framing: Framing, checks: usize) -> HttpServer {
     let http = HttpServer::start(framing).await;
     let rec = Recorder::new();
     let config = format!(
-        "[[targets]]\nname = \"web\"\naddress = \"{}\"\nprobe = \"http\"\n{FAST}\n",
+        "[[targets]]\nname = \"web\"\naddress = \"{}\"\nprobe = \"http\"\n{FAST}\n{CHECK}\n",
         http.addr()
     );
     let sup = watch(&config, &rec);
@@ -507,7 +515,7 @@ async fn a_loading_redis_is_unhealthy_until_its_dataset_is_in_memory() {
 
     let rec = Recorder::new();
     let config = format!(
-        "[[targets]]\nname = \"replica\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\n",
+        "[[targets]]\nname = \"replica\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\n{CHECK}\n",
         replica.addr()
     );
     let sup = watch(&config, &rec);
@@ -661,4 +669,81 @@ async fn tether_probe_speaks_the_protocol_it_is_given() {
     let out = tether_probe(&[&redis.addr(), "--probe", "mysql", "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("no answer within 300ms"), "{out:?}");
+}
+
+// === Check interval ===
+
+/// How many `PING`s the server has answered since it started, from `INFO commandstats`.
+fn pings_answered(port: u16) -> u64 {
+    let mut exchange = Exchange::connect(port, Duration::from_secs(10)).unwrap();
+    exchange
+        .send(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .unwrap();
+    let header = exchange.receive_until(b"\r\n", 64).unwrap();
+    let len: usize = String::from_utf8_lossy(&header[1..])
+        .trim_end()
+        .parse()
+        .expect("INFO answers a bulk string");
+    let mut body = vec![0; len + 2];
+    exchange.receive_exact(&mut body).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    body.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .map_or(0, |rest| {
+            rest.split(',').next().unwrap().parse().expect("a count")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_interval_sets_how_often_the_server_is_asked() {
+    let fast = blocking(RedisServer::start);
+    let slow = blocking(RedisServer::start);
+    let config = format!(
+        r#"
+        [[targets]]
+        name = "fast"
+        address = "{}"
+        probe = "redis"
+        check_interval = "100ms"
+
+        [[targets]]
+        name = "slow"
+        address = "{}"
+        probe = "redis"
+        check_interval = "1s"
+        "#,
+        fast.addr(),
+        slow.addr()
+    );
+    let rec = Recorder::new();
+    let sup = watch(&config, &rec);
+    rec.nth_event("fast", Event::Connect, 1, LIMIT).await;
+    rec.nth_event("slow", Event::Connect, 1, LIMIT).await;
+    let (before_fast, before_slow) = (pings_answered(fast.port()), pings_answered(slow.port()));
+    let started = Instant::now();
+    // Neither keepalive nor the default check interval (2 s) could ask 20 times in 15 s.
+    let deadline = started + Duration::from_secs(15);
+    while pings_answered(fast.port()) - before_fast < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the 100ms target was asked only {} times in 15 s",
+            pings_answered(fast.port()) - before_fast
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let elapsed = started.elapsed();
+    let asked_fast = pings_answered(fast.port()) - before_fast;
+    let asked_slow = pings_answered(slow.port()) - before_slow;
+    eprintln!("in {elapsed:?}: {asked_fast} checks at 100ms, {asked_slow} at 1s");
+    assert!(
+        asked_slow <= elapsed.as_secs() + 2,
+        "the 1s target was asked {asked_slow} times in {elapsed:?}"
+    );
+    assert!(
+        asked_slow * 4 < asked_fast,
+        "{asked_fast} checks at 100ms against {asked_slow} at 1s"
+    );
+    sup.shutdown().await;
+    assert_eq!(rec.events("fast"), [Event::Connect]);
+    assert_eq!(rec.events("slow"), [Event::Connect]);
 }

@@ -150,6 +150,22 @@ async fn a_closed_connection_is_noticed_within_milliseconds() {
 
 #[tokio::test]
 async fn the_delays_of_a_target_that_stays_down_grow_geometrically_up_to_max_within_the_jitter() {
+    delays_follow_the_backoff_band(1000).await;
+}
+
+#[tokio::test]
+async fn the_delays_keep_growing_across_failed_without_jumping_to_max() {
+    let rec = delays_follow_the_backoff_band(2).await;
+    assert_eq!(
+        rec.events("dep"),
+        [Event::Disconnect, Event::Failure],
+        "the target went through failed while the delays grew"
+    );
+}
+
+/// Watches a dead target for ten attempts and checks each gap against the band of its
+/// rank in the outage, `failed` or not.
+async fn delays_follow_the_backoff_band(failure_threshold: u32) -> std::sync::Arc<Recorder> {
     let initial = Duration::from_millis(40);
     let max = Duration::from_millis(640);
     let (multiplier, jitter): (f64, f64) = (2.0, 0.25);
@@ -157,8 +173,10 @@ async fn the_delays_of_a_target_that_stays_down_grow_geometrically_up_to_max_wit
     let sup = watch(
         &config(
             &format!("127.0.0.1:{}", dead_port()),
-            r#"failure_threshold = 1000
-               backoff = { initial = "40ms", max = "640ms", multiplier = 2.0, jitter = 0.25 }"#,
+            &format!(
+                r#"failure_threshold = {failure_threshold}
+               backoff = {{ initial = "40ms", max = "640ms", multiplier = 2.0, jitter = 0.25 }}"#
+            ),
         ),
         &rec,
     );
@@ -189,6 +207,7 @@ async fn the_delays_of_a_target_that_stays_down_grow_geometrically_up_to_max_wit
             "gap {n} = {gap:?} outside {lo:?}..={hi:?}"
         );
     }
+    rec
 }
 
 #[tokio::test(flavor = "multi_thread")]
