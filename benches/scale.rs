@@ -243,6 +243,19 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// The accept loops hold the listeners and, through their `Listener`, every held
+    /// connection: ended here so the next run starts with none of this one's sockets.
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            if let Some(task) = l.task.lock().unwrap().take() {
+                task.abort();
+            }
+            l.held.lock().unwrap().clear();
+        }
+    }
+}
+
 fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
@@ -257,6 +270,7 @@ async fn accept_loop(
     report: mpsc::UnboundedSender<Accept>,
     accepted: Arc<AtomicUsize>,
 ) {
+    let mut said = false;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -269,9 +283,12 @@ async fn accept_loop(
                 });
             }
             Err(e) => {
-                // Out of descriptors or a transient error: say so and keep serving,
-                // the connect deadline will tell the story.
-                eprintln!("bench: accept on {}: {e}", shared.address);
+                // Out of descriptors or a transient error: say so (once) and keep
+                // serving, the connect deadline will tell the story.
+                if !said {
+                    eprintln!("bench: accept on {}: {e}", shared.address);
+                    said = true;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -355,7 +372,8 @@ impl Figures {
 
 async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String> {
     let batch = o.batch.clamp(1, targets);
-    harness::raise_open_files_limit(targets as u64 * 2 + batch as u64 + 64)?;
+    // The bench holds a socket per target and per listener; tether inherits the limit.
+    harness::raise_open_files_limit(targets as u64 + batch as u64 + 64)?;
     let mut pool = Pool::start(batch)
         .await
         .map_err(|e| format!("cannot start listeners: {e}"))?;

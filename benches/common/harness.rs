@@ -211,13 +211,16 @@ pub fn load_average() -> String {
 }
 
 /// The bench holds sockets for every target and tether (which inherits the limit) one
-/// per target: raises the soft limit to the hard one, and refuses to start when even
-/// that is too small, rather than fail later on a vague deadline.
+/// per target: raises the soft limit to the hard one (and the hard one to `needed`
+/// where that is allowed, as for root), and refuses to start when the limit is still
+/// too small, rather than fail later on a vague deadline.
 pub fn raise_open_files_limit(needed: u64) -> Result<(), String> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
     let mut limit = soft;
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+    if hard < needed && setrlimit(Resource::RLIMIT_NOFILE, needed, needed).is_ok() {
+        limit = needed;
+    } else if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         limit = hard;
     }
     if limit < needed {
