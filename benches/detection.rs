@@ -52,13 +52,18 @@ const MAX_LANES: usize = 4;
 
 // === options ===
 
+/// What to run, from the command line.
 #[derive(Debug)]
 struct Options {
     /// `--bench` without `--smoke`: the full run, which exits non-zero on a MISS.
     full: bool,
+    /// Samples per fault and config (crash gets one per outage, so twice as many).
     runs: usize,
+    /// The outage of the first restore figure (3 s in the full run).
     short_outage: Duration,
+    /// The outage of the second restore figure (60 s in the full run).
     long_outage: Duration,
+    /// The tether binary under test.
     tether: PathBuf,
 }
 
@@ -883,7 +888,7 @@ async fn run(o: &Options) -> Result<Report, String> {
     for start in pending {
         plan.lanes.push(start(results.clone()));
     }
-    let all = futures_join(plan.lanes);
+    let all = join_all(plan.lanes);
     if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
         failed(&results, "the run reached its time limit".into());
     }
@@ -906,7 +911,8 @@ async fn run(o: &Options) -> Result<Report, String> {
     })
 }
 
-async fn futures_join(lanes: Vec<JoinHandle<()>>) {
+/// Waits for every lane; a lane reports its own failures into the results.
+async fn join_all(lanes: Vec<JoinHandle<()>>) {
     for lane in lanes {
         let _ = lane.await;
     }
