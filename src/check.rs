@@ -38,7 +38,7 @@ pub async fn probe_once(address: &Address, probe: &Probe, limit: Duration) -> Re
     let attempt = probe::connect(address, &prober, limits, &ONE_OFF_KEEPALIVE);
     match timeout(limit, attempt).await {
         Ok(Ok(_connection)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(crate::secrets::mask(&e.to_string()).into_owned()),
         Err(_) => Err(format!("{address}: no answer within {limit:?}")),
     }
 }

@@ -22,6 +22,7 @@ use crate::machine::{Input, Machine, Next, Snapshot};
 use crate::net::{self, Readiness};
 use crate::observe::Observer;
 use crate::probe::{self, Connection, Limits, Prober};
+use crate::secrets;
 
 /// One target's actor.
 pub struct Checker {
@@ -135,7 +136,7 @@ impl Checker {
                 *held = Some(self.link(conn));
                 Input::Connected
             }
-            Err(e) => Input::ConnectFailed(e.to_string().into()),
+            Err(e) => Input::ConnectFailed(secrets::mask(&e.to_string()).into()),
         }
     }
 
@@ -197,9 +198,12 @@ impl Checker {
         }
     }
 
+    /// Every reason comes through here or the failed attempt above, masked: a
+    /// server's words may echo a credential it was sent.
     fn lost(&self, reason: String) -> Input {
+        let reason: Arc<str> = secrets::mask(&reason).into();
         self.observer.lost(&self.target, &reason);
-        Input::Lost(reason.into())
+        Input::Lost(reason)
     }
 
     /// Probes the server again (see [`probe::recheck`]) and schedules the next check.
@@ -250,7 +254,7 @@ impl Checker {
                 target_name = %t.name,
                 address = %t.address,
                 %from,
-                error = %e,
+                error = %secrets::mask(&e.to_string()),
                 "{} now resolves elsewhere, but no new address answers; keeping {from}", t.name,
             ),
         }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HookAction, Target};
-use crate::machine::{Event, Transition};
+use crate::machine::{Event, State, Transition};
 use crate::observe::{HookResult, Observer};
 
 pub use payload::Payload;
@@ -84,6 +84,12 @@ struct Job {
 impl queue::Queued for Job {
     fn event(&self) -> Event {
         self.event
+    }
+    fn previous(&self) -> State {
+        self.payload.previous_state
+    }
+    fn state(&self) -> State {
+        self.payload.state
     }
 }
 

@@ -77,6 +77,7 @@ pub async fn run(
         match *loaded {
             Ok(new) => match hooks.reload(&new) {
                 Ok(()) => {
+                    telemetry.status().apply(&new);
                     let summary = supervisor.reload(&new);
                     tracing::info!(
                         added = ?summary.added,

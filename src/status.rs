@@ -7,7 +7,7 @@
 //! is only write-locked when a target is added or removed. Readiness is a counter kept
 //! up to date on each transition, so `/readyz` never visits every target.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -25,6 +25,9 @@ use crate::observe::Observer;
 pub struct Document {
     /// tether's version.
     pub version: String,
+    /// This run of tether (see [`crate::instance`]); empty from an older sidecar.
+    #[serde(default)]
+    pub instance: String,
     /// When this document was taken; `tether status` measures "for how long" from it,
     /// so a skewed reader clock does not matter.
     pub generated_at: Timestamp,
@@ -123,15 +126,7 @@ pub struct Status {
 
 /// One target's slot.
 struct Slot {
-    /// Which actor incarnation owns the slot (the address of its `Target`): after a
-    /// reload replaced a target, the old actor's late `stopped` must not remove the new
-    /// one's slot.
-    owner: AtomicUsize,
     entry: Mutex<TargetStatus>,
-}
-
-fn owner_of(target: &Target) -> usize {
-    std::ptr::from_ref(target) as usize
 }
 
 impl Status {
@@ -149,18 +144,45 @@ impl Status {
             let mut slots = status.write_slots();
             let now = SystemTime::now();
             for target in &config.targets {
-                slots.insert(target.name.clone(), status.new_slot(target, 0, now));
+                slots.insert(target.name.clone(), status.new_slot(target, now));
             }
         }
         status
     }
 
-    fn new_slot(&self, target: &Target, owner: usize, now: SystemTime) -> Arc<Slot> {
+    /// Takes over the target set of a reloaded config in one step: removed targets
+    /// leave and added ones appear (`connecting`) together, so no reader ever sees a
+    /// mix of the two configs, whatever the actors are doing meanwhile. Kept targets
+    /// keep their state.
+    pub fn apply(&self, config: &Config) {
+        let now = SystemTime::now();
+        let mut slots = self.write_slots();
+        let wanted: HashSet<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        slots.retain(|name, slot| {
+            let keep = wanted.contains(name.as_str());
+            if !keep {
+                let e = lock(&slot.entry);
+                if e.required && e.state != State::Up {
+                    self.not_ready.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            keep
+        });
+        for target in &config.targets {
+            if !slots.contains_key(&target.name) {
+                let slot = self.new_slot(target, now);
+                slots.insert(target.name.clone(), slot);
+            }
+        }
+        drop(slots);
+        self.bump();
+    }
+
+    fn new_slot(&self, target: &Target, now: SystemTime) -> Arc<Slot> {
         if target.required {
             self.not_ready.fetch_add(1, Ordering::AcqRel);
         }
         Arc::new(Slot {
-            owner: AtomicUsize::new(owner),
             entry: Mutex::new(TargetStatus {
                 name: target.name.clone(),
                 address: target.address.to_string(),
@@ -219,6 +241,7 @@ impl Status {
             .collect();
         Document {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: crate::instance::id().to_owned(),
             generated_at: Timestamp(SystemTime::now()),
             ready: self.ready(),
             stopping: self.is_stopping(),
@@ -292,40 +315,29 @@ fn lock(entry: &Mutex<TargetStatus>) -> MutexGuard<'_, TargetStatus> {
 
 impl Observer for Status {
     fn started(&self, target: &Target) {
-        let owner = owner_of(target);
-        let existing = self.read_slots().get(&target.name).cloned();
-        match existing {
-            Some(slot) => {
-                slot.owner.store(owner, Ordering::Release);
-                // A restarted or replaced actor resumes where the last one stopped (its
-                // machine continues from what was last announced): the state stands;
-                // only settings a reload changed are taken over.
-                let mut e = lock(&slot.entry);
-                e.address = target.address.to_string();
-                e.probe = target.probe.kind().to_owned();
-                if e.required != target.required {
-                    if e.state != State::Up {
-                        if target.required {
-                            self.not_ready.fetch_add(1, Ordering::AcqRel);
-                        } else {
-                            self.not_ready.fetch_sub(1, Ordering::AcqRel);
-                        }
-                    }
-                    e.required = target.required;
+        // No slot: an actor of a target the config no longer has (one that a reload
+        // removed, ending late). It gets no slot back.
+        let Some(slot) = self.read_slots().get(&target.name).cloned() else {
+            return;
+        };
+        // A restarted or replaced actor resumes where the last one stopped (its machine
+        // continues from what was last announced): the state stands; only settings a
+        // reload changed are taken over.
+        let mut e = lock(&slot.entry);
+        e.address = target.address.to_string();
+        e.probe = target.probe.kind().to_owned();
+        if e.required != target.required {
+            if e.state != State::Up {
+                if target.required {
+                    self.not_ready.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    self.not_ready.fetch_sub(1, Ordering::AcqRel);
                 }
-                drop(e);
-                self.bump();
             }
-            None => {
-                let mut slots = self.write_slots();
-                if !slots.contains_key(&target.name) {
-                    let slot = self.new_slot(target, owner, SystemTime::now());
-                    slots.insert(target.name.clone(), slot);
-                }
-                drop(slots);
-                self.bump();
-            }
+            e.required = target.required;
         }
+        drop(e);
+        self.bump();
     }
 
     fn attempt(&self, target: &Target, ok: bool, _elapsed: Duration) {
@@ -359,27 +371,8 @@ impl Observer for Status {
         });
     }
 
-    fn stopped(&self, target: &Target) {
-        if self.is_stopping() {
-            return;
-        }
-        let mut slots = self.write_slots();
-        let Some(slot) = slots.get(&target.name) else {
-            return;
-        };
-        let owner = slot.owner.load(Ordering::Acquire);
-        if owner != 0 && owner != owner_of(target) {
-            return;
-        }
-        if let Some(slot) = slots.remove(&target.name) {
-            let e = lock(&slot.entry);
-            if e.required && e.state != State::Up {
-                self.not_ready.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        drop(slots);
-        self.bump();
-    }
+    // `stopped` changes nothing: which targets are listed follows the config, applied
+    // whole by `apply`, not the order in which old actors happen to end.
 }
 
 #[cfg(test)]
@@ -545,28 +538,108 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_target_is_removed_but_not_one_replaced_by_a_newer_actor() {
+    fn a_reload_swaps_the_listed_targets_in_one_step_and_late_stops_change_nothing() {
         let config = two_targets();
         let status = Status::new(&config);
-        let old = Arc::new(config.targets[0].clone());
-        let new = Arc::new(config.targets[0].clone());
-        status.started(&old);
-        status.started(&new);
-        status.stopped(&old);
-        assert!(status.target("db").is_some(), "the new actor owns the slot");
-        status.stopped(&new);
+        let (db, cache) = (&config.targets[0], &config.targets[1]);
+        status.started(cache);
+        status.transition(
+            cache,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        let reloaded = self::config(
+            r#"
+            [[targets]]
+            name = "cache"
+            address = "127.0.0.1:6379"
+            probe = "redis"
+            required = false
+            [[targets]]
+            name = "queue"
+            address = "127.0.0.1:5672"
+            "#,
+        );
+        status.apply(&reloaded);
+        let names: Vec<String> = status
+            .document()
+            .targets
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["cache", "queue"]);
+        assert_eq!(
+            status.target("cache").unwrap().state,
+            State::Up,
+            "kept as it was"
+        );
+        assert_eq!(status.target("queue").unwrap().state, State::Connecting);
+        assert_eq!(status.not_ready(), ["queue"], "db no longer counts");
+        // The removed target's actor ends after the reload: nothing comes back.
+        status.stopped(db);
+        status.transition(
+            db,
+            &transition(1, Event::Disconnect, State::Up, State::Down),
+        );
         assert!(status.target("db").is_none());
-        assert!(status.not_ready().is_empty());
-        assert!(status.ready(), "only the optional cache is left");
+        assert_eq!(status.not_ready(), ["queue"]);
     }
 
     #[test]
-    fn a_target_added_later_gets_a_slot_when_its_actor_starts() {
+    fn snapshots_taken_during_reloads_always_show_one_whole_config() {
+        let a = two_targets();
+        let b = config(
+            r#"
+            [[targets]]
+            name = "queue"
+            address = "127.0.0.1:5672"
+            [[targets]]
+            name = "search"
+            address = "127.0.0.1:9200"
+            "#,
+        );
+        let status = Arc::new(Status::new(&a));
+        let flipper = std::thread::spawn({
+            let status = status.clone();
+            move || {
+                for i in 0..2_000 {
+                    let (to, from) = if i % 2 == 0 { (&b, &a) } else { (&a, &b) };
+                    status.apply(to);
+                    // The old config's actors start and stop late, as real ones do.
+                    for t in &from.targets {
+                        status.stopped(t);
+                    }
+                    for t in &to.targets {
+                        status.started(t);
+                    }
+                }
+            }
+        });
+        let mut seen = 0;
+        while !flipper.is_finished() || seen == 0 {
+            let mut names: Vec<String> = status
+                .document()
+                .targets
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            names.sort();
+            assert!(
+                names == ["cache", "db"] || names == ["queue", "search"],
+                "a snapshot of neither config: {names:?}"
+            );
+            seen += 1;
+        }
+        flipper.join().unwrap();
+        assert!(seen > 0);
+    }
+
+    #[test]
+    fn an_actor_of_a_target_no_config_has_gets_no_slot() {
         let status = Status::new(&two_targets());
         let extra = config("[[targets]]\nname = \"queue\"\naddress = \"127.0.0.1:5672\"\n");
         status.started(&extra.targets[0]);
-        assert_eq!(status.target("queue").unwrap().state, State::Connecting);
-        assert_eq!(status.not_ready(), ["db", "queue"]);
+        assert!(status.target("queue").is_none());
+        assert_eq!(status.not_ready(), ["db"]);
     }
 
     #[test]

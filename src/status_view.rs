@@ -454,6 +454,7 @@ mod tests {
         };
         Document {
             version: "0.1.0".to_owned(),
+            instance: "8f3a51c09e27d4b6".to_owned(),
             generated_at: Timestamp(now),
             ready: false,
             stopping: false,

@@ -31,6 +31,26 @@ pub struct Supervisor {
     observer: Arc<dyn Observer>,
     policy: Supervision,
     actors: HashMap<String, Actor>,
+    /// Removed targets, by name: one added again continues its event numbering, so a
+    /// receiver that drops duplicate ids never drops its new events. One entry per
+    /// name ever removed, a snapshot and a finished task handle.
+    retired: HashMap<String, Retired>,
+}
+
+/// What is kept of a removed target's actor.
+struct Retired {
+    memory: Arc<Mutex<Snapshot>>,
+    /// The stopped actor's task; a successor waits for it before it reads `memory`.
+    task: JoinHandle<()>,
+}
+
+/// Where a new actor starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Where the previous incarnation left the target (a restart or a replacement).
+    Continue,
+    /// As a new target, keeping only the numbering of a removed one.
+    Fresh,
 }
 
 /// What the supervisor keeps of one actor.
@@ -81,9 +101,10 @@ impl Supervisor {
             observer,
             policy,
             actors: HashMap::with_capacity(targets.len()),
+            retired: HashMap::new(),
         };
         for target in targets {
-            sup.spawn(target, Arc::default(), None);
+            sup.spawn(target, Arc::default(), None, Start::Continue);
         }
         sup
     }
@@ -106,6 +127,7 @@ impl Supervisor {
         target: Arc<Target>,
         memory: Arc<Mutex<Snapshot>>,
         after: Option<JoinHandle<()>>,
+        start: Start,
     ) {
         let cancel = self.root.child_token();
         let replaced = Arc::new(AtomicBool::new(false));
@@ -115,7 +137,7 @@ impl Supervisor {
             cancel.clone(),
             memory.clone(),
             self.policy.clone(),
-            after,
+            (after, start),
             replaced.clone(),
         ));
         self.actors.insert(
@@ -145,13 +167,24 @@ impl Supervisor {
             if !wanted.contains_key(name.as_str()) {
                 let actor = self.actors.remove(&name).expect("listed above");
                 actor.cancel.cancel();
+                self.retired.insert(
+                    name.clone(),
+                    Retired {
+                        memory: actor.memory,
+                        task: actor.task,
+                    },
+                );
                 summary.removed.push(name);
             }
         }
         for target in &config.targets {
             match self.actors.get(&target.name) {
                 None => {
-                    self.spawn(Arc::new(target.clone()), Arc::default(), None);
+                    let (memory, after) = match self.retired.remove(&target.name) {
+                        Some(r) => (r.memory, Some(r.task)),
+                        None => (Arc::default(), None),
+                    };
+                    self.spawn(Arc::new(target.clone()), memory, after, Start::Fresh);
                     summary.added.push(target.name.clone());
                 }
                 Some(actor) if *actor.target.as_ref() == *target => summary.unchanged += 1,
@@ -159,7 +192,12 @@ impl Supervisor {
                     let old = self.actors.remove(&target.name).expect("matched above");
                     old.replaced.store(true, Ordering::Release);
                     old.cancel.cancel();
-                    self.spawn(Arc::new(target.clone()), old.memory, Some(old.task));
+                    self.spawn(
+                        Arc::new(target.clone()),
+                        old.memory,
+                        Some(old.task),
+                        Start::Continue,
+                    );
                     summary.changed.push(target.name.clone());
                 }
             }
@@ -186,11 +224,19 @@ async fn supervise(
     cancel: CancellationToken,
     memory: Arc<Mutex<Snapshot>>,
     policy: Supervision,
-    after: Option<JoinHandle<()>>,
+    (after, start): (Option<JoinHandle<()>>, Start),
     replaced: Arc<AtomicBool>,
 ) {
     if let Some(previous) = after {
         let _ = previous.await;
+    }
+    if start == Start::Fresh {
+        // The predecessor has ended: nothing else writes this memory any more.
+        let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
+        *memory = Snapshot {
+            next_seq: memory.next_seq,
+            ..Snapshot::default()
+        };
     }
     let window = Duration::from_secs(u64::from(policy.max_seconds));
     let mut crashes: VecDeque<Instant> = VecDeque::new();

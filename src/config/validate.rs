@@ -837,16 +837,11 @@ impl Ctx<'_> {
             .unwrap_or_default();
         if let Some(h) = &a.headers {
             for (name, value) in h.get_ref() {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-                    || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
-                {
+                if let Err(why) = check_header(name, value) {
                     self.err(
                         Some(h.span()),
                         format!("{key}.headers"),
-                        format!("invalid HTTP header \"{name}\": names are tokens and values hold no line breaks"),
+                        format!("invalid HTTP header \"{name}\": {why}"),
                     );
                 }
             }
@@ -923,6 +918,42 @@ fn valid_env_name(name: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Headers that tether writes itself: the request's framing and routing, and its own
+/// `X-Tether-*`. A user's value would contradict them (a `Content-Length` of 5 sent 5
+/// bytes of a longer body, and the delivery was logged as a success).
+const OWNED_HEADERS: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+];
+
+/// A header a webhook may carry: a token for a name, visible characters (and spaces,
+/// tabs) for a value, and none of the headers tether owns.
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err("a name is a token: letters, digits and !#$%&'*+-.^_`|~".to_owned());
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("the value holds a control character".to_owned());
+    }
+    let lower = name.to_ascii_lowercase();
+    if OWNED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-tether-") {
+        return Err("tether sets this header itself".to_owned());
+    }
+    Ok(())
 }
 
 fn check_url(url: &str) -> Result<(), String> {

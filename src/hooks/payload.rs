@@ -14,6 +14,9 @@ use crate::machine::{Event, State, Transition};
 pub struct Payload {
     /// `<target>:<sequence>`: receivers drop duplicates and spot gaps with it.
     pub event_id: String,
+    /// This run of tether ([`crate::instance::id`]): sequences start over at 0 in each,
+    /// so `(instance, event_id)` is what identifies an event.
+    pub instance: &'static str,
     pub target: String,
     pub address: String,
     pub event: Event,
@@ -29,6 +32,7 @@ impl Payload {
     pub fn new(target: &Target, t: &Transition) -> Payload {
         Payload {
             event_id: format!("{}:{}", target.name, t.seq),
+            instance: crate::instance::id(),
             target: target.name.clone(),
             address: target.address.to_string(),
             event: t.event,
@@ -46,8 +50,9 @@ impl Payload {
 
     /// The variables given to command and shell hooks. Target data reaches a hook only
     /// this way (and on stdin), never spliced into a command line.
-    pub fn env(&self) -> [(&'static str, String); 9] {
+    pub fn env(&self) -> [(&'static str, String); 10] {
         [
+            ("TETHER_INSTANCE", self.instance.to_owned()),
             ("TETHER_TARGET", self.target.clone()),
             ("TETHER_ADDRESS", self.address.clone()),
             ("TETHER_EVENT", self.event.as_str().to_owned()),

@@ -1,26 +1,59 @@
 //! The pending hook events of one target, coalesced when the target changes state
 //! faster than its hooks run.
 //!
-//! Events form two pairs that each alternate: `connect`/`disconnect` and
-//! `failure`/`recover`. Within a pair, an even run of pending events cancels out and an
-//! odd run nets to its last event, so dropping the rest keeps the application's view
-//! alternating and leaves it in the mode of the target's final state. The newest event
-//! is never dropped.
+//! The hooks of a target tell the application a story: each event moves it from one
+//! view of the target (its state, and whether it runs on its fallback) to the next.
+//! Whatever is dropped, the events that do run must still tell a story the machine could
+//! have told: each one starts where the previous one left the application. So the
+//! pending events, which form such a path from the view the hooks last told, are cut
+//! down to the shortest path through them to the newest one: every detour that comes
+//! back to a view already passed (an outage that ended, a flap) is dropped whole. The
+//! newest event always runs, and runs last; the events kept keep their ids.
 
 use std::collections::VecDeque;
 
-use crate::machine::Event;
+use crate::machine::{Event, State};
 
-/// Anything queued for a target's hooks, known by its event.
-pub trait Queued {
-    fn event(&self) -> Event;
+/// What the application believes after a hook: the target's state, and whether it was
+/// told to run on its fallback (`failure` without `recover` since).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub state: State,
+    pub fallback: bool,
 }
 
-/// The two alternating pairs an event belongs to.
-fn pair(e: Event) -> u8 {
-    match e {
-        Event::Connect | Event::Disconnect => 0,
-        Event::Failure | Event::Recover => 1,
+/// Anything queued for a target's hooks, known by the transition it announces.
+pub trait Queued {
+    fn event(&self) -> Event;
+    fn previous(&self) -> State;
+    fn state(&self) -> State;
+
+    /// The view this event leaves and the one it leads to. The machine enters `failed`
+    /// only on its fallback, so a `connect` from `failed` starts on the fallback and a
+    /// `disconnect` into `failed` continues it.
+    fn step(&self) -> (View, View) {
+        let (event, previous, state) = (self.event(), self.previous(), self.state());
+        let before = match event {
+            Event::Failure => false,
+            Event::Recover => true,
+            Event::Connect => previous == State::Failed,
+            Event::Disconnect => state == State::Failed,
+        };
+        let after = match event {
+            Event::Failure => true,
+            Event::Recover => false,
+            Event::Connect | Event::Disconnect => before,
+        };
+        (
+            View {
+                state: previous,
+                fallback: before,
+            },
+            View {
+                state,
+                fallback: after,
+            },
+        )
     }
 }
 
@@ -28,12 +61,16 @@ fn pair(e: Event) -> u8 {
 #[derive(Debug)]
 pub struct Pending<T> {
     items: VecDeque<T>,
+    /// What the hooks told last: the view after the last event handed to the worker.
+    /// `None` until the first event, whose own starting view stands in for it.
+    told: Option<View>,
 }
 
 impl<T> Default for Pending<T> {
     fn default() -> Self {
         Pending {
             items: VecDeque::new(),
+            told: None,
         }
     }
 }
@@ -41,144 +78,39 @@ impl<T> Default for Pending<T> {
 impl<T: Queued> Pending<T> {
     /// Queues an event and coalesces; returns how many pending events were dropped.
     pub fn push(&mut self, item: T) -> u64 {
-        self.items.push_back(item);
-        let last_pair = pair(self.items.back().expect("just pushed").event());
-        let mut dropped = 0;
-        for p in [0u8, 1] {
-            let positions: Vec<usize> = self
-                .items
-                .iter()
-                .enumerate()
-                .filter(|(_, it)| pair(it.event()) == p)
-                .map(|(i, _)| i)
-                .collect();
-            let n = positions.len();
-            let keep = match (n % 2, p == last_pair) {
-                _ if n < 2 => n,
-                (1, _) => 1,
-                (_, true) => 2,
-                (_, false) => 0,
-            };
-            let doomed = &positions[..n - keep];
-            // Remove from the back so earlier indices stay valid.
-            for &i in doomed.iter().rev() {
-                self.items.remove(i);
+        let before = self.items.len() as u64 + 1;
+        let start = self.told.unwrap_or_else(|| match self.items.front() {
+            Some(first) => first.step().0,
+            None => item.step().0,
+        });
+        // Erase the loops of the path through the events before the newest: each time
+        // it comes back to a view it passed, the detour since then goes.
+        let mut path: Vec<(View, T)> = Vec::with_capacity(self.items.len());
+        for it in self.items.drain(..) {
+            let to = it.step().1;
+            if to == start {
+                path.clear();
+            } else if let Some(i) = path.iter().position(|(v, _)| *v == to) {
+                // The event that reached `to` first stays; the loop after it goes.
+                path.truncate(i + 1);
+            } else {
+                path.push((to, it));
+                continue;
             }
-            dropped += doomed.len() as u64;
+            // The event that closed the loop goes with it.
         }
-        dropped
+        self.items.extend(path.into_iter().map(|(_, it)| it));
+        self.items.push_back(item);
+        before - self.items.len() as u64
     }
 
+    /// The next event to run; from now on the hooks have told its view.
     pub fn pop(&mut self) -> Option<T> {
-        self.items.pop_front()
+        let item = self.items.pop_front()?;
+        self.told = Some(item.step().1);
+        Some(item)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    impl Queued for (Event, u32) {
-        fn event(&self) -> Event {
-            self.0
-        }
-    }
-
-    fn drain(p: &mut Pending<(Event, u32)>) -> Vec<Event> {
-        std::iter::from_fn(|| p.pop()).map(|(e, _)| e).collect()
-    }
-
-    use Event::*;
-
-    #[test]
-    fn events_that_arrive_one_at_a_time_are_all_kept() {
-        let mut p = Pending::default();
-        assert_eq!(p.push((Disconnect, 0)), 0);
-        assert_eq!(p.push((Failure, 1)), 0);
-        assert_eq!(drain(&mut p), [Disconnect, Failure]);
-    }
-
-    #[test]
-    fn a_flap_while_busy_keeps_both_halves_when_it_is_the_latest_news() {
-        let mut p = Pending::default();
-        p.push((Disconnect, 0));
-        assert_eq!(p.push((Connect, 1)), 0);
-        assert_eq!(drain(&mut p), [Disconnect, Connect]);
-    }
-
-    #[test]
-    fn a_long_burst_nets_out_to_the_final_state() {
-        let mut p = Pending::default();
-        let mut dropped = 0;
-        for i in 0..200 {
-            dropped += p.push((if i % 2 == 0 { Disconnect } else { Connect }, i));
-        }
-        assert_eq!(drain(&mut p), [Disconnect, Connect]);
-        assert_eq!(dropped, 198);
-    }
-
-    #[test]
-    fn a_cancelled_out_outage_disappears_behind_newer_news() {
-        let mut p = Pending::default();
-        for e in [Failure, Recover, Disconnect] {
-            p.push((e, 0));
-        }
-        assert_eq!(drain(&mut p), [Disconnect]);
-    }
-
-    /// A machine-like history: each pair alternates, starting where the app stands.
-    fn history() -> impl Strategy<Value = Vec<Event>> {
-        proptest::collection::vec(any::<bool>(), 0..60).prop_map(|flips| {
-            let (mut link_up, mut mode_failed) = (true, false);
-            flips
-                .into_iter()
-                .map(|link| {
-                    if link {
-                        link_up = !link_up;
-                        if link_up { Connect } else { Disconnect }
-                    } else {
-                        mode_failed = !mode_failed;
-                        if mode_failed { Failure } else { Recover }
-                    }
-                })
-                .collect()
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn coalescing_keeps_alternation_the_final_mode_and_the_last_event(
-            events in history(),
-            // The worker takes an event after every `k`-th push (0: never, all pile up).
-            k in 0usize..5,
-        ) {
-            let mut p = Pending::default();
-            let mut seen: Vec<Event> = Vec::new();
-            for (i, e) in events.iter().enumerate() {
-                p.push((*e, i as u32));
-                if k > 0 && i % k == 0 {
-                    if let Some((e, _)) = p.pop() { seen.push(e); }
-                }
-            }
-            seen.extend(drain(&mut p));
-            // The last event always runs, and runs last.
-            if let Some(last) = events.last() {
-                prop_assert_eq!(seen.last(), Some(last));
-            }
-            // Each pair still alternates as the application sees it, and ends where the
-            // full history ends.
-            for pair_events in [[Connect, Disconnect], [Failure, Recover]] {
-                let full: Vec<_> = events.iter().filter(|e| pair_events.contains(e)).collect();
-                let got: Vec<_> = seen.iter().filter(|e| pair_events.contains(e)).collect();
-                for w in got.windows(2) {
-                    prop_assert_ne!(w[0], w[1], "{:?}", got);
-                }
-                if let Some(first) = got.first() {
-                    prop_assert_eq!(*first, full[0]);
-                }
-                prop_assert_eq!(full.len() % 2, got.len() % 2);
-            }
-        }
-    }
-}
+mod tests;

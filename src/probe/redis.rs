@@ -52,7 +52,10 @@ impl Redis {
         let password = match password_env {
             None => Password::None,
             Some(var) => match std::env::var(var) {
-                Ok(value) if !value.is_empty() => Password::Set(value),
+                Ok(value) if !value.is_empty() => {
+                    crate::secrets::remember(&value);
+                    Password::Set(value)
+                }
                 _ => {
                     tracing::warn!(
                         variable = var,
@@ -81,9 +84,7 @@ impl Protocol for Redis {
                     reader.get_mut().write_all(&auth_command(password)).await?;
                     let reply = read_line(&mut reader, MAX_LINE, "Redis").await?;
                     if reply != b"+OK" {
-                        return Err(classify_reply("AUTH", &reply).err().unwrap_or_else(|| {
-                            ProbeError::Unhealthy(format!("AUTH answered {}", quote(&reply)))
-                        }));
+                        return Err(auth_refused(&reply));
                     }
                 }
             }
@@ -107,6 +108,28 @@ fn auth_command(password: &str) -> Vec<u8> {
     cmd.extend_from_slice(password.as_bytes());
     cmd.extend_from_slice(b"\r\n");
     cmd
+}
+
+/// A reply to `AUTH` other than `+OK`, worded by its error code alone: the rest of the
+/// text may echo the password (`-ERR unknown command 'AUTH', with args beginning with:
+/// '<password>'` where `AUTH` is renamed away).
+fn auth_refused(reply: &[u8]) -> ProbeError {
+    let code: String = match reply.strip_prefix(b"-") {
+        Some(error) => error
+            .iter()
+            .take_while(|b| b.is_ascii_uppercase())
+            .take(32)
+            .map(|&b| char::from(b))
+            .collect(),
+        None => String::new(),
+    };
+    if code.is_empty() {
+        ProbeError::Unhealthy("AUTH refused (reply withheld: it may echo the password)".to_owned())
+    } else {
+        ProbeError::Unhealthy(format!(
+            "AUTH refused: -{code} (reply text withheld: it may echo the password)"
+        ))
+    }
 }
 
 /// Decides on the reply line to `command`.
@@ -147,11 +170,18 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_password_is_unhealthy_and_the_error_does_not_carry_the_password() {
-        let e = classify_reply("AUTH", b"-WRONGPASS invalid username-password pair")
-            .unwrap_err()
+    fn a_refused_auth_keeps_only_its_error_code() {
+        let e = auth_refused(b"-WRONGPASS invalid username-password pair").to_string();
+        assert_eq!(
+            e,
+            "AUTH refused: -WRONGPASS (reply text withheld: it may echo the password)"
+        );
+        let e = auth_refused(b"-ERR unknown command 'AUTH', with args beginning with: 'hunter2' ")
             .to_string();
-        assert_eq!(e, "AUTH answered -WRONGPASS invalid username-password pair");
+        assert!(e.starts_with("AUTH refused: -ERR "), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = auth_refused(b"hunter2").to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

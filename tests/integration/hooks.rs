@@ -106,6 +106,9 @@ async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environm
     assert_eq!(json["failures"], 2);
     assert_eq!(env["TETHER_TIMESTAMP"], json["timestamp"].as_str().unwrap());
     assert!(env["TETHER_TIMESTAMP"].ends_with('Z') && env["TETHER_TIMESTAMP"].len() == 24);
+    // The run of tether the event belongs to: the same in both, and this process's.
+    assert_eq!(env["TETHER_INSTANCE"], tether::instance::id());
+    assert_eq!(json["instance"], tether::instance::id());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,13 +235,14 @@ async fn a_failing_command_is_counted_and_the_next_hooks_still_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_target_flapping_200_times_with_a_slow_hook_ends_with_the_hook_seeing_the_final_state() {
+async fn a_target_flapping_200_times_with_a_slow_hook_runs_a_valid_story_ending_in_the_final_state()
+{
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("seen");
     let mut listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let hook = format!(
-        r#"{{ shell = "sleep 0.05; echo $TETHER_EVENT >> '{}'" }}"#,
+        r#"{{ shell = "sleep 0.05; echo $TETHER_EVENT $TETHER_PREVIOUS_STATE $TETHER_STATE $TETHER_EVENT_ID >> '{}'" }}"#,
         log.display()
     );
     let sidecar = Sidecar::start(
@@ -272,11 +276,20 @@ async fn a_target_flapping_200_times_with_a_slow_hook_ends_with_the_hook_seeing_
     let transitions = rec.transitions("flappy");
     // Wait until the hook has run the final event, then stop.
     poll(LIMIT, "final hook run", || {
-        std::fs::read_to_string(&log).is_ok_and(|s| s.lines().last() == Some("recover"))
+        std::fs::read_to_string(&log)
+            .is_ok_and(|s| s.lines().last().is_some_and(|l| l.starts_with("recover ")))
     });
     sidecar.stop().await;
-    let seen = std::fs::read_to_string(&log).unwrap();
-    let seen: Vec<&str> = seen.lines().collect();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let runs: Vec<Vec<&str>> = lines.lines().map(|l| l.split(' ').collect()).collect();
+    // What ran is a story the machine could have told: each event starts in the state
+    // the previous one announced, and ids only grow.
+    for w in runs.windows(2) {
+        assert_eq!(w[1][1], w[0][2], "{:?} after {:?}", w[1], w[0]);
+        let id = |r: &[&str]| -> u64 { r[3].rsplit(':').next().unwrap().parse().unwrap() };
+        assert!(id(&w[0]) < id(&w[1]), "{:?} after {:?}", w[1], w[0]);
+    }
+    let seen: Vec<&str> = runs.iter().map(|r| r[0]).collect();
     assert_eq!(seen.last(), Some(&"recover"), "{seen:?}");
     // The application's view alternates in each pair and ends up connected.
     let link: Vec<_> = seen
@@ -480,4 +493,78 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
         .await
         .unwrap();
     assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_while_a_target_flaps_keep_its_ids_in_order_and_its_hooks_a_valid_story() {
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let other = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs");
+    let hook = format!(
+        r#"{{ shell = "echo $TETHER_EVENT $TETHER_PREVIOUS_STATE $TETHER_STATE $TETHER_EVENT_ID >> '{}'" }}"#,
+        log.display()
+    );
+    // Each reload changes the flapping target (so its actor is replaced mid-flap) and
+    // adds or removes another target.
+    let (address, other) = (listener.address(), other.address());
+    let config = |round: usize| {
+        let flappy = target(
+            "flappy",
+            &address,
+            &format!(
+                "failure_threshold = {}\nbackoff = {{ initial = \"1ms\", max = \"5ms\", jitter = 0.0 }}\n{}",
+                1 + round % 3,
+                on_every_event(&hook)
+            ),
+        );
+        if round % 2 == 0 {
+            flappy
+        } else {
+            format!("{flappy}{}", target("other", &other, ""))
+        }
+    };
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(&config(0), &rec);
+    rec.nth_event("flappy", Event::Connect, 1, LIMIT).await;
+    for round in 1..=40 {
+        listener.kill().await;
+        rec.nth_event("flappy", Event::Disconnect, round, LIMIT)
+            .await;
+        if round % 4 == 0 {
+            sidecar.reload(&config(round / 4)).await;
+        }
+        listener.restore(Behaviour::Hold).await;
+        rec.nth_event("flappy", Event::Connect, round + 1, LIMIT)
+            .await;
+    }
+    let transitions = rec.transitions("flappy");
+    let last_id = transitions.last().unwrap().0.seq;
+    poll(LIMIT, "the hooks caught up", || {
+        std::fs::read_to_string(&log).is_ok_and(|s| {
+            s.lines()
+                .last()
+                .is_some_and(|l| l.ends_with(&format!("flappy:{last_id}")))
+        })
+    });
+    sidecar.stop().await;
+
+    // Published: every id once, in order, from 0.
+    for (i, (t, _)) in transitions.iter().enumerate() {
+        assert_eq!(t.seq, i as u64, "{transitions:?}");
+    }
+    // Run: a valid story, ids growing, ending with the last event.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let runs: Vec<Vec<&str>> = lines.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(runs[0][0], "connect");
+    for w in runs.windows(2) {
+        assert_eq!(w[1][1], w[0][2], "{:?} after {:?}", w[1], w[0]);
+        let id = |r: &[&str]| -> u64 { r[3].rsplit(':').next().unwrap().parse().unwrap() };
+        assert!(id(&w[0]) < id(&w[1]), "{:?} after {:?}", w[1], w[0]);
+    }
+    eprintln!(
+        "{} events published, {} hook runs, across 10 reloads",
+        transitions.len(),
+        runs.len()
+    );
 }

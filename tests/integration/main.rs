@@ -4,6 +4,7 @@
 mod cli;
 mod config_errors;
 mod config_examples;
+mod config_fuzz;
 mod endpoint;
 mod harness;
 mod hooks;
@@ -14,6 +15,7 @@ mod netns;
 mod probes;
 mod receiver;
 mod restarts;
+mod secrets;
 mod servers;
 mod status_cmd;
 mod supervision;

@@ -275,6 +275,107 @@ async fn a_reload_fires_nothing_for_unchanged_targets_and_continues_numbering_fo
     sidecar.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_removed_and_added_again_continues_its_event_ids() {
+    let (a, b) = (
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+    );
+    let rec = Recorder::new();
+    let both = format!(
+        "{}{}",
+        target("stays", &a.address(), ""),
+        target("comes-back", &b.address(), "")
+    );
+    let sidecar = Sidecar::start(&both, &rec);
+    let (first, _) = rec.nth_event("comes-back", Event::Connect, 1, LIMIT).await;
+    assert_eq!(first.seq, 0);
+
+    sidecar.reload(&target("stays", &a.address(), "")).await;
+    poll(LIMIT, "the removed target let go of its connection", || {
+        b.open() == 0
+    });
+    sidecar.reload(&both).await;
+    let (again, _) = rec.nth_event("comes-back", Event::Connect, 2, LIMIT).await;
+    assert_eq!(
+        again.seq, 1,
+        "a receiver dropping duplicate ids would drop this event if it were :0"
+    );
+    assert_eq!(again.previous, tether::machine::State::Connecting);
+    assert_eq!(rec.events("stays"), [Event::Connect]);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_status_snapshot_during_reloads_shows_one_whole_config() {
+    let listeners = [
+        Listener::start(Behaviour::Hold).await,
+        Listener::start(Behaviour::Hold).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let head = "[server]\nlisten = \"127.0.0.1:0\"\n";
+    // Two configs with no target in common, over the same listeners.
+    let config = |prefix: &str| {
+        let mut text = head.to_owned();
+        for (i, l) in listeners.iter().enumerate() {
+            for j in 0..10 {
+                text.push_str(&target(&format!("{prefix}{i}-{j}"), &l.address(), ""));
+            }
+        }
+        text
+    };
+    let names = |prefix: &str| {
+        let mut names: Vec<String> = (0..2)
+            .flat_map(|i| (0..10).map(move |j| format!("{prefix}{i}-{j}")))
+            .collect();
+        names.sort();
+        names
+    };
+    let (a, b) = (names("a"), names("b"));
+    std::fs::write(&path, config("a")).unwrap();
+    let tether = TetherProcess::run(&path, &[]);
+    let addr = tether.http_addr(LIMIT);
+
+    let scraper = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < 400 && std::time::Instant::now() < deadline {
+            let reply = crate::endpoint::get(addr, "/status").await;
+            let doc: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+            let mut listed: Vec<String> = doc["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect();
+            listed.sort();
+            seen.push(listed);
+        }
+        seen
+    });
+    for round in 0..20 {
+        let prefix = if round % 2 == 0 { "b" } else { "a" };
+        std::fs::write(&path, config(prefix)).unwrap();
+        tether.signal(Signal::SIGHUP);
+        let applied = round + 1;
+        poll(LIMIT, "the reload applied", || {
+            tether.log().matches("config reloaded").count() >= applied
+        });
+    }
+    let seen = scraper.await.unwrap();
+    assert!(seen.len() >= 50, "only {} snapshots", seen.len());
+    for listed in &seen {
+        assert!(
+            *listed == a || *listed == b,
+            "a snapshot of neither config: {listed:?}"
+        );
+    }
+    let of_b = seen.iter().filter(|l| **l == b).count();
+    eprintln!("{} snapshots, {of_b} of the second config", seen.len());
+    drop(tether);
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;

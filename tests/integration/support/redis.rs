@@ -19,12 +19,20 @@ pub struct RedisServer {
     process: ServerProcess,
     port: u16,
     binary: PathBuf,
+    /// Extra command-line settings, given again on every restart.
+    settings: Vec<String>,
     dir: TempDir,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and returns once it answers PING.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra `redis-server` arguments, e.g.
+    /// `["--rename-command", "AUTH", ""]`.
+    pub fn start_with(settings: &[&str]) -> Self {
         let binary = require_binary("redis-server", "redis-server");
         let dir = workdir("redis");
         let process = ServerProcess::new("redis-server", dir.path().join("server.log"), None);
@@ -32,12 +40,13 @@ impl RedisServer {
             process,
             port: 0,
             binary,
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
             dir,
         };
-        let (binary, dir) = (&server.binary, server.dir.path());
+        let (binary, dir, settings) = (&server.binary, server.dir.path(), &server.settings);
         server.port = server
             .process
-            .start_on_free_port(|process, port| launch(process, binary, dir, port));
+            .start_on_free_port(|process, port| launch(process, binary, dir, port, settings));
         server
     }
 
@@ -89,7 +98,13 @@ impl RedisServer {
     /// dependency that went away comes back where clients expect it.
     pub fn restart(&mut self) {
         self.process.shut_down();
-        if let Err(err) = launch(&mut self.process, &self.binary, self.dir.path(), self.port) {
+        if let Err(err) = launch(
+            &mut self.process,
+            &self.binary,
+            self.dir.path(),
+            self.port,
+            &self.settings,
+        ) {
             self.process
                 .fail(format_args!("restart on port {}: {err}", self.port));
         }
@@ -101,6 +116,7 @@ fn launch(
     binary: &Path,
     dir: &Path,
     port: u16,
+    settings: &[String],
 ) -> Result<(), StartError> {
     let mut command = Command::new(binary);
     command
@@ -110,7 +126,8 @@ fn launch(
         .args(["--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
-        .args(["--daemonize", "no"]);
+        .args(["--daemonize", "no"])
+        .args(settings);
     process.spawn(command);
     process.wait_ready(START_TIMEOUT, || ping(port, Duration::from_secs(1)))
 }
