@@ -318,6 +318,30 @@ impl Config {
         toml::to_string_pretty(self).expect("a validated config always serializes")
     }
 
+    /// The environment variables this config reads secrets from: probe passwords and
+    /// webhook keys.
+    pub fn secret_variables(&self) -> impl Iterator<Item = &str> {
+        self.targets.iter().flat_map(|t| {
+            let password = match &t.probe {
+                Probe::Redis { password_env } => password_env.as_deref(),
+                _ => None,
+            };
+            let keys = [
+                &t.hooks.on_connect,
+                &t.hooks.on_disconnect,
+                &t.hooks.on_failure,
+                &t.hooks.on_recover,
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|a| match a {
+                HookAction::Webhook { secret_env, .. } => secret_env.as_deref(),
+                _ => None,
+            });
+            password.into_iter().chain(keys)
+        })
+    }
+
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
     }

@@ -7,6 +7,7 @@
 //! concurrently, bounded by `max_concurrent_hooks`.
 
 mod command;
+mod descendants;
 mod payload;
 mod queue;
 pub mod reaper;
@@ -24,6 +25,7 @@ use crate::config::{Config, HookAction, Target};
 use crate::machine::{Event, State, Transition};
 use crate::observe::{HookResult, Observer};
 
+pub use descendants::kill_everything;
 pub use payload::Payload;
 pub use webhook::{Secret, signature};
 
@@ -102,6 +104,7 @@ impl HookRunner {
             .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
+            .dns_resolver(Arc::new(crate::resolve::ForWebhooks))
             .build()
             .map_err(HooksError::Client)?;
         Ok(HookRunner {
@@ -273,11 +276,11 @@ impl HookRunner {
         match action {
             HookAction::Command { command } => {
                 let o = command::run_argv(command, &job.payload, json, job.timeout).await;
-                (o.result, o.status, join_output(&o.stdout, &o.stderr))
+                (o.result, o.status.clone(), o.output())
             }
             HookAction::Shell { shell } => {
                 let o = command::run_shell(shell, &job.payload, json, job.timeout).await;
-                (o.result, o.status, join_output(&o.stdout, &o.stderr))
+                (o.result, o.status.clone(), o.output())
             }
             HookAction::Webhook {
                 webhook,
@@ -367,13 +370,5 @@ fn kind(action: &HookAction) -> &'static str {
         HookAction::Command { .. } => "command",
         HookAction::Shell { .. } => "shell",
         HookAction::Webhook { .. } => "webhook",
-    }
-}
-
-fn join_output(stdout: &str, stderr: &str) -> String {
-    match (stdout.is_empty(), stderr.is_empty()) {
-        (true, _) => stderr.to_owned(),
-        (false, true) => stdout.to_owned(),
-        (false, false) => format!("{stderr}\n{stdout}"),
     }
 }

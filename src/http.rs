@@ -141,6 +141,9 @@ impl HttpServer {
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(MAX_HEAD_BYTES)
             .max_headers(MAX_HEADERS)
+            // A client may shut down its sending side once its request is out
+            // (`nc -N`, `curl` through some proxies) and still wait for the answer.
+            .half_close(true)
             .keep_alive(true);
         let builder = Arc::new(builder);
         tokio::pin!(shutdown);
@@ -279,10 +282,13 @@ async fn serve(
         () = closing.cancelled() => {}
         () = sleep(limits.max_connection_age) => {}
     }
-    // Let the in-flight response go out, then close.
+    // Let the in-flight response go out, then close. A connection in this phase still
+    // holds a slot, so it still yields it to a newcomer when evicted.
     conn.as_mut().graceful_shutdown();
-    if let Ok(result) = timeout(limits.close_grace, conn.as_mut()).await {
-        log_end(result);
+    tokio::select! {
+        result = conn.as_mut() => log_end(result),
+        () = evicted.cancelled() => {}
+        () = sleep(limits.close_grace) => {}
     }
 }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod probe;
+pub mod resolve;
 pub mod secrets;
 pub mod sidecar;
 pub mod state_file;

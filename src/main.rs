@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use tether::cli::{Cli, Command, ConfigArg};
 use tether::config::{self, Config, ConfigError};
@@ -171,32 +173,64 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Turns signals into requests to the sidecar: SIGHUP reloads `path`, the first
 /// SIGTERM or SIGINT stops gracefully, a second one exits at once.
+///
+/// The task that waits for signals never waits for anything else, so every signal is
+/// handled whatever the sidecar is busy with: reloads are loaded and handed over by a
+/// task of their own (SIGHUPs arriving meanwhile fold into one more reload, which reads
+/// the file as it is then), and SIGHUP is ignored once shutdown has begun.
 fn signals(path: PathBuf) -> std::io::Result<mpsc::Receiver<Control>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let (tx, rx) = mpsc::channel(4);
+    let reload = Arc::new(Notify::new());
+    let stopping = CancellationToken::new();
+    tokio::spawn(reloader(path, reload.clone(), tx.clone(), stopping.clone()));
     tokio::spawn(async move {
-        let mut stopping = false;
         loop {
             let (name, code) = tokio::select! {
                 _ = term.recv() => ("SIGTERM", 143),
                 _ = int.recv() => ("SIGINT", 130),
                 _ = hup.recv() => {
-                    tracing::info!(config = %path.display(), "received SIGHUP: reloading");
-                    let loaded = Config::load(&path);
-                    let _ = tx.send(Control::Reload(Box::new(loaded))).await;
+                    if stopping.is_cancelled() {
+                        tracing::info!("received SIGHUP while shutting down: ignored");
+                    } else {
+                        reload.notify_one();
+                    }
                     continue;
                 }
             };
-            if stopping {
+            if stopping.is_cancelled() {
                 tracing::warn!("received {name} again: exiting at once");
                 std::process::exit(code);
             }
             tracing::info!("received {name}: shutting down (send it again to exit at once)");
-            stopping = true;
-            let _ = tx.send(Control::Shutdown).await;
+            stopping.cancel();
+            // Handed over by a task of its own: the sidecar may be busy with a reload.
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(Control::Shutdown).await });
         }
     });
     Ok(rx)
+}
+
+/// Loads the config at each reload request and hands it to the sidecar, until shutdown.
+async fn reloader(
+    path: PathBuf,
+    requested: Arc<Notify>,
+    tx: mpsc::Sender<Control>,
+    stopping: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = requested.notified() => {}
+            () = stopping.cancelled() => return,
+        }
+        tracing::info!(config = %path.display(), "received SIGHUP: reloading");
+        let loaded = Config::load(&path);
+        tokio::select! {
+            _ = tx.send(Control::Reload(Box::new(loaded))) => {}
+            () = stopping.cancelled() => return,
+        }
+    }
 }

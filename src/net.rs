@@ -10,6 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use crate::config::{Address, Keepalive};
+use crate::resolve::{self, ResolveError};
 
 /// Why a connect attempt failed, worded for `last_error`.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +19,7 @@ pub enum ConnectError {
     Resolve {
         host: String,
         #[source]
-        source: io::Error,
+        source: ResolveError,
     },
     #[error("resolve {host}: no addresses")]
     NoAddresses { host: String },
@@ -90,14 +91,15 @@ fn strip_os_suffix(s: &str) -> &str {
     s.find(" (os error").map_or(s, |i| &s[..i])
 }
 
-/// Resolves the target's host, freshly on every call so a moved dependency is followed.
+/// Resolves the target's host, freshly on every call so a moved dependency is followed:
+/// `/etc/hosts`, then DNS as `resolv.conf` says (see [`crate::resolve`]), on the runtime
+/// rather than on a thread of its own.
 pub async fn resolve(address: &Address, limit: Duration) -> Result<Vec<SocketAddr>, ConnectError> {
     if let Some(ip) = address.ip() {
         return Ok(vec![SocketAddr::new(ip, address.port())]);
     }
     let host = address.host();
-    let lookup = tokio::net::lookup_host((host, address.port()));
-    match timeout(limit, lookup).await {
+    match timeout(limit, resolve::system().lookup(host)).await {
         Err(_) => Err(ConnectError::ResolveTimeout {
             host: host.to_owned(),
             after: limit,
@@ -106,16 +108,10 @@ pub async fn resolve(address: &Address, limit: Duration) -> Result<Vec<SocketAdd
             host: host.to_owned(),
             source,
         }),
-        Ok(Ok(addrs)) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            if addrs.is_empty() {
-                Err(ConnectError::NoAddresses {
-                    host: host.to_owned(),
-                })
-            } else {
-                Ok(addrs)
-            }
-        }
+        Ok(Ok(ips)) => Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, address.port()))
+            .collect()),
     }
 }
 

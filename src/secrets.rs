@@ -18,6 +18,23 @@ pub const MASK: &str = "[redacted]";
 
 static KNOWN: RwLock<Vec<Box<str>>> = RwLock::new(Vec::new());
 
+/// Names of the environment variables tether reads secrets from.
+static VARIABLES: RwLock<Vec<Box<str>>> = RwLock::new(Vec::new());
+
+/// Remembers `name` as a variable holding a secret: hooks do not inherit it.
+pub fn withhold(name: &str) {
+    let mut vars = VARIABLES.write().unwrap_or_else(|p| p.into_inner());
+    if !vars.iter().any(|v| &**v == name) {
+        vars.push(name.into());
+    }
+}
+
+/// The variables hooks must not inherit: every one any config of this process read a
+/// secret from (a variable dropped from a reloaded config may still hold one).
+pub fn variables() -> Vec<Box<str>> {
+    VARIABLES.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Remembers `value` as a secret to mask from now on. Empty values are ignored.
 pub fn remember(value: &str) {
     if value.is_empty() {

@@ -50,6 +50,7 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
+    withhold_secrets(&config);
     hooks::check_environment(&config)?;
     let telemetry = Telemetry::start(&config).await?;
     let listeners = extra
@@ -75,30 +76,33 @@ pub async fn run(
     let mut current = config;
     while let Some(Control::Reload(loaded)) = control.recv().await {
         match *loaded {
-            Ok(new) => match hooks.reload(&new) {
-                Ok(()) => {
-                    telemetry.status().apply(&new);
-                    let summary = supervisor.reload(&new);
-                    tracing::info!(
-                        added = ?summary.added,
-                        removed = ?summary.removed,
-                        changed = ?summary.changed,
-                        unchanged = summary.unchanged,
-                        "config reloaded"
-                    );
-                    warn_restart_only(&current, &new);
-                    report.reloaded(true);
-                    // The actors hold the targets; keep only the process-wide settings.
-                    current = Config {
-                        targets: Vec::new(),
-                        ..new
-                    };
+            Ok(new) => {
+                withhold_secrets(&new);
+                match hooks.reload(&new) {
+                    Ok(()) => {
+                        telemetry.status().apply(&new);
+                        let summary = supervisor.reload(&new);
+                        tracing::info!(
+                            added = ?summary.added,
+                            removed = ?summary.removed,
+                            changed = ?summary.changed,
+                            unchanged = summary.unchanged,
+                            "config reloaded"
+                        );
+                        warn_restart_only(&current, &new);
+                        report.reloaded(true);
+                        // The actors hold the targets; keep only the process-wide settings.
+                        current = Config {
+                            targets: Vec::new(),
+                            ..new
+                        };
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "config reload refused; keeping the running config");
+                        report.reloaded(false);
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload refused; keeping the running config");
-                    report.reloaded(false);
-                }
-            },
+            }
             Err(e) => {
                 for line in e.to_string().lines() {
                     tracing::error!("config reload failed: {line}");
@@ -113,7 +117,7 @@ pub async fn run(
     supervisor.shutdown().await;
     let grace = current.supervisor.shutdown_grace.get();
     if !hooks.drain(grace).await {
-        let killed = reaper::kill_all();
+        let killed = hooks::kill_everything();
         tracing::warn!(
             ?grace,
             killed,
@@ -123,6 +127,14 @@ pub async fn run(
     telemetry.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hooks never inherit the variables a config reads secrets from; done before the
+/// config is used, so no hook of it ever sees one.
+fn withhold_secrets(config: &Config) {
+    for var in config.secret_variables() {
+        crate::secrets::withhold(var);
+    }
 }
 
 /// Settings that a running sidecar cannot change in place.

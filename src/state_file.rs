@@ -10,6 +10,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,11 @@ pub struct StateFileError {
 
 /// Replaces `path` with `contents` atomically: a reader sees the old file or the new
 /// one, never a mix, even across a crash.
+///
+/// The temporary file gets a random name and is created exclusively (`O_EXCL`), so a
+/// link planted in a shared directory under a name tether might use is never followed:
+/// creation fails on it instead of writing to the file it points at, and another
+/// random name is tried. The rename replaces a link at `path` itself, not its target.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), StateFileError> {
     let fail = |source| StateFileError {
         path: path.to_owned(),
@@ -48,22 +54,23 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), StateFileErr
             "not a file name",
         ))
     })?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
-    let temp = dir.join(temp_name);
-    let written = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        // The rename itself is durable once the directory is.
-        File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written.map_err(fail)
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut temp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        // What `File::create` gives, less the umask: readers in the pod may run as
+        // another user.
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    temp.write_all(contents).map_err(fail)?;
+    temp.as_file().sync_all().map_err(fail)?;
+    // On failure the temporary file is removed when `persist`'s error is dropped.
+    temp.persist(path).map_err(|e| fail(e.error))?;
+    // The rename itself is durable once the directory is.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
 }
 
 /// Writes the document once now; a failure here is a config problem (a missing or
@@ -153,6 +160,56 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn a_link_planted_at_a_guessable_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("state.json");
+        // The names an attacker could guess: the old `.state.json.<pid>.tmp` scheme for
+        // pids around ours, and the bare temporary name.
+        let pid = std::process::id();
+        let mut planted = vec![dir.path().join(".state.json.tmp")];
+        planted.extend(
+            (pid.saturating_sub(50)..pid + 50)
+                .map(|p| dir.path().join(format!(".state.json.{p}.tmp"))),
+        );
+        for link in &planted {
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+        for version in 0..20 {
+            write_atomically(&path, format!("{{\"v\":{version}}}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(&path).unwrap(), b"{\"v\":19}\n");
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        for link in &planted {
+            assert!(fs::symlink_metadata(link).unwrap().file_type().is_symlink());
+        }
+        // Nothing else left behind: the victim, the links, the state file.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), planted.len() + 2);
+    }
+
+    #[test]
+    fn the_state_file_is_readable_by_others_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"{}").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let umask = fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+            .unwrap();
+        assert_eq!(mode, 0o666 & !umask);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Command and shell hooks: a child process in its own process group, given the event
-//! as environment variables and as JSON on standard input, killed with everything it
-//! started if it outlives its timeout.
+//! as environment variables and as JSON on standard input, without the variables tether
+//! reads as secrets. When it ends, or is killed at its timeout, everything it started
+//! ends with it (see [`descendants`](super::descendants)).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -11,16 +12,16 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 
 use super::payload::Payload;
-use super::reaper;
+use super::{descendants, reaper};
 use crate::observe::HookResult;
+use crate::secrets;
 
-/// How much of a hook's output is kept for the log.
-const OUTPUT_CAP: usize = 4096;
-/// Between SIGTERM and SIGKILL for a hook that timed out.
-const KILL_GRACE: Duration = Duration::from_secs(1);
+/// How much of a hook's output (standard error, then standard output) is kept for the
+/// log, in bytes.
+pub const OUTPUT_CAP: usize = 4096;
 /// How long to wait for output after the hook exited: a background process it left
 /// behind may hold the pipe open for ever.
 const OUTPUT_LINGER: Duration = Duration::from_millis(200);
@@ -33,6 +34,26 @@ pub struct Outcome {
     pub status: String,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl Outcome {
+    /// What the log shows of the output: standard error, then standard output, at most
+    /// [`OUTPUT_CAP`] bytes in all.
+    pub fn output(&self) -> String {
+        let mut out = match (self.stdout.is_empty(), self.stderr.is_empty()) {
+            (true, _) => self.stderr.clone(),
+            (false, true) => self.stdout.clone(),
+            (false, false) => format!("{}\n{}", self.stderr, self.stdout),
+        };
+        if out.len() > OUTPUT_CAP {
+            let mut cut = OUTPUT_CAP;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+        }
+        out
+    }
 }
 
 /// Runs `argv` directly: no shell ever sees target data.
@@ -50,7 +71,12 @@ pub async fn run_shell(script: &str, payload: &Payload, json: &[u8], limit: Dura
 }
 
 async fn run(mut cmd: Command, payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+    for var in secrets::variables() {
+        cmd.env_remove(&*var);
+    }
+    let run_id = descendants::new_run();
     cmd.envs(payload.env())
+        .env(descendants::RUN_VAR, &run_id)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -95,6 +121,9 @@ async fn run(mut cmd: Command, payload: &Payload, json: &[u8], limit: Duration) 
         }
     };
     reaper::reaped(pid);
+    // Whatever it left running ends with it: background jobs in its group, and what
+    // left the group, now tether's orphans.
+    descendants::end(pid, &run_id, &reaper::running()).await;
     Outcome {
         result,
         status,
@@ -103,17 +132,14 @@ async fn run(mut cmd: Command, payload: &Payload, json: &[u8], limit: Duration) 
     }
 }
 
-/// SIGTERM to the whole group, SIGKILL after a grace period, then reap the hook.
+/// SIGTERM to the whole group, SIGKILL to the hook after a grace period, then reap it;
+/// members of the group that outlive it are ended by [`descendants::end`].
 async fn kill_group(pid: u32, child: &mut tokio::process::Child) {
     let group = Pid::from_raw(pid as i32);
     let _ = killpg(group, Signal::SIGTERM);
-    if timeout(KILL_GRACE, child.wait()).await.is_err() {
+    if timeout(descendants::GRACE, child.wait()).await.is_err() {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
-    } else {
-        // The leader went; members that ignored SIGTERM must not survive it.
-        sleep(Duration::from_millis(10)).await;
-        let _ = killpg(group, Signal::SIGKILL);
     }
 }
 

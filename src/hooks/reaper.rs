@@ -33,6 +33,11 @@ pub fn spawn(cmd: &mut tokio::process::Command) -> io::Result<tokio::process::Ch
     Ok(child)
 }
 
+/// The hook processes running now.
+pub fn running() -> HashSet<u32> {
+    live().clone()
+}
+
 /// Forgets a hook process once tokio has reaped it.
 pub fn reaped(pid: u32) {
     live().remove(&pid);

@@ -404,11 +404,6 @@ fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
-}
-
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -429,7 +424,7 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
                     r#"hook_timeout = "1s"
                     [targets.hooks]
                     on_connect = {{ shell = "sleep 60 & echo $! > '{d}/grandchild'; echo $$ > '{d}/hook'; wait" }}
-                    on_disconnect = {{ shell = "sleep 3 & echo $! > '{d}/orphan'" }}"#,
+                    on_disconnect = {{ shell = "sleep 60 & echo $! > '{d}/orphan'" }}"#,
                     d = dir.path().display()
                 )
             )
@@ -437,7 +432,6 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
     )
     .unwrap();
     let tether = TetherProcess::run(&config, &[]);
-    let tether_pid = tether.pid();
     let (hook, grandchild) = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
         move || {
@@ -464,8 +458,8 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
     .await
     .unwrap();
 
-    // A hook that exits leaving a background job behind: tether adopts the orphan
-    // (it is a child subreaper) and reaps it when it exits.
+    // A hook that exits leaving a background job behind: the job ends with the hook
+    // and is reaped (tether, a child subreaper, adopted it).
     drop(listener);
     let orphan = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
@@ -481,10 +475,11 @@ async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reap
     .await
     .unwrap();
     tokio::task::spawn_blocking(move || {
-        poll(LIMIT, "orphan adopted by tether", || {
-            parent_of(orphan) == Some(tether_pid)
-        });
-        poll(Duration::from_secs(10), "orphan reaped", || !exists(orphan));
+        poll(
+            Duration::from_secs(10),
+            "background job ended and reaped",
+            || !exists(orphan),
+        );
     })
     .await
     .unwrap();
@@ -566,5 +561,134 @@ async fn reloads_while_a_target_flaps_keep_its_ids_in_order_and_its_hooks_a_vali
         "{} events published, {} hook runs, across 10 reloads",
         transitions.len(),
         runs.len()
+    );
+}
+
+/// A config whose single target runs `on_connect` and `on_disconnect` shell hooks.
+fn two_hook_config(
+    dir: &Path,
+    address: &str,
+    on_connect: &str,
+    on_disconnect: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("tether.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            target(
+                "db",
+                address,
+                &format!(
+                    "hook_timeout = \"1s\"\n[targets.hooks]\non_connect = {{ shell = {on_connect:?} }}\non_disconnect = {{ shell = {on_disconnect:?} }}"
+                )
+            )
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits for `names` to hold pids under `dir`.
+async fn pids(dir: &Path, names: &'static [&'static str]) -> Vec<u32> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        poll(LIMIT, "pid files", || {
+            found = names
+                .iter()
+                .filter_map(|n| read_pid(&dir.join(n)))
+                .collect();
+            found.len() == names.len()
+        });
+        found
+    })
+    .await
+    .unwrap()
+}
+
+async fn all_gone(pids: Vec<u32>, what: &'static str) {
+    tokio::task::spawn_blocking(move || {
+        poll(Duration::from_secs(10), what, || {
+            pids.iter().all(|p| !exists(*p))
+        })
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_a_hook_moved_out_of_its_group_end_when_it_ends_or_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // Exits 0 at once, leaving a `setsid` child and a double-forked `setsid` grandchild,
+    // both outside its process group, both meant to live a minute.
+    let escapes = format!(
+        "setsid sh -c 'echo $$ > {d}/escaped; exec sleep 60' & \
+         (setsid sh -c 'echo $$ > {d}/doubled; exec sleep 60' &); \
+         while [ ! -s {d}/escaped ] || [ ! -s {d}/doubled ]; do sleep 0.01; done; exit 0"
+    );
+    // The same, then outlives its 1 s timeout.
+    let hangs = format!(
+        "setsid sh -c 'echo $$ > {d}/escaped-late; exec sleep 60' & \
+         echo $$ > {d}/hanging; exec sleep 60"
+    );
+    let listener = Listener::start(Behaviour::Hold).await;
+    let config = two_hook_config(dir.path(), &listener.address(), &escapes, &hangs);
+    let tether = TetherProcess::run(&config, &[]);
+
+    let escaped = pids(dir.path(), &["escaped", "doubled"]).await;
+    for pid in &escaped {
+        // While it still runs, each leads a process group (and session) of its own.
+        if let Some(group) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.split(' ').nth(4).map(str::to_owned))
+        {
+            assert_eq!(
+                group,
+                pid.to_string(),
+                "the process stayed in the hook's group"
+            );
+        }
+    }
+    all_gone(escaped, "the processes the finished hook left behind ended").await;
+
+    drop(listener);
+    let late = pids(dir.path(), &["escaped-late", "hanging"]).await;
+    all_gone(
+        late,
+        "the timed-out hook and what it moved out of its group ended",
+    )
+    .await;
+
+    let (status, log) = tokio::task::spawn_blocking(move || tether.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_logged_output_of_a_failing_hook_is_at_most_4_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = Listener::start(Behaviour::Hold).await;
+    let noisy =
+        "head -c 10000 /dev/zero | tr '\\0' x; head -c 10000 /dev/zero | tr '\\0' y >&2; exit 3";
+    let config = two_hook_config(dir.path(), &listener.address(), noisy, "true");
+    let tether = TetherProcess::run(&config, &["--log-format", "json"]);
+    let line = tokio::task::spawn_blocking(move || {
+        let line = tether.wait_for("exit status 3", LIMIT);
+        drop(tether);
+        line
+    })
+    .await
+    .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let output = event["output"].as_str().unwrap_or_else(|| panic!("{line}"));
+    eprintln!("logged {} bytes of output", output.len());
+    assert!(output.len() <= 4096, "{} bytes logged", output.len());
+    assert!(output.starts_with("yyyy"), "standard error comes first");
+    assert!(
+        output.len() > 4000,
+        "the output is cut at 4 KiB, not dropped"
     );
 }

@@ -174,10 +174,18 @@ async fn the_status_document_lists_every_target_with_the_documented_fields() {
         .collect();
     assert_eq!(
         top,
-        BTreeSet::from(["generated_at", "ready", "stopping", "targets", "version"])
+        BTreeSet::from([
+            "generated_at",
+            "instance",
+            "ready",
+            "stopping",
+            "targets",
+            "version"
+        ])
     );
     assert_eq!(doc["ready"], true, "cache is optional: {doc:#}");
     humantime::parse_rfc3339(doc["generated_at"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["instance"], tether::instance::id());
 
     let targets = doc["targets"].as_array().unwrap();
     let names: Vec<&str> = targets
@@ -552,4 +560,107 @@ async fn the_endpoints_stay_responsive_while_two_thousand_targets_change_state()
         );
     }
     telemetry.stop().await;
+}
+
+/// A server of its own with `limits`, for tests of its defences; stopped on drop of the
+/// returned sender.
+async fn server_with(limits: Limits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let config = Config::parse(&target("dep", "127.0.0.1:1", ""), "test.toml".as_ref()).unwrap();
+    let app = App {
+        status: Arc::new(Status::new(&config)),
+        metrics: Arc::new(Metrics::new(&config).unwrap()),
+    };
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, limits)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_flood_arriving_while_connections_close_gracefully_does_not_delay_healthz() {
+    let limits = Limits {
+        max_connections: 8,
+        header_read_timeout: Duration::from_secs(20),
+        max_connection_age: Duration::from_millis(200),
+        close_grace: Duration::from_secs(20),
+    };
+    let (addr, _stop) = server_with(limits).await;
+    // Every slot taken by a client stuck in the middle of its request head: past the
+    // connection age, each is asked to close and waits, within its grace, for the rest.
+    let mut stuck = Vec::new();
+    for _ in 0..limits.max_connections {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: stuck\r\n")
+            .await
+            .unwrap();
+        stuck.push(s);
+    }
+    // Passing the age limit is the condition under test, not a synchronisation.
+    tokio::time::sleep(limits.max_connection_age * 3).await;
+
+    let flood = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..limits.max_connections {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let reply = get(addr, "/healthz").await;
+    let latency = started.elapsed();
+    println!(
+        "/healthz answered in {latency:?} after an idle flood over closing connections ({:?} in all)",
+        flood.elapsed()
+    );
+    assert_eq!(reply.status, 200);
+    assert!(latency < Duration::from_secs(1), "took {latency:?}");
+    // The closing connections were the oldest, so they gave up their slots.
+    let closed = eventually(
+        Duration::from_secs(5),
+        "closing connections evicted",
+        || {
+            let closed = stuck
+                .iter()
+                .filter(|s| {
+                    !matches!(s.try_read(&mut [0u8; 1]),
+                    Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                })
+                .count();
+            std::future::ready((closed == stuck.len()).then_some(closed))
+        },
+    )
+    .await;
+    assert_eq!(closed, limits.max_connections);
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_half_closes_after_its_request_still_gets_its_answer() {
+    let sidecar = Sidecar::start(&target("dep", &format!("127.0.0.1:{}", dead_port()), "")).await;
+    let addr = sidecar.addr();
+    for path in ["/healthz", "/status"] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: nc\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // shutdown(SHUT_WR), as `nc -N` does once its input has been sent.
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "{path}: no complete answer: {read:?} {answer:?}"
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {answer:?}"
+        );
+    }
+    sidecar.stop().await;
 }

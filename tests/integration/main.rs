@@ -5,6 +5,7 @@ mod cli;
 mod config_errors;
 mod config_examples;
 mod config_fuzz;
+mod dns_outage;
 mod endpoint;
 mod harness;
 mod hooks;

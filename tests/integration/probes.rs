@@ -602,7 +602,7 @@ async fn redis_auth_takes_the_password_from_the_environment_and_never_logs_it() 
         // -NOAUTH: the server answered; a password is the application's business.
         tether.wait_for("anonymous is up (connect)", limit);
         let wrong = tether.wait_for("wrong is down (disconnect)", limit);
-        assert!(wrong.contains("AUTH answered -WRONGPASS"), "{wrong}");
+        assert!(wrong.contains("AUTH refused: -WRONGPASS"), "{wrong}");
         let unset = tether.wait_for("unset is down (disconnect)", limit);
         assert!(
             unset.contains("password_env TEST_REDIS_UNSET is unset or empty"),

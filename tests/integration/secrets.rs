@@ -108,10 +108,60 @@ async fn a_password_echoed_by_a_redis_with_auth_renamed_reaches_no_output() {
 }
 
 fn assert_no_password_in(path: &Path) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let leaked: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(PASSWORD) && !l.starts_with("TEST_LEAK_PASSWORD="))
-        .collect();
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(!text.is_empty());
+    let leaked: Vec<&str> = text.lines().filter(|l| l.contains(PASSWORD)).collect();
     assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_see_none_of_the_variables_tether_reads_secrets_from() {
+    let listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook_env = dir.path().join("hook-env");
+    let config = dir.path().join("tether.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+
+            [[targets]]
+            name = "web"
+            address = "{}"
+            [targets.hooks]
+            on_connect = [
+                {{ shell = "env > '{}'" }},
+                {{ webhook = "http://127.0.0.1:9/", secret_env = "TEST_HOOK_KEY" }},
+            ]
+
+            [[targets]]
+            name = "cache"
+            address = "127.0.0.1:9"
+            probe = {{ kind = "redis", password_env = "TEST_REDIS_KEY" }}
+            "#,
+            listener.address(),
+            hook_env.display()
+        ),
+    )
+    .unwrap();
+    let mut command = run_command(&config, &[]);
+    command
+        .env("TEST_HOOK_KEY", PASSWORD)
+        .env("TEST_REDIS_KEY", PASSWORD)
+        .env("TEST_PLAIN_SETTING", "visible");
+    let _running = TetherProcess::spawn(command);
+    let env = tokio::task::block_in_place(|| {
+        poll_until(LIMIT, || {
+            let text = std::fs::read_to_string(&hook_env).ok()?;
+            text.contains("TETHER_EVENT=").then_some(text)
+        })
+    })
+    .expect("on_connect ran");
+    assert!(env.contains("TEST_PLAIN_SETTING=visible"), "{env}");
+    for var in ["TEST_HOOK_KEY", "TEST_REDIS_KEY"] {
+        assert!(!env.contains(var), "the hook inherited {var}:\n{env}");
+    }
+    assert_no_password_in(&hook_env);
 }

@@ -11,7 +11,7 @@ use tether::machine::Event;
 
 use crate::harness::{Behaviour, Listener, Recorder, Sidecar, target};
 use crate::support::tether_process::{TetherProcess, run_command};
-use crate::support::{eventually, poll};
+use crate::support::{eventually, poll, poll_until};
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -240,6 +240,43 @@ async fn a_second_sigterm_exits_at_once() {
     tether.signal(Signal::SIGTERM);
     let status = tether.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(143));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once_even_after_many_sighups_during_shutdown() {
+    let SlowHook {
+        dir,
+        mut tether,
+        _listener,
+    } = run_with_hook("", "60s", "touch '{d}/started'; sleep 60").await;
+    poll(LIMIT, "hook started", || {
+        dir.path().join("started").exists()
+    });
+    tether.signal(Signal::SIGTERM);
+    tether.wait_for("shutting down", LIMIT);
+    // One at a time, each seen before the next: the kernel folds signals sent together.
+    let sighups = |t: &TetherProcess| t.lines().iter().filter(|l| l.contains("SIGHUP")).count();
+    let mut handled = 0;
+    for n in 1..=10 {
+        tether.signal(Signal::SIGHUP);
+        if poll_until(Duration::from_secs(3), || {
+            (sighups(&tether) >= n).then_some(())
+        })
+        .is_none()
+        {
+            break;
+        }
+        handled = n;
+    }
+    let asked = std::time::Instant::now();
+    tether.signal(Signal::SIGTERM);
+    let status = tether.wait_exit(Duration::from_secs(5));
+    println!(
+        "{handled} SIGHUPs handled during shutdown; exited {:?} after the second SIGTERM",
+        asked.elapsed()
+    );
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(handled, 10, "a SIGHUP went unhandled:\n{}", tether.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
