@@ -1,35 +1,46 @@
-//! The scale benchmark: one `tether run` process watching thousands of loopback
-//! targets, held to the figures the core watcher was built for (10,000 targets in
-//! under 64 MiB of RSS and a few percent of one core at steady state).
+//! The scale benchmark: one `tether run` process watching up to 10,000 loopback
+//! targets, each with and without a command hook on every event of every target:
+//! memory (VmRSS, RssAnon, VmHWM), CPU at rest, reconnect latencies, and what a mass
+//! outage costs (every listener gone at once → all `down` in `/status` and the last
+//! `on_disconnect` hook started; all back → all `up` and the last `on_connect` hook).
 //!
 //! `cargo bench --bench scale` runs the full benchmark against the release binary,
 //! which cargo builds for it (binaries are built for benchmarks and named by
-//! `CARGO_BIN_EXE_tether`), prints the figures against their targets and exits
-//! non-zero when one is clearly missed. Options follow `--`:
-//! `cargo bench --bench scale -- --targets 5000 --window 20s --batch 500`.
+//! `CARGO_BIN_EXE_tether`; `--tether PATH` or `$TETHER_BIN` names another), at 1, 1,000
+//! and 10,000 targets, prints the figures against their targets and exits non-zero
+//! when one is missed. Options follow `--`:
+//! `cargo bench --bench scale -- --targets 5000 --window 20s --batch 500 --hooks none`;
+//! `--sizes 1,1000` for several sizes, `--smoke` for the short version CI runs (never
+//! fails on timing).
 //!
 //! `cargo test --all-targets` runs this file without `--bench`, as a plain test
-//! binary: it then does a small, quick smoke run (200 targets, a 1 s window) against
-//! whatever binary that build made, and asserts only that every target connects,
-//! every dropped connection comes back and the figures were produced.
+//! binary: it then does a small, quick smoke run (200 targets, a 1 s window, with and
+//! without hooks) against whatever binary that build made, and asserts only that every
+//! target connects, every dropped connection comes back and the figures were produced.
 //!
-//! Everything here is loopback, bounded in count and in time, and cleans up after
-//! itself: the tether process is killed if the benchmark ends early.
+//! Hooks write their target and event into a FIFO the bench reads, so a hook start is
+//! stamped when the hook process runs. Everything here is loopback, bounded in count
+//! and in time, and cleans up after itself: the tether process is killed if the
+//! benchmark ends early.
+
+#[path = "common/harness.rs"]
+mod harness;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::{ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-/// The issue's memory budget for 10,000 targets.
-const RSS_LIMIT: u64 = 64 * 1024 * 1024;
+use harness::{Memory, Stamps, Summary, Tether, cpu_time, cpu_time_precise, memory, mib, ms};
+
+const MIB: u64 = 1024 * 1024;
 /// "A few percent of one core": the full run fails above this.
 const CPU_LIMIT_PERCENT: f64 = 5.0;
 /// Loopback addresses the listeners are spread over, so no single address's
@@ -38,17 +49,19 @@ const LOOPBACK_ADDRESSES: u8 = 8;
 /// Deep enough that the burst of connects at start never overflows a queue (a dropped
 /// SYN costs a one-second retransmit and would show up as a false connect time).
 const BACKLOG: u32 = 4096;
-/// Linux reports `/proc/PID/stat` times in USER_HZ, fixed at 100 on x86 and arm.
-const USER_HZ: f64 = 100.0;
 
 // === options ===
 
 /// What to run, from the command line.
 #[derive(Debug)]
 struct Options {
-    /// `--bench` was given (by `cargo bench`): the full run, with pass/fail targets.
+    /// `--bench` without `--smoke`: the full run, with pass/fail targets.
     full: bool,
-    targets: usize,
+    /// Target counts, one tether run (or two, see `hooks`) each.
+    sizes: Vec<usize>,
+    /// Whether to run each size without hooks, with a command hook on every event of
+    /// every target, or both.
+    hooks: Vec<bool>,
     /// The steady-state window over which CPU is measured.
     window: Duration,
     /// Connections dropped at once in each reconnect round; also the number of
@@ -66,65 +79,73 @@ struct Options {
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         let args: Vec<String> = args.collect();
-        let full = args.iter().any(|a| a == "--bench");
+        let bench = args.iter().any(|a| a == "--bench");
+        let full = bench && !args.iter().any(|a| a == "--smoke");
         let mut o = if full {
             Options {
                 full,
-                targets: 10_000,
+                sizes: vec![1, 1_000, 10_000],
+                hooks: vec![false, true],
                 window: Duration::from_secs(10),
                 batch: 1_000,
                 singles: 200,
                 settle: Duration::from_secs(2),
-                tether: PathBuf::from(env!("CARGO_BIN_EXE_tether")),
+                tether: harness::default_binary(),
             }
         } else {
             Options {
                 full,
-                targets: 200,
+                sizes: vec![200],
+                hooks: vec![false, true],
                 window: Duration::from_secs(1),
                 batch: 20,
                 singles: 10,
                 settle: Duration::from_millis(200),
-                tether: PathBuf::from(env!("CARGO_BIN_EXE_tether")),
+                tether: harness::default_binary(),
             }
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
             match arg.as_str() {
-                "--bench" => {}
-                "--targets" => o.targets = number(&value("--targets")?)?,
-                "--batch" => o.batch = number(&value("--batch")?)?,
-                "--singles" => o.singles = number(&value("--singles")?)?,
-                "--window" => o.window = duration(&value("--window")?)?,
-                "--settle" => o.settle = duration(&value("--settle")?)?,
+                "--bench" | "--smoke" => {}
+                "--targets" => o.sizes = vec![harness::number(&value("--targets")?)?],
+                "--sizes" => {
+                    o.sizes = value("--sizes")?
+                        .split(',')
+                        .map(harness::number)
+                        .collect::<Result<_, _>>()?
+                }
+                "--hooks" => {
+                    o.hooks = match value("--hooks")?.as_str() {
+                        "none" => vec![false],
+                        "every" => vec![true],
+                        "both" => vec![false, true],
+                        other => return Err(format!("--hooks {other:?}: none, every or both")),
+                    }
+                }
+                "--batch" => o.batch = harness::number(&value("--batch")?)?,
+                "--singles" => o.singles = harness::number(&value("--singles")?)?,
+                "--window" => o.window = harness::duration(&value("--window")?)?,
+                "--settle" => o.settle = harness::duration(&value("--settle")?)?,
                 "--tether" => o.tether = PathBuf::from(value("--tether")?),
                 // `cargo test` passes its own arguments (filters, `--nocapture`) to
                 // every test binary; the smoke run ignores them.
-                _ if !full => {}
+                _ if !bench => {}
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
-        if o.targets == 0 {
-            return Err("--targets must be at least 1".into());
+        if o.sizes.is_empty() || o.sizes.contains(&0) {
+            return Err("every size must be at least 1 target".into());
         }
-        o.batch = o.batch.clamp(1, o.targets);
+        o.batch = o.batch.max(1);
         Ok(o)
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench scale -- [--targets N] [--window DUR] \
-                     [--batch N] [--singles N] [--settle DUR] [--tether PATH]";
-
-fn number(s: &str) -> Result<usize, String> {
-    s.replace('_', "")
-        .parse()
-        .map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
-}
+const USAGE: &str = "usage: cargo bench --bench scale -- [--smoke] [--targets N | --sizes N,N,...] \
+                     [--hooks none|every|both] [--window DUR] [--batch N] [--singles N] \
+                     [--settle DUR] [--tether PATH]";
 
 // === listeners ===
 
@@ -139,6 +160,8 @@ struct Accept {
 struct Listener {
     address: SocketAddr,
     held: Mutex<Vec<TcpStream>>,
+    /// The accept loop, which owns the listening socket; aborted to close it.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The bench's side of every target: listeners spread over several loopback addresses.
@@ -147,37 +170,41 @@ struct Pool {
     /// Connections accepted so far, over the whole run.
     accepted: Arc<AtomicUsize>,
     accepts: mpsc::UnboundedReceiver<Accept>,
+    report: mpsc::UnboundedSender<Accept>,
 }
 
 impl Pool {
     async fn start(count: usize) -> std::io::Result<Pool> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let mut listeners = Vec::with_capacity(count);
+        let mut pool = Pool {
+            listeners: Vec::with_capacity(count),
+            accepted: Arc::new(AtomicUsize::new(0)),
+            accepts: rx,
+            report: tx,
+        };
         for i in 0..count {
             let ip = Ipv4Addr::new(127, 0, 0, 1 + (i % LOOPBACK_ADDRESSES as usize) as u8);
-            let socket = TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
-            let listener = socket.listen(BACKLOG)?;
+            let listener = bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
             let shared = Arc::new(Listener {
                 address: listener.local_addr()?,
                 held: Mutex::new(Vec::new()),
+                task: Mutex::new(None),
             });
-            tokio::spawn(accept_loop(
-                i,
-                listener,
-                shared.clone(),
-                tx.clone(),
-                accepted.clone(),
-            ));
-            listeners.push(shared);
+            pool.serve(i, listener, &shared);
+            pool.listeners.push(shared);
         }
-        Ok(Pool {
-            listeners,
-            accepted,
-            accepts: rx,
-        })
+        Ok(pool)
+    }
+
+    fn serve(&self, index: usize, listener: tokio::net::TcpListener, l: &Arc<Listener>) {
+        let task = tokio::spawn(accept_loop(
+            index,
+            listener,
+            l.clone(),
+            self.report.clone(),
+            self.accepted.clone(),
+        ));
+        *l.task.lock().unwrap() = Some(task);
     }
 
     fn accepted(&self) -> usize {
@@ -188,6 +215,52 @@ impl Pool {
     fn drain(&mut self) {
         while self.accepts.try_recv().is_ok() {}
     }
+
+    /// Every listener closes, then every held connection: the whole dependency died.
+    /// Returns when the first connection closed (closed listeners alone are invisible
+    /// to tether).
+    async fn kill_all(&self) -> Instant {
+        for l in &self.listeners {
+            let task = l.task.lock().unwrap().take();
+            if let Some(task) = task {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        let killed = Instant::now();
+        for l in &self.listeners {
+            l.held.lock().unwrap().clear();
+        }
+        killed
+    }
+
+    /// Every listener listens again on its address.
+    fn restart_all(&self) -> std::io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            self.serve(i, bind(l.address)?, l);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    /// The accept loops hold the listeners and, through their `Listener`, every held
+    /// connection: ended here so the next run starts with none of this one's sockets.
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            if let Some(task) = l.task.lock().unwrap().take() {
+                task.abort();
+            }
+            l.held.lock().unwrap().clear();
+        }
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
 }
 
 async fn accept_loop(
@@ -197,6 +270,7 @@ async fn accept_loop(
     report: mpsc::UnboundedSender<Accept>,
     accepted: Arc<AtomicUsize>,
 ) {
+    let mut said = false;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -209,144 +283,16 @@ async fn accept_loop(
                 });
             }
             Err(e) => {
-                // Out of descriptors or a transient error: say so and keep serving,
-                // the connect deadline will tell the story.
-                eprintln!("bench: accept on {}: {e}", shared.address);
+                // Out of descriptors or a transient error: say so (once) and keep
+                // serving, the connect deadline will tell the story.
+                if !said {
+                    eprintln!("bench: accept on {}: {e}", shared.address);
+                    said = true;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
-}
-
-// === the tether process ===
-
-/// The tether process under test; killed if the benchmark ends before it stopped it.
-struct Tether {
-    child: Child,
-    pid: u32,
-    /// Lines tether wrote to stderr (warnings and errors only: it runs at `warn`).
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Tether {
-    fn spawn(binary: &Path, config: &Path) -> std::io::Result<Tether> {
-        let mut child = Command::new(binary)
-            .args(["--log-level", "warn", "run", "-c"])
-            .arg(config)
-            // The log is read back into the report; colour codes would only garble it.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let pid = child.id();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Ok(Tether { child, pid, log })
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// SIGTERM, then waits up to `limit` for a clean exit.
-    async fn stop(&mut self, limit: Duration) -> Result<(ExitStatus, Duration), String> {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let started = Instant::now();
-        kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM).map_err(|e| e.to_string())?;
-        while started.elapsed() < limit {
-            if let Some(status) = self.exited() {
-                return Ok((status, started.elapsed()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Err(format!("no exit within {limit:?} of SIGTERM"))
-    }
-
-    fn log_tail(&self, n: usize) -> Vec<String> {
-        let log = self.log.lock().unwrap();
-        log[log.len().saturating_sub(n)..].to_vec()
-    }
-}
-
-impl Drop for Tether {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Memory figures of a process, from `/proc/PID/status`.
-#[derive(Clone, Copy, Debug, Default)]
-struct Memory {
-    /// Resident now.
-    rss: u64,
-    /// The most ever resident.
-    hwm: u64,
-    threads: u64,
-}
-
-fn memory(pid: u32) -> std::io::Result<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let mut m = Memory::default();
-    for line in status.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(key), Some(value)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let value: u64 = value.parse().unwrap_or(0);
-        match key {
-            "VmRSS:" => m.rss = value * 1024,
-            "VmHWM:" => m.hwm = value * 1024,
-            "Threads:" => m.threads = value,
-            _ => {}
-        }
-    }
-    Ok(m)
-}
-
-/// CPU time a process has used so far (user, system), from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> std::io::Result<(Duration, Duration)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name is in parentheses and may hold spaces: count fields after it.
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5), counted from the state field (3).
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let secs = |t: f64| Duration::from_secs_f64(t / USER_HZ);
-    Ok((secs(ticks(11)), secs(ticks(12))))
-}
-
-/// CPU time of every thread of a process, to the nanosecond, from
-/// `/proc/PID/task/*/schedstat`: `/proc/PID/stat` counts in 10 ms ticks, too coarse
-/// to tell 0.01 % from nothing over a short window. `None` without scheduler stats.
-fn cpu_time_precise(pid: u32) -> Option<Duration> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(total))
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 // === the run ===
@@ -374,18 +320,37 @@ impl Round {
     }
 }
 
-/// Everything measured, for the report.
+/// Every listener killed at once, then brought back: the whole dependency restarting.
+#[derive(Default)]
+struct MassOutage {
+    /// From the kill to the first `/status` poll showing every target down or failed.
+    all_down: Option<Duration>,
+    /// From the kill to the start of each `on_disconnect` hook (with hooks).
+    disconnect_hooks: Vec<Duration>,
+    /// From the restart to the first `/readyz` answering 200 (every target up).
+    all_up: Option<Duration>,
+    /// From the restart to the start of each `on_connect` hook (with hooks).
+    connect_hooks: Vec<Duration>,
+    /// tether's memory once everything is back, peak included.
+    after: Memory,
+    /// What went wrong, if something did.
+    error: Option<String>,
+}
+
+/// Everything measured in one cell (one size, with or without hooks).
 struct Figures {
     targets: usize,
+    hooks: bool,
     listeners: usize,
-    binary: PathBuf,
-    window: Duration,
     load_before: String,
     load_after: String,
     connect_all: Duration,
+    /// From spawn to the start of the last first `on_connect` hook (with hooks).
+    connect_hooks: Option<Duration>,
     /// tether's CPU time from its start until every target was connected.
     connect_cpu: Option<Duration>,
     steady: Memory,
+    window: Duration,
     cpu_user: Duration,
     cpu_system: Duration,
     /// The same window's CPU time from the scheduler's own accounting, if available.
@@ -393,7 +358,7 @@ struct Figures {
     /// Connections tether replaced during the window: any would mean churn at rest.
     churn: usize,
     rounds: Vec<Round>,
-    after_rounds: Memory,
+    outage: MassOutage,
     stop: Duration,
     exit: ExitStatus,
     warnings: Vec<String>,
@@ -405,23 +370,39 @@ impl Figures {
     }
 }
 
-async fn run(o: &Options) -> Result<Figures, String> {
-    raise_open_files_limit(o.targets as u64 + o.batch as u64 + 64)?;
-    let mut pool = Pool::start(o.batch)
+async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String> {
+    let batch = o.batch.clamp(1, targets);
+    // The bench holds a socket per target and per listener; tether inherits the limit.
+    harness::raise_open_files_limit(targets as u64 + batch as u64 + 64)?;
+    let mut pool = Pool::start(batch)
         .await
         .map_err(|e| format!("cannot start listeners: {e}"))?;
-    let config = write_config(o.targets, &pool).map_err(|e| format!("cannot write config: {e}"))?;
+    let mut stamps = if hooks {
+        Some(Stamps::open().map_err(|e| format!("hook FIFO: {e}"))?)
+    } else {
+        None
+    };
+    let port = harness::free_port().map_err(|e| e.to_string())?;
+    let config = write_config(targets, &pool, port, stamps.as_ref())
+        .map_err(|e| format!("cannot write config: {e}"))?;
 
-    let load_before = load_average();
+    let load_before = harness::load_average();
     let started = Instant::now();
     let mut tether =
         Tether::spawn(&o.tether, config.path()).map_err(|e| format!("cannot start tether: {e}"))?;
-    let bounded = Duration::from_secs(30) + Duration::from_millis(5) * o.targets as u32;
-    let last = wait_for_accepts(&mut pool, &mut tether, o.targets, started + bounded)
+    let bounded = Duration::from_secs(30) + Duration::from_millis(5) * targets as u32;
+    let last = wait_for_accepts(&mut pool, &mut tether, targets, started + bounded)
         .await
-        .map_err(|e| format!("connecting all {} targets: {e}", o.targets))?;
+        .map_err(|e| format!("connecting all {targets} targets: {e}"))?;
     let connect_all = last.duration_since(started);
     let connect_cpu = cpu_time_precise(tether.pid);
+    let connect_hooks = match &mut stamps {
+        Some(s) => {
+            let times = hook_starts(s, "connect", targets, started, bounded).await?;
+            times.iter().max().copied()
+        }
+        None => None,
+    };
 
     tokio::time::sleep(o.settle).await;
     let pid = tether.pid;
@@ -452,32 +433,167 @@ async fn run(o: &Options) -> Result<Figures, String> {
         rounds.push(round);
         tokio::time::sleep(o.settle).await;
     }
-    let after_rounds = memory(pid).map_err(|e| e.to_string())?;
-    let load_after = load_average();
+    let outage = mass_outage(&mut pool, &mut tether, stamps.as_mut(), targets, port).await;
+    let load_after = harness::load_average();
 
     let (exit, stop) = tether.stop(Duration::from_secs(20)).await?;
     Ok(Figures {
-        targets: o.targets,
+        targets,
+        hooks,
         listeners: pool.listeners.len(),
-        binary: o.tether.clone(),
-        window: o.window,
         load_before,
         load_after,
         connect_all,
+        connect_hooks: connect_hooks.map(|at| at.duration_since(started)),
         connect_cpu,
         steady,
+        window: o.window,
         cpu_user: user1.saturating_sub(user0),
         cpu_system: system1.saturating_sub(system0),
         cpu_precise: precise0.zip(precise1).map(|(a, b)| b.saturating_sub(a)),
         churn,
         rounds,
-        after_rounds,
+        outage,
         stop,
         exit,
-        warnings: tether.log_tail(5),
+        // Transitions are logged at warn; only other lines are news here.
+        warnings: tether
+            .log_tail(usize::MAX)
+            .into_iter()
+            .filter(|l| !l.contains("tether::transition"))
+            .rev()
+            .take(5)
+            .collect(),
     })
 }
 
+/// Kills every listener and its connections at once, waits until tether shows every
+/// target down (and, with hooks, until every `on_disconnect` hook started), then
+/// restarts them and waits until every target is up again.
+async fn mass_outage(
+    pool: &mut Pool,
+    tether: &mut Tether,
+    mut stamps: Option<&mut Stamps>,
+    targets: usize,
+    port: u16,
+) -> MassOutage {
+    let mut m = MassOutage::default();
+    let limit = Duration::from_secs(60) + Duration::from_millis(10) * targets as u32;
+    if let Some(s) = stamps.as_deref_mut() {
+        s.drain();
+    }
+    let killed = pool.kill_all().await;
+    // Each poll makes tether write the whole document: often at small sizes, where
+    // that is cheap, less often at large ones, where it would slow tether down.
+    let every = if targets <= 1_000 {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(25)
+    };
+    let down = harness::poll_status(port, every, limit, |c| {
+        c.total == targets && c.down == targets
+    });
+    let hooks = async {
+        match stamps.as_deref_mut() {
+            Some(s) => hook_starts(s, "disconnect", targets, killed, limit).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let (down, hooks) = tokio::join!(down, hooks);
+    match (down, hooks) {
+        (Ok(at), Ok(hooks)) => {
+            m.all_down = Some(at.duration_since(killed));
+            m.disconnect_hooks = hooks.iter().map(|h| h.duration_since(killed)).collect();
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            m.error = Some(format!("after the mass kill: {e}"));
+            return m;
+        }
+    }
+    if let Some(s) = stamps.as_deref_mut() {
+        s.drain();
+    }
+    if let Err(e) = pool.restart_all() {
+        m.error = Some(format!("cannot restart the listeners: {e}"));
+        return m;
+    }
+    let restarted = Instant::now();
+    let up = poll_ready(port, limit);
+    let hooks = async {
+        match stamps.as_deref_mut() {
+            Some(s) => hook_starts(s, "connect", targets, restarted, limit).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let (up, hooks) = tokio::join!(up, hooks);
+    match (up, hooks) {
+        (Ok(at), Ok(hooks)) => {
+            m.all_up = Some(at.duration_since(restarted));
+            m.connect_hooks = hooks.iter().map(|h| h.duration_since(restarted)).collect();
+        }
+        (Err(e), _) | (_, Err(e)) => m.error = Some(format!("after the restart: {e}")),
+    }
+    if let Some(status) = tether.exited() {
+        m.error = Some(format!("tether exited ({status})"));
+    }
+    m.after = memory(tether.pid).unwrap_or_default();
+    m
+}
+
+/// Polls `/readyz` (cheap at any size, unlike `/status`) until it answers 200.
+async fn poll_ready(port: u16, limit: Duration) -> Result<Instant, String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + limit;
+    loop {
+        let ready = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head)?;
+            Ok(head.ends_with(b"200"))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if ready.unwrap_or(false) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("/readyz not 200 within {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits for `count` hooks of `event`, one per target, started at or after `since`;
+/// returns their start times.
+async fn hook_starts(
+    stamps: &mut Stamps,
+    event: &str,
+    count: usize,
+    since: Instant,
+    limit: Duration,
+) -> Result<Vec<Instant>, String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen: HashMap<String, Instant> = HashMap::with_capacity(count);
+    while seen.len() < count {
+        match tokio::time::timeout_at(deadline, stamps.received.recv()).await {
+            Ok(Some(s)) if s.event == event && s.at >= since => {
+                seen.entry(s.target).or_insert(s.at);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("the hook stamps stopped".into()),
+            Err(_) => {
+                return Err(format!(
+                    "only {} of {count} {event} hooks started within {limit:?}",
+                    seen.len()
+                ));
+            }
+        }
+    }
+    Ok(seen.into_values().collect())
+}
 /// Waits until `total` connections have been accepted since the start; returns when
 /// the last one was.
 async fn wait_for_accepts(
@@ -621,15 +737,28 @@ async fn single_round(pool: &mut Pool, tether: &mut Tether, count: usize) -> Res
 }
 
 /// One target per connection, spread round-robin over the listeners, everything else
-/// at its default as a user would write it.
-fn write_config(targets: usize, pool: &Pool) -> std::io::Result<tempfile::NamedTempFile> {
+/// at its default as a user would write it; with `stamps`, a command hook on every
+/// event of every target.
+fn write_config(
+    targets: usize,
+    pool: &Pool,
+    port: u16,
+    stamps: Option<&Stamps>,
+) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
     let mut file = tempfile::Builder::new()
         .prefix("tether-scale-")
         .suffix(".toml")
         .tempfile()?;
-    let mut text = String::with_capacity(targets * 64 + 64);
-    text.push_str("[server]\nlisten = \"127.0.0.1:0\"\n");
+    let mut text = String::with_capacity(targets * 64 + 512);
+    text.push_str(&format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    if let Some(s) = stamps {
+        let hook = s.hook_action();
+        text.push_str(&format!(
+            "\n[defaults.hooks]\non_connect = {hook}\non_disconnect = {hook}\n\
+             on_failure = {hook}\non_recover = {hook}\n"
+        ));
+    }
     for i in 0..targets {
         let address = pool.listeners[i % pool.listeners.len()].address;
         text.push_str(&format!(
@@ -641,86 +770,103 @@ fn write_config(targets: usize, pool: &Pool) -> std::io::Result<tempfile::NamedT
     Ok(file)
 }
 
-/// The bench holds one socket per target and per listener, and tether (which inherits
-/// the limit) one per target: raises the soft limit to the hard one, and refuses to
-/// start when even that is too small, rather than fail later on a vague deadline.
-fn raise_open_files_limit(needed: u64) -> Result<(), String> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
-    let mut limit = soft;
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        limit = hard;
-    }
-    if limit < needed {
-        return Err(format!(
-            "the open-files limit is {limit}, this run needs {needed}: raise the hard \
-             limit (ulimit -Hn) or use fewer --targets"
-        ));
-    }
-    Ok(())
-}
-
 // === the report ===
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn ms(d: Duration) -> String {
-    if d < Duration::from_millis(10) {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    } else {
-        format!("{:.0} ms", d.as_secs_f64() * 1e3)
-    }
-}
 
 /// A figure that has a target: whether it was met.
 struct Check {
-    name: &'static str,
+    name: String,
     passed: bool,
 }
 
-fn report(o: &Options, f: &Figures) -> Vec<Check> {
-    let cpu = f.cpu_percent();
-    let checks = vec![
-        Check {
-            name: "RSS at steady state",
-            passed: f.steady.rss < RSS_LIMIT,
-        },
-        Check {
-            name: "CPU at steady state",
-            passed: cpu < CPU_LIMIT_PERCENT,
-        },
-        Check {
-            name: "no reconnects at rest",
-            passed: f.churn == 0,
-        },
-        Check {
-            name: "clean exit on SIGTERM",
-            passed: f.exit.success(),
-        },
-    ];
-    let verdict = |name: &str| {
-        let passed = checks.iter().any(|c| c.name == name && c.passed);
-        if !o.full {
-            ""
-        } else if passed {
-            "ok"
-        } else {
-            "MISSED"
-        }
+/// The targets a cell is held to: tether's budgets at 1, 1,000 and 10,000 targets,
+/// and 64 MiB of RSS and a few percent of a core at any size.
+fn checks(f: &Figures) -> Vec<Check> {
+    let mut c = Vec::new();
+    let mut check = |name: String, passed: bool| c.push(Check { name, passed });
+    let rss_limit = match f.targets {
+        1 => 5 * MIB,
+        1_000 => 10 * MIB,
+        10_000 => 40 * MIB,
+        _ => 64 * MIB,
     };
-    let per_target = f.steady.rss as f64 / f.targets as f64 / 1024.0;
+    check(
+        format!("RSS at rest ≤ {}", mib(rss_limit)),
+        f.steady.rss <= rss_limit,
+    );
+    if f.hooks && f.targets == 10_000 {
+        check(
+            "peak RSS with hooks ≤ 64.0 MiB".into(),
+            f.outage.after.hwm <= 64 * MIB,
+        );
+    }
+    check(
+        format!("CPU at rest < {CPU_LIMIT_PERCENT} %"),
+        f.cpu_percent() < CPU_LIMIT_PERCENT,
+    );
+    check("no reconnects at rest".into(), f.churn == 0);
+    check(
+        "mass outage: every target down and back up".into(),
+        f.outage.error.is_none(),
+    );
+    if f.targets == 1_000 {
+        check(
+            "mass outage: /status all down ≤ 20 ms".into(),
+            f.outage
+                .all_down
+                .is_some_and(|d| d <= Duration::from_millis(20)),
+        );
+    }
+    let hook_limit = match f.targets {
+        1_000 => Some(Duration::from_millis(300)),
+        10_000 => Some(Duration::from_secs(3)),
+        _ => None,
+    };
+    if let (true, Some(limit)) = (f.hooks, hook_limit) {
+        check(
+            format!("mass outage: last on_disconnect hook ≤ {}", ms(limit)),
+            f.outage
+                .disconnect_hooks
+                .iter()
+                .max()
+                .is_some_and(|d| *d <= limit),
+        );
+    }
+    check("clean exit on SIGTERM".into(), f.exit.success());
+    c
+}
 
+fn row(name: &str, value: String) {
+    println!("  {name:<46} {value:>36}");
+}
+
+fn spread(samples: &[Duration]) -> String {
+    match Summary::of(samples) {
+        Some(s) => format!(
+            "median {} / p95 {} / last {}",
+            ms(s.median),
+            ms(s.p95),
+            ms(s.max)
+        ),
+        None => "-".into(),
+    }
+}
+
+fn report(o: &Options, f: &Figures, checks: &[Check]) {
+    let per_target = f.steady.rss as f64 / f.targets as f64 / 1024.0;
     println!();
     println!(
-        "tether scale benchmark ({}): {} targets over {} listeners on {} loopback addresses",
+        "tether scale benchmark ({}): {} targets {}, over {} listeners on {} loopback addresses",
         if o.full { "full" } else { "smoke" },
         f.targets,
+        if f.hooks {
+            "with a command hook on every event"
+        } else {
+            "without hooks"
+        },
         f.listeners,
         f.listeners.min(LOOPBACK_ADDRESSES as usize),
     );
-    println!("binary: {}", f.binary.display());
+    println!("binary: {}", o.tether.display());
     println!(
         "cores: {}; load average before {} / after {} (other work on the machine \
          perturbs times, not tether's own CPU accounting)",
@@ -728,38 +874,35 @@ fn report(o: &Options, f: &Figures) -> Vec<Check> {
         f.load_before,
         f.load_after,
     );
-    println!();
-    let row = |name: &str, value: String, target: &str, verdict: &str| {
-        println!("  {name:<44} {value:>32}  {target:<12} {verdict}");
-    };
-    row("figure", "measured".into(), "target", "");
     row(
         &format!("connect all {} targets (from spawn)", f.targets),
         ms(f.connect_all),
-        "",
-        "",
     );
+    if let Some(d) = f.connect_hooks {
+        row("  last first on_connect hook started", ms(d));
+    }
     if let Some(cpu) = f.connect_cpu {
-        row("  tether CPU to start and connect all", ms(cpu), "", "");
+        row("  tether CPU to start and connect all", ms(cpu));
     }
     row(
-        "RSS at steady state (VmRSS)",
-        mib(f.steady.rss),
-        "< 64 MiB",
-        verdict("RSS at steady state"),
-    );
-    row("  per target", format!("{per_target:.2} KiB"), "", "");
-    row("peak RSS so far (VmHWM)", mib(f.steady.hwm), "", "");
-    row("threads", f.steady.threads.to_string(), "", "");
-    row(
-        &format!("CPU at steady state ({:?} window)", f.window),
+        "RSS at rest (VmRSS / RssAnon / VmHWM)",
         format!(
-            "{cpu:.2} % (usr {} sys {})",
+            "{} / {} / {}",
+            mib(f.steady.rss),
+            mib(f.steady.anon),
+            mib(f.steady.hwm)
+        ),
+    );
+    row("  per target", format!("{per_target:.2} KiB"));
+    row("threads", f.steady.threads.to_string());
+    row(
+        &format!("CPU at rest ({:?} window)", f.window),
+        format!(
+            "{:.2} % (usr {} sys {})",
+            f.cpu_percent(),
             ms(f.cpu_user),
             ms(f.cpu_system)
         ),
-        "< 5 % core",
-        verdict("CPU at steady state"),
     );
     if let Some(precise) = f.cpu_precise {
         row(
@@ -769,62 +912,90 @@ fn report(o: &Options, f: &Figures) -> Vec<Check> {
                 precise.as_secs_f64() / f.window.as_secs_f64() * 100.0,
                 precise.as_secs_f64() * 1e3
             ),
-            "",
-            "",
         );
     }
     row(
         "connections replaced during the window",
         f.churn.to_string(),
-        "0",
-        verdict("no reconnects at rest"),
     );
     for r in &f.rounds {
         row(
             &format!("reconnect after {}: median", r.kind),
             ms(r.quantile(0.5)),
-            "",
-            "",
         );
         row(
             &format!("  p99 / max of {}", r.latencies.len()),
             format!("{} / {}", ms(r.quantile(0.99)), ms(r.quantile(1.0))),
-            "",
-            "",
         );
-        row("  round took", ms(r.span), "", "");
+        row("  round took", ms(r.span));
         if let Some(cpu) = r.cpu {
             let each = cpu.as_secs_f64() * 1e6 / r.dropped.max(1) as f64;
-            row(
-                "  tether CPU per reconnect",
-                format!("{each:.0} µs"),
-                "",
-                "",
-            );
+            row("  tether CPU per reconnect", format!("{each:.0} µs"));
         }
     }
+    let m = &f.outage;
+    let opt = |d: Option<Duration>| d.map_or("-".into(), ms);
+    row("all listeners killed → /status all down", opt(m.all_down));
+    if f.hooks {
+        row(
+            "  → on_disconnect hooks started",
+            spread(&m.disconnect_hooks),
+        );
+    }
+    row("all listeners back → /readyz 200", opt(m.all_up));
+    if f.hooks {
+        row("  → on_connect hooks started", spread(&m.connect_hooks));
+    }
     row(
-        "RSS after the rounds (VmRSS)",
-        mib(f.after_rounds.rss),
-        "",
-        "",
+        "after the outage (VmRSS / RssAnon / VmHWM)",
+        format!(
+            "{} / {} / {}",
+            mib(m.after.rss),
+            mib(m.after.anon),
+            mib(m.after.hwm)
+        ),
     );
-    row("peak RSS (VmHWM)", mib(f.after_rounds.hwm), "", "");
-    row(
-        "stop on SIGTERM",
-        format!("{} ({})", ms(f.stop), f.exit),
-        "exit 0",
-        verdict("clean exit on SIGTERM"),
-    );
+    if let Some(e) = &m.error {
+        row("outage error", e.clone());
+    }
+    row("stop on SIGTERM", format!("{} ({})", ms(f.stop), f.exit));
+    for c in checks {
+        let verdict = if c.passed { "PASS" } else { "MISS" };
+        println!("  {verdict}  {}", c.name);
+    }
     if !f.warnings.is_empty() {
-        println!();
         println!("tether logged (last {} lines):", f.warnings.len());
         for w in &f.warnings {
             println!("  {w}");
         }
     }
+}
+
+/// One line per cell, for the README's table.
+fn summary(cells: &[Figures]) {
     println!();
-    checks
+    println!(
+        "| targets | hooks | RSS | RssAnon | peak (VmHWM) | CPU at rest | all down (/status) | last on_disconnect hook | all up (/readyz) | last on_connect hook |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for f in cells {
+        let m = &f.outage;
+        let last = |v: &[Duration]| v.iter().max().map_or("-".into(), |d| ms(*d));
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2} % | {} | {} | {} | {} |",
+            f.targets,
+            if f.hooks { "every event" } else { "none" },
+            mib(f.steady.rss),
+            mib(f.steady.anon),
+            mib(m.after.hwm),
+            f.cpu_percent(),
+            m.all_down.map_or("-".into(), ms),
+            last(&m.disconnect_hooks),
+            m.all_up.map_or("-".into(), ms),
+            last(&m.connect_hooks),
+        );
+    }
+    println!();
 }
 
 fn main() -> ExitCode {
@@ -840,39 +1011,53 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a runtime");
-    let figures = match runtime.block_on(run(&o)) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("scale: {e}");
-            return ExitCode::FAILURE;
+    let mut cells = Vec::new();
+    let mut missed = Vec::new();
+    for &targets in &o.sizes {
+        for &hooks in &o.hooks {
+            let figures = match runtime.block_on(run(&o, targets, hooks)) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("scale: {targets} targets, hooks {hooks}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let checks = checks(&figures);
+            report(&o, &figures, &checks);
+            missed.extend(checks.into_iter().filter(|c| !c.passed).map(|c| {
+                format!(
+                    "{targets}{}: {}",
+                    if hooks { " with hooks" } else { "" },
+                    c.name
+                )
+            }));
+            cells.push(figures);
         }
-    };
-    let checks = report(&o, &figures);
+    }
     // Dropping the runtime closes every held connection.
     drop(runtime);
+    summary(&cells);
     if !o.full {
         // The smoke run proves the harness works; the figures of a debug build on a
         // busy CI machine prove nothing, so only their presence is checked.
-        assert!(figures.steady.rss > 0, "no RSS figure");
-        assert!(
-            figures
-                .rounds
-                .iter()
-                .all(|r| r.latencies.len() == r.dropped)
-        );
+        for f in &cells {
+            assert!(f.steady.rss > 0 && f.steady.anon > 0, "no RSS figure");
+            assert!(f.rounds.iter().all(|r| r.latencies.len() == r.dropped));
+            assert!(f.outage.error.is_none(), "{:?}", f.outage.error);
+            assert!(f.outage.all_down.is_some() && f.outage.all_up.is_some());
+            if f.hooks {
+                assert_eq!(f.outage.disconnect_hooks.len(), f.targets);
+                assert_eq!(f.outage.connect_hooks.len(), f.targets);
+            }
+        }
         println!("scale: smoke run passed");
         return ExitCode::SUCCESS;
     }
-    let missed: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.name)
-        .collect();
     if missed.is_empty() {
         println!("scale: every target met");
         ExitCode::SUCCESS
     } else {
-        println!("scale: MISSED: {}", missed.join(", "));
+        println!("scale: MISSED: {}", missed.join("; "));
         ExitCode::FAILURE
     }
 }
