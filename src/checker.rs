@@ -169,14 +169,17 @@ impl Checker {
             };
             match woke {
                 Wake::Readable(ready) => {
-                    let reason = match ready {
-                        Err(e) => net::describe(&e),
+                    return match ready {
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            self.failed(net::describe(&e))
+                        }
+                        Err(e) => self.lost(net::describe(&e)),
                         Ok(()) => match link.conn.stream.as_ref().map(net::drain) {
-                            Some(Readiness::Closed(reason)) => reason,
+                            Some(Readiness::Closed(reason)) => self.lost(reason),
+                            Some(Readiness::TimedOut(reason)) => self.failed(reason),
                             _ => continue,
                         },
                     };
-                    return self.lost(reason);
                 }
                 Wake::Timer => {
                     let now = Instant::now();
@@ -186,8 +189,12 @@ impl Checker {
                     // Boxed like the connect attempt: inline, these futures would set
                     // the size of every idle actor's task.
                     if link.next_check.is_some_and(|at| now >= at) {
-                        if let Err(reason) = Box::pin(self.recheck(link)).await {
-                            return self.lost(reason);
+                        if let Err(e) = Box::pin(self.recheck(link)).await {
+                            return if closed_under_us(&e) {
+                                self.lost(e.to_string())
+                            } else {
+                                self.failed(e.to_string())
+                            };
                         }
                     }
                     if link.next_resolve.is_some_and(|at| now >= at) {
@@ -198,20 +205,25 @@ impl Checker {
         }
     }
 
-    /// Every reason comes through here or the failed attempt above, masked: a
-    /// server's words may echo a credential it was sent.
+    /// Every reason comes through here, [`failed`](Self::failed) or the failed attempt
+    /// above, masked: a server's words may echo a credential it was sent.
     fn lost(&self, reason: String) -> Input {
         let reason: Arc<str> = secrets::mask(&reason).into();
         self.observer.lost(&self.target, &reason);
         Input::Lost(reason)
     }
 
+    /// The held connection's server stopped answering or answered wrong.
+    fn failed(&self, reason: String) -> Input {
+        let reason: Arc<str> = secrets::mask(&reason).into();
+        self.observer.lost(&self.target, &reason);
+        Input::Failed(reason)
+    }
+
     /// Probes the server again (see [`probe::recheck`]) and schedules the next check.
-    async fn recheck(&self, link: &mut Link) -> Result<(), String> {
+    async fn recheck(&self, link: &mut Link) -> Result<(), probe::AttemptError> {
         let t = &self.target;
-        probe::recheck(&mut link.conn, &self.prober, Limits::of(t), &t.keepalive)
-            .await
-            .map_err(|e| e.to_string())?;
+        probe::recheck(&mut link.conn, &self.prober, Limits::of(t), &t.keepalive).await?;
         link.next_check = t.check.map(|c| Instant::now() + c.interval.get());
         Ok(())
     }
@@ -258,6 +270,29 @@ impl Checker {
                 "{} now resolves elsewhere, but no new address answers; keeping {from}", t.name,
             ),
         }
+    }
+}
+
+/// Whether a failed check means the held connection was closed under it (the server
+/// closed an idle session as the check went out), which an immediate reconnect answers,
+/// rather than a server that stopped answering or answered wrong, which is an outage.
+fn closed_under_us(e: &probe::AttemptError) -> bool {
+    use probe::{AttemptError, ProbeError};
+    match e {
+        AttemptError::Probe {
+            source: ProbeError::Closed,
+            ..
+        } => true,
+        AttemptError::Probe {
+            source: ProbeError::Io(io),
+            ..
+        } => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 

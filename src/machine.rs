@@ -105,8 +105,13 @@ pub enum Input {
     Connected,
     /// A connect attempt failed.
     ConnectFailed(Arc<str>),
-    /// The held connection was lost (closed, reset, timed out, or the probe failed).
+    /// The held connection was closed or reset by the peer: it is replaced at once, and
+    /// only if that fails is the target down (servers close idle sessions).
     Lost(Arc<str>),
+    /// The held connection's server stopped answering (a check timed out, a keepalive
+    /// or user timeout) or answered wrong: the target is down at once. Reconnecting
+    /// first would only wait for the same silence again.
+    Failed(Arc<str>),
     /// The deadline of the last [`Next::Hold`] has passed.
     Tick,
 }
@@ -313,7 +318,9 @@ impl Machine {
         };
         let next = match input {
             Input::Connected => self.connected(now, &mut out),
-            Input::ConnectFailed(error) => self.attempt_failed(error, &mut out),
+            Input::ConnectFailed(error) | Input::Failed(error) => {
+                self.attempt_failed(error, &mut out)
+            }
             Input::Lost(error) => match self.phase {
                 Phase::Up => {
                     self.last_error = Some(error);

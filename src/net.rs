@@ -168,8 +168,10 @@ pub enum Readiness {
     Data(usize),
     /// Nothing to read after all (a spurious wake-up).
     Nothing,
-    /// The connection is gone, with the reason for `last_error`.
+    /// The peer closed or reset the connection, with the reason for `last_error`.
     Closed(String),
+    /// The kernel gave up on a silent peer (keepalive or `TCP_USER_TIMEOUT`).
+    TimedOut(String),
 }
 
 /// Reads whatever is pending on a held connection without blocking. A scratch buffer
@@ -181,6 +183,7 @@ pub fn drain(stream: &TcpStream) -> Readiness {
         Ok(n) => Readiness::Data(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Readiness::Nothing,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Readiness::Nothing,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Readiness::TimedOut(describe(&e)),
         Err(e) => Readiness::Closed(describe(&e)),
     }
 }

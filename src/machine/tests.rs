@@ -146,6 +146,22 @@ fn the_backoff_keeps_growing_across_failed_and_resets_on_connect() {
 }
 
 #[test]
+fn a_server_that_stops_answering_goes_down_at_once_without_a_reconnect_first() {
+    let mut h = Harness::new(&target(3, 0, 0.0));
+    h.feed(Input::Connected);
+    assert_eq!(
+        h.feed(Input::Failed("no answer within 1s".into())),
+        [Event::Disconnect]
+    );
+    assert_eq!((h.machine.state(), h.machine.failures()), (State::Down, 1));
+    assert_eq!(h.next, Next::ConnectAfter(Duration::from_millis(100)));
+    assert_eq!(
+        h.events[1].last_error.as_deref(),
+        Some("no answer within 1s")
+    );
+}
+
+#[test]
 fn a_target_never_reached_goes_down_from_connecting() {
     let mut h = Harness::new(&target(1, 0, 0.2));
     assert_eq!(h.feed(err("refused")), [Event::Disconnect, Event::Failure]);
@@ -207,12 +223,15 @@ enum World {
     Fine(u64),
     /// The attempt fails, or the held connection is lost.
     Broken,
+    /// The attempt fails, or the held connection's server stops answering.
+    Unresponsive,
 }
 
 fn world() -> impl Strategy<Value = World> {
     prop_oneof![
         3 => (0u64..3000).prop_map(World::Fine),
-        4 => Just(World::Broken),
+        3 => Just(World::Broken),
+        1 => Just(World::Unresponsive),
     ]
 }
 
@@ -243,9 +262,10 @@ proptest! {
                     }
                 }
                 (Next::Hold { .. }, World::Broken) => lost("closed by peer"),
+                (Next::Hold { .. }, World::Unresponsive) => Input::Failed("no answer".into()),
                 (Next::ConnectNow, w) | (Next::ConnectAfter(_), w) => {
                     if let Next::ConnectAfter(d) = h.next { h.advance(d); }
-                    match w { World::Fine(_) => Input::Connected, World::Broken => err("refused") }
+                    match w { World::Fine(_) => Input::Connected, _ => err("refused") }
                 }
             };
             let state_before = h.machine.state();
@@ -253,7 +273,7 @@ proptest! {
             h.feed(input.clone());
             match &input {
                 Input::Connected if !was_reconnecting => connected_since = Some(h.now),
-                Input::ConnectFailed(_) => connected_since = None,
+                Input::ConnectFailed(_) | Input::Failed(_) => connected_since = None,
                 _ => {}
             }
             last_input = Some(input.clone());
@@ -289,7 +309,7 @@ proptest! {
             Some(Input::Connected) | Some(Input::Tick) | Some(Input::Lost(_)) => {
                 prop_assert_eq!(h.machine.state(), State::Up)
             }
-            Some(Input::ConnectFailed(_)) => prop_assert!(matches!(
+            Some(Input::ConnectFailed(_) | Input::Failed(_)) => prop_assert!(matches!(
                 h.machine.state(),
                 State::Down | State::Failed
             )),
