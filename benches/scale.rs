@@ -513,11 +513,13 @@ async fn mass_outage(
     if let Some(s) = stamps.as_deref_mut() {
         s.drain();
     }
+    // Stamped before the first listener is back: a target whose listener returns early
+    // connects, and runs its hook, while later listeners are still being opened.
+    let restarted = Instant::now();
     if let Err(e) = pool.restart_all() {
         m.error = Some(format!("cannot restart the listeners: {e}"));
         return m;
     }
-    let restarted = Instant::now();
     let up = poll_ready(port, limit);
     let hooks = async {
         match stamps.as_deref_mut() {
