@@ -9,6 +9,7 @@ pub mod checker;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod exit;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod hooks;
@@ -23,6 +24,7 @@ pub mod probe;
 pub mod resolve;
 pub mod secrets;
 pub mod sidecar;
+pub mod signals;
 pub mod state_file;
 pub mod status;
 pub mod status_view;

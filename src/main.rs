@@ -5,22 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use tether::cli::{Cli, Command, ConfigArg};
 use tether::config::{self, Config, ConfigError};
 use tether::observe::Observers;
-use tether::sidecar::Control;
 use tether::status_view::{self, Output, Url};
-use tether::{check, demo, logging, sidecar};
-
-/// Exit status for an invalid config (the CLI contract).
-const EXIT_BAD_CONFIG: u8 = 2;
+use tether::{check, demo, exit, logging, sidecar, signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,13 +21,13 @@ fn main() -> ExitCode {
     };
     if let Err(e) = logging::init(cli.log.log_format, level) {
         eprintln!("tether: {e}");
-        return ExitCode::from(EXIT_BAD_CONFIG);
+        return ExitCode::from(exit::BAD_CONFIG);
     }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tether: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
@@ -47,7 +37,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(arg) => Ok(match load(&arg) {
             Ok(config) => {
                 print!("{}", config.to_toml());
-                ExitCode::SUCCESS
+                ExitCode::from(exit::OK)
             }
             Err(code) => code,
         }),
@@ -58,13 +48,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             let path = config::resolve_path(arg.path.as_deref());
             runtime()?.block_on(async {
-                let control = signals(path).context("cannot install signal handlers")?;
+                let control = signals::install(path).context("cannot install signal handlers")?;
                 sidecar::adopt_orphans();
                 match sidecar::run(config, Observers::new(), control).await {
-                    Ok(()) => Ok(ExitCode::SUCCESS),
+                    Ok(()) => Ok(ExitCode::from(exit::OK)),
                     Err(e) if e.is_config() => {
                         eprintln!("tether: {e}");
-                        Ok(ExitCode::from(EXIT_BAD_CONFIG))
+                        Ok(ExitCode::from(exit::BAD_CONFIG))
                     }
                     Err(e) => Err(e.into()),
                 }
@@ -83,11 +73,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(match result {
                 Ok(()) => {
                     println!("{address} is healthy");
-                    ExitCode::SUCCESS
+                    ExitCode::from(exit::OK)
                 }
                 Err(e) => {
                     println!("{address} is not healthy: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::FAILURE)
                 }
             })
         }
@@ -102,18 +92,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             let result = runtime()?.block_on(check::wait_all(&addresses, &probe, timeout));
             Ok(match result {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::from(exit::OK),
                 Err(failed) => {
                     for (address, error) in failed {
                         eprintln!("{address} not healthy after {timeout:?}: {error}");
                     }
-                    ExitCode::FAILURE
+                    ExitCode::from(exit::FAILURE)
                 }
             })
         }
         Command::Demo => {
             runtime()?.block_on(demo::run())?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(exit::OK))
         }
         Command::Status {
             config,
@@ -149,7 +139,7 @@ fn status_url_from_config(arg: &ConfigArg) -> Result<Url, ExitCode> {
 /// A command line that makes no sense: said like clap says it, with its exit code.
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::from(2)
+    ExitCode::from(exit::USAGE)
 }
 
 /// Loads the config, printing every problem; the error is the exit code to use.
@@ -160,7 +150,7 @@ fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
             ConfigError::Invalid(_) => eprintln!("{e}"),
             ConfigError::Read { .. } | ConfigError::TooLarge { .. } => eprintln!("tether: {e}"),
         }
-        ExitCode::from(EXIT_BAD_CONFIG)
+        ExitCode::from(exit::BAD_CONFIG)
     })
 }
 
@@ -179,86 +169,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// Turns signals into requests to the sidecar: SIGHUP reloads `path`, the first
-/// SIGTERM or SIGINT stops gracefully, a second one exits at once.
-///
-/// The task that waits for signals never waits for anything else, so every signal is
-/// handled whatever the sidecar is busy with: reloads are loaded and handed over by a
-/// task of their own (SIGHUPs arriving meanwhile fold into one more reload, which reads
-/// the file as it is then), and SIGHUP is ignored once shutdown has begun.
-fn signals(path: PathBuf) -> std::io::Result<mpsc::Receiver<Control>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let (tx, rx) = mpsc::channel(4);
-    let reload = Arc::new(Notify::new());
-    let stopping = CancellationToken::new();
-    tokio::spawn(reloader(path, reload.clone(), tx.clone(), stopping.clone()));
-    tokio::spawn(async move {
-        loop {
-            let (name, code) = tokio::select! {
-                _ = term.recv() => ("SIGTERM", 143),
-                _ = int.recv() => ("SIGINT", 130),
-                _ = hup.recv() => {
-                    if stopping.is_cancelled() {
-                        tracing::info!("received SIGHUP while shutting down: ignored");
-                    } else {
-                        reload.notify_one();
-                    }
-                    continue;
-                }
-            };
-            if stopping.is_cancelled() {
-                // Nothing a hook started may outlive tether, even now.
-                let killed = tether::hooks::kill_everything();
-                tracing::warn!(
-                    killed,
-                    "received {name} again: killed the hooks still running; exiting at once"
-                );
-                std::process::exit(code);
-            }
-            tracing::info!("received {name}: shutting down (send it again to exit at once)");
-            stopping.cancel();
-            // Handed over by a task of its own: the sidecar may be busy with a reload.
-            let tx = tx.clone();
-            tokio::spawn(async move { tx.send(Control::Shutdown).await });
-        }
-    });
-    Ok(rx)
-}
-
-/// Loads the config at each reload request and hands it to the sidecar, until shutdown.
-async fn reloader(
-    path: PathBuf,
-    requested: Arc<Notify>,
-    tx: mpsc::Sender<Control>,
-    stopping: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = requested.notified() => {}
-            () = stopping.cancelled() => return,
-        }
-        tracing::info!(config = %path.display(), "received SIGHUP: reloading");
-        // Reading and checking a file (up to 16 MiB, with any number of mistakes) is
-        // blocking work: off the runtime, so detection, HTTP and signals go on meanwhile.
-        let loaded = match tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || Config::load(&path)
-        })
-        .await
-        {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::error!(error = %e, "loading the config failed; keeping the running config");
-                continue;
-            }
-        };
-        tokio::select! {
-            _ = tx.send(Control::Reload(Box::new(loaded))) => {}
-            () = stopping.cancelled() => return,
-        }
-    }
 }

@@ -20,15 +20,16 @@ use tokio::net::TcpStream;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::timeout;
 
+use crate::exit;
 use crate::machine::State;
 use crate::status::Document;
 
 /// Every required target is up.
-pub const EXIT_UP: u8 = 0;
+pub const EXIT_UP: u8 = exit::OK;
 /// Some required target is not up (or the sidecar is stopping).
-pub const EXIT_NOT_UP: u8 = 1;
+pub const EXIT_NOT_UP: u8 = exit::FAILURE;
 /// The sidecar could not be reached or did not answer with a status document.
-pub const EXIT_UNREACHABLE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = exit::UNREACHABLE;
 
 /// Where `tether status` looks without `--url` or a config: the default `listen`.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:9464/status";
