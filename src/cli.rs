@@ -163,11 +163,9 @@ impl CheckArgs {
 }
 
 fn parse_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && !s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        Ok(s.to_owned())
-    } else {
-        Err("must start with '/' and contain no spaces".to_owned())
-    }
+    config::check_http_path(s)
+        .map(|()| s.to_owned())
+        .map_err(str::to_owned)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

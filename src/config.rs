@@ -22,7 +22,7 @@ use crate::secrets::Source;
 
 pub use address::{Address, AddressError};
 pub use duration::HumanDuration;
-pub use validate::builtin;
+pub use validate::{builtin, check_http_path};
 
 /// The largest config file read. Ten thousand targets take about 1 MiB.
 pub const MAX_SIZE: u64 = 16 * 1024 * 1024;
@@ -199,6 +199,17 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// The actions of one event, in the order written.
+    pub fn for_event(&self, event: crate::machine::Event) -> &[HookAction] {
+        use crate::machine::Event;
+        match event {
+            Event::Connect => &self.on_connect,
+            Event::Disconnect => &self.on_disconnect,
+            Event::Failure => &self.on_failure,
+            Event::Recover => &self.on_recover,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.on_connect.is_empty()
             && self.on_disconnect.is_empty()
@@ -371,15 +382,10 @@ impl Config {
     pub fn secret_sources(&self) -> impl Iterator<Item = Source> + '_ {
         self.targets.iter().flat_map(|t| {
             let password = t.probe.password();
-            let keys = [
-                &t.hooks.on_connect,
-                &t.hooks.on_disconnect,
-                &t.hooks.on_failure,
-                &t.hooks.on_recover,
-            ]
-            .into_iter()
-            .flatten()
-            .filter_map(HookAction::key);
+            let keys = crate::machine::Event::ALL
+                .into_iter()
+                .flat_map(|e| t.hooks.for_event(e))
+                .filter_map(HookAction::key);
             password.into_iter().chain(keys)
         })
     }

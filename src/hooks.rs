@@ -411,13 +411,7 @@ fn read_secrets(config: &Config) -> Result<Keys, HooksError> {
 }
 
 fn actions(target: &Target, event: Event) -> &[HookAction] {
-    let h = &target.hooks;
-    match event {
-        Event::Connect => &h.on_connect,
-        Event::Disconnect => &h.on_disconnect,
-        Event::Failure => &h.on_failure,
-        Event::Recover => &h.on_recover,
-    }
+    target.hooks.for_event(event)
 }
 
 fn kind(action: &HookAction) -> &'static str {

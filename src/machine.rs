@@ -142,6 +142,13 @@ pub struct Transition {
     pub at: SystemTime,
 }
 
+impl Transition {
+    /// `<target>:<sequence>`, the id receivers drop duplicates and spot gaps with.
+    pub fn event_id(&self, target: &str) -> String {
+        format!("{target}:{}", self.seq)
+    }
+}
+
 /// The result of feeding one input.
 #[derive(Debug, PartialEq)]
 pub struct Step {

@@ -464,14 +464,7 @@ fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
 }
 
 fn hooks_of(target: &Target, event: Event) -> bool {
-    let h = &target.hooks;
-    !match event {
-        Event::Connect => &h.on_connect,
-        Event::Disconnect => &h.on_disconnect,
-        Event::Failure => &h.on_failure,
-        Event::Recover => &h.on_recover,
-    }
-    .is_empty()
+    !target.hooks.for_event(event).is_empty()
 }
 
 // === impl Observer ===

@@ -105,15 +105,21 @@ impl Observers {
             if let Err(payload) =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(o.as_ref())))
             {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let message = panic_message(payload);
                 tracing::error!(report = what, panic = %message, "a listener panicked; the others were still told");
             }
         }
     }
+}
+
+/// The text of a panic, whatever its payload: the two kinds `panic!` makes, or a note
+/// that it had none.
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
 }
 
 impl Observer for Observers {
@@ -204,7 +210,7 @@ impl Observer for LogObserver {
                 from = %t.previous,
                 to = %t.state,
                 failures = t.failures,
-                event_id = %format_args!("{}:{}", target.name, t.seq),
+                event_id = %t.event_id(&target.name),
                 "{} is {} ({})", target.name, t.state, t.event,
             ),
             _ => tracing::warn!(
@@ -216,7 +222,7 @@ impl Observer for LogObserver {
                 to = %t.state,
                 failures = t.failures,
                 error = %error,
-                event_id = %format_args!("{}:{}", target.name, t.seq),
+                event_id = %t.event_id(&target.name),
                 "{} is {} ({}): {}", target.name, t.state, t.event, error,
             ),
         }

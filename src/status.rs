@@ -361,7 +361,7 @@ impl Observer for Status {
             if let Some(error) = &t.last_error {
                 e.last_error = Some(error.to_string());
             }
-            e.event_id = Some(format!("{}:{}", target.name, t.seq));
+            e.event_id = Some(t.event_id(&target.name));
             e.event = Some(t.event);
             match t.event {
                 Event::Failure => e.fallback = true,

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::checker::Checker;
 use crate::config::{Config, Supervision, Target};
 use crate::machine::{Machine, Snapshot};
-use crate::observe::Observer;
+use crate::observe::{Observer, panic_message};
 
 /// The running actors.
 pub struct Supervisor {
@@ -335,12 +335,4 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Err(payload) => Poll::Ready(Err(payload)),
         }
     }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
 }

@@ -688,13 +688,11 @@ impl Ctx<'_> {
                     None => builtin::HTTP_PATH.to_owned(),
                     Some(v) => {
                         let p = v.get_ref();
-                        if !p.starts_with('/')
-                            || p.bytes().any(|b| b.is_ascii_control() || b == b' ')
-                        {
+                        if let Err(why) = check_http_path(p) {
                             self.err(
                                 Some(v.span()),
                                 format!("{key}.path"),
-                                format!("\"{p}\" must start with '/' and contain no spaces or control characters"),
+                                format!("\"{p}\" {why}"),
                             );
                         }
                         p.clone()
@@ -944,6 +942,15 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// The rule for an http probe's path, in the config and on the command line alike.
+pub fn check_http_path(path: &str) -> Result<(), &'static str> {
+    if path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        Ok(())
+    } else {
+        Err("must start with '/' and contain no spaces or control characters")
+    }
 }
 
 fn valid_env_name(name: &str) -> bool {

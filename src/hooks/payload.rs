@@ -31,7 +31,7 @@ pub struct Payload {
 impl Payload {
     pub fn new(target: &Target, t: &Transition) -> Payload {
         Payload {
-            event_id: format!("{}:{}", target.name, t.seq),
+            event_id: t.event_id(&target.name),
             instance: crate::instance::id(),
             target: target.name.clone(),
             address: target.address.to_string(),
