@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -91,7 +92,9 @@ pub struct Target {
     pub recover_after: HumanDuration,
     /// How often a held connection's host name is resolved again to follow moves.
     pub resolve_interval: HumanDuration,
-    pub hooks: Hooks,
+    /// Shared by every target that inherits the same actions: 10,000 targets with the
+    /// hooks of `[defaults]` hold one copy, not 10,000.
+    pub hooks: Arc<Hooks>,
 }
 
 /// When a protocol probe asks, and how long its answer may take: a frozen server is

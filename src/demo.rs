@@ -204,7 +204,7 @@ struct Printer {
 }
 
 impl Observer for Printer {
-    fn transition(&self, _target: &Target, t: &Transition) {
+    fn transition(&self, _target: &Arc<Target>, t: &Transition) {
         let error = t
             .last_error
             .as_deref()

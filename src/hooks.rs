@@ -73,28 +73,15 @@ struct TargetQueue {
     pending: queue::Pending<Job>,
     /// Whether a worker is draining this queue; at most one per target.
     running: bool,
-    /// The target's config as its current actor holds it, copied once per actor
-    /// incarnation and shared by every queued event: thousands of targets losing their
-    /// connection at once queue thousands of events, and each must stay small.
-    config: Option<Arc<Target>>,
-}
-
-impl TargetQueue {
-    /// The shared copy of `target`, made again only when a reload or restart gave the
-    /// target a new config. Holding the `Arc` keeps the old config's address taken, so
-    /// an equal address always means the same config.
-    fn config(&mut self, target: &Target) -> Arc<Target> {
-        match &self.config {
-            Some(c) if std::ptr::eq(&**c, target) => c.clone(),
-            _ => self.config.insert(Arc::new(target.clone())).clone(),
-        }
-    }
 }
 
 /// One event to run, with the config (and so the actions) it happened under.
 struct Job {
     event: Event,
     payload: Payload,
+    /// The config its actor runs with, shared rather than copied: thousands of targets
+    /// that lose their connection at once queue thousands of events, and each must stay
+    /// small.
     config: Arc<Target>,
     /// The webhook keys when the event was queued.
     keys: Arc<Keys>,
@@ -155,7 +142,7 @@ impl HookRunner {
             .is_ok()
     }
 
-    fn enqueue(&self, target: &Target, t: &Transition) {
+    fn enqueue(&self, target: &Arc<Target>, t: &Transition) {
         let inner = &self.inner;
         let queue = {
             let existing = inner
@@ -186,7 +173,7 @@ impl HookRunner {
             let job = Job {
                 event: t.event,
                 payload,
-                config: q.config(target),
+                config: target.clone(),
                 keys,
             };
             let dropped = q.pending.push(job);
@@ -228,11 +215,10 @@ impl HookRunner {
                     Some(job) => job,
                     None => {
                         q.running = false;
-                        // Made again at the next event: an idle target keeps neither a
-                        // copy of its config nor the queue's buffer. Kept, these small
-                        // blocks allocated in the middle of a burst would pin the pages
-                        // the burst used, and the heap could not shrink back.
-                        q.config = None;
+                        // Made again at the next event: an idle target keeps no queue
+                        // buffer. Kept, these small blocks allocated in the middle of a
+                        // burst would pin the pages the burst used, and the heap could
+                        // not shrink back.
                         q.pending = queue::Pending::default();
                         drop(q);
                         if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -358,7 +344,7 @@ impl HookRunner {
 }
 
 impl Observer for HookRunner {
-    fn transition(&self, target: &Target, transition: &Transition) {
+    fn transition(&self, target: &Arc<Target>, transition: &Transition) {
         if target.hooks.is_empty() || self.inner.tracker.is_closed() {
             return;
         }

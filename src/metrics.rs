@@ -502,7 +502,7 @@ impl Observer for Metrics {
         }
     }
 
-    fn transition(&self, target: &Target, t: &Transition) {
+    fn transition(&self, target: &Arc<Target>, t: &Transition) {
         let Some(s) = self.series(target) else {
             return;
         };
@@ -648,7 +648,7 @@ mod tests {
     #[test]
     fn transitions_move_the_state_gauges_and_counters() {
         let config = config();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let m = Metrics::new(&config).unwrap();
         m.attempt(db, true, Duration::from_micros(300));
         m.transition(
@@ -710,7 +710,7 @@ mod tests {
     #[test]
     fn hook_runs_and_listener_reports_are_counted() {
         let config = config();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let m = Metrics::new(&config).unwrap();
         m.hook_run(
             db,
@@ -756,7 +756,7 @@ mod tests {
     #[test]
     fn a_stopped_target_leaves_no_series_behind() {
         let config = config();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let m = Metrics::new(&config).unwrap();
         m.started(db);
         m.hook_run(db, Event::Connect, HookResult::Ok, Duration::from_millis(1));
@@ -774,7 +774,7 @@ mod tests {
     #[test]
     fn a_restart_counts_the_restart_and_keeps_the_state_the_actor_resumes_from() {
         let config = config();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let m = Metrics::new(&config).unwrap();
         m.started(db);
         m.transition(

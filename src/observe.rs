@@ -27,7 +27,7 @@ pub trait Observer: Send + Sync + 'static {
     fn lost(&self, _target: &Target, _error: &str) {}
 
     /// A state change, in the order the target went through them.
-    fn transition(&self, target: &Target, transition: &Transition);
+    fn transition(&self, target: &Arc<Target>, transition: &Transition);
 
     /// The held connection was moved to another address because the target's name
     /// now resolves elsewhere (DNS failover, a re-pointed service).
@@ -135,7 +135,7 @@ impl Observer for Observers {
         self.each("lost", |o| o.lost(target, error));
     }
 
-    fn transition(&self, target: &Target, transition: &Transition) {
+    fn transition(&self, target: &Arc<Target>, transition: &Transition) {
         self.each("transition", |o| o.transition(target, transition));
     }
 
@@ -185,7 +185,7 @@ impl ChannelObserver {
 }
 
 impl Observer for ChannelObserver {
-    fn transition(&self, target: &Target, transition: &Transition) {
+    fn transition(&self, target: &Arc<Target>, transition: &Transition) {
         // A closed receiver means nobody listens any more; that is not the checker's concern.
         let _ = self.0.send(Published {
             target: target.name.as_str().into(),
@@ -199,7 +199,7 @@ impl Observer for ChannelObserver {
 pub struct LogObserver;
 
 impl Observer for LogObserver {
-    fn transition(&self, target: &Target, t: &Transition) {
+    fn transition(&self, target: &Arc<Target>, t: &Transition) {
         let error = t.last_error.as_deref().unwrap_or("");
         match t.event {
             Event::Connect | Event::Recover => tracing::info!(

@@ -351,7 +351,7 @@ impl Observer for Status {
         self.update(target, |e| e.last_error = Some(error.to_owned()));
     }
 
-    fn transition(&self, target: &Target, t: &Transition) {
+    fn transition(&self, target: &Arc<Target>, t: &Transition) {
         self.update(target, |e| {
             if e.state != t.state {
                 e.state = t.state;
@@ -425,7 +425,10 @@ mod tests {
     #[test]
     fn readiness_follows_required_targets_only() {
         let config = two_targets();
-        let (db, cache) = (&config.targets[0], &config.targets[1]);
+        let (db, cache) = (
+            &Arc::new(config.targets[0].clone()),
+            &Arc::new(config.targets[1].clone()),
+        );
         let status = Status::new(&config);
         status.transition(
             cache,
@@ -461,7 +464,7 @@ mod tests {
     #[test]
     fn a_transition_records_state_since_error_and_event_id() {
         let config = two_targets();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let status = Status::new(&config);
         let down = transition(7, Event::Disconnect, State::Up, State::Down);
         status.transition(db, &down);
@@ -477,7 +480,7 @@ mod tests {
     #[test]
     fn recover_keeps_the_since_of_the_connect_and_ends_the_fallback() {
         let config = two_targets();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let status = Status::new(&config);
         status.transition(
             db,
@@ -499,7 +502,7 @@ mod tests {
     #[test]
     fn failures_count_attempts_between_transitions() {
         let config = two_targets();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let status = Status::new(&config);
         for _ in 0..4 {
             status.attempt(db, false, Duration::ZERO);
@@ -512,7 +515,7 @@ mod tests {
     #[test]
     fn a_restarted_or_replaced_actor_keeps_the_state_and_takes_over_new_settings() {
         let config = two_targets();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let status = Status::new(&config);
         status.started(db);
         status.transition(
@@ -530,7 +533,7 @@ mod tests {
             &transition(1, Event::Disconnect, State::Up, State::Down),
         );
         assert_eq!(status.not_ready(), ["db"]);
-        let mut optional = db.clone();
+        let mut optional = Target::clone(db);
         optional.required = false;
         status.started(&optional);
         assert!(status.not_ready().is_empty());
@@ -541,7 +544,10 @@ mod tests {
     fn a_reload_swaps_the_listed_targets_in_one_step_and_late_stops_change_nothing() {
         let config = two_targets();
         let status = Status::new(&config);
-        let (db, cache) = (&config.targets[0], &config.targets[1]);
+        let (db, cache) = (
+            &Arc::new(config.targets[0].clone()),
+            &Arc::new(config.targets[1].clone()),
+        );
         status.started(cache);
         status.transition(
             cache,
@@ -645,7 +651,7 @@ mod tests {
     #[test]
     fn while_stopping_targets_keep_their_last_state() {
         let config = two_targets();
-        let db = &config.targets[0];
+        let db = &Arc::new(config.targets[0].clone());
         let status = Status::new(&config);
         status.transition(
             db,

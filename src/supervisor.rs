@@ -300,7 +300,7 @@ async fn supervise(
 
 /// Publishes the transitions that mark a target failed after too many crashes.
 fn give_up(
-    target: &Target,
+    target: &Arc<Target>,
     observer: &dyn Observer,
     memory: &Mutex<Snapshot>,
     reason: &str,

@@ -5,6 +5,7 @@ use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -62,6 +63,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
         file,
         lines: OnceCell::new(),
         diags: Vec::new(),
+        last_hooks: None,
     };
     let raw = match deserialize(text) {
         Ok(raw) => raw,
@@ -129,6 +131,9 @@ struct Ctx<'a> {
     /// Built on the first error, so a valid file never pays for it.
     lines: OnceCell<LineIndex>,
     diags: Vec<Diagnostic>,
+    /// The hooks of the target before, shared with the next target if its are the same
+    /// (inherited from `[defaults]`, the usual case).
+    last_hooks: Option<Arc<Hooks>>,
 }
 
 /// A value and where it was written; `key` names it in messages.
@@ -339,6 +344,10 @@ impl Ctx<'_> {
         let backoff = self.backoff(i, t.backoff.as_ref(), d.backoff.as_ref());
         let keepalive = self.keepalive(i, t.keepalive.as_ref(), d.keepalive.as_ref());
         let hooks = self.hooks(i, t.hooks.as_ref(), d.hooks.as_ref());
+        let hooks = match &self.last_hooks {
+            Some(last) if **last == hooks => last.clone(),
+            _ => self.last_hooks.insert(Arc::new(hooks)).clone(),
+        };
         Target {
             name,
             address,
@@ -1077,6 +1086,36 @@ mod tests {
         parse(text, Path::new("t.toml"))
             .unwrap_or_else(|d| panic!("{d:?}"))
             .targets
+    }
+
+    #[test]
+    fn targets_with_the_same_hooks_share_one_copy_and_others_have_their_own() {
+        let t = targets(
+            r#"
+            [defaults.hooks]
+            on_failure = { command = ["/usr/local/bin/fallback", "on"] }
+            [[targets]]
+            name = "a"
+            address = "127.0.0.1:1"
+            [[targets]]
+            name = "b"
+            address = "127.0.0.1:2"
+            [[targets]]
+            name = "c"
+            address = "127.0.0.1:3"
+            [targets.hooks]
+            on_failure = { shell = "echo c" }
+            "#,
+        );
+        assert!(Arc::ptr_eq(&t[0].hooks, &t[1].hooks));
+        assert!(!Arc::ptr_eq(&t[1].hooks, &t[2].hooks));
+        assert_eq!(
+            t[2].hooks.on_failure,
+            [HookAction::Shell {
+                shell: "echo c".into()
+            }]
+        );
+        assert_eq!(t[0].hooks.on_failure.len(), 1);
     }
 
     #[test]

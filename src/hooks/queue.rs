@@ -100,6 +100,11 @@ impl<T: Queued> Pending<T> {
             // The event that closed the loop goes with it.
         }
         self.items.extend(path.into_iter().map(|(_, it)| it));
+        if self.items.capacity() == 0 {
+            // Most queues hold one event at a time; the first growth would make room
+            // for four, and thousands of targets queue at once after a mass outage.
+            self.items.reserve_exact(1);
+        }
         self.items.push_back(item);
         before - self.items.len() as u64
     }

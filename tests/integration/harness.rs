@@ -197,7 +197,7 @@ impl Observer for Recorder {
         );
     }
 
-    fn transition(&self, target: &Target, t: &Transition) {
+    fn transition(&self, target: &Arc<Target>, t: &Transition) {
         self.push(
             target,
             Record::Transition {

@@ -500,6 +500,8 @@ async fn the_endpoints_stay_responsive_while_two_thousand_targets_change_state()
     let churn = std::thread::spawn({
         let (config, observer, stop) = (config.clone(), observer.clone(), stop.clone());
         move || {
+            let targets: Vec<Arc<tether::config::Target>> =
+                config.targets.iter().cloned().map(Arc::new).collect();
             let mut transitions = 0u64;
             let mut seq = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -508,7 +510,7 @@ async fn the_endpoints_stay_responsive_while_two_thousand_targets_change_state()
                 } else {
                     (State::Up, State::Down, Event::Disconnect)
                 };
-                for t in &config.targets {
+                for t in &targets {
                     observer.attempt(t, state == State::Up, Duration::from_micros(200));
                     observer.transition(
                         t,

@@ -22,7 +22,7 @@ struct PanicsOnce {
 }
 
 impl Observer for PanicsOnce {
-    fn transition(&self, target: &Target, t: &Transition) {
+    fn transition(&self, target: &Arc<Target>, t: &Transition) {
         if target.name == "fragile"
             && t.event == Event::Connect
             && self.armed.swap(false, Ordering::AcqRel)
