@@ -13,7 +13,7 @@ mod queue;
 pub mod reaper;
 mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -54,6 +54,10 @@ struct Inner {
     queues: RwLock<HashMap<String, Arc<Mutex<TargetQueue>>>>,
     /// Bounds hook runs in flight across all targets.
     limit: Arc<Semaphore>,
+    /// Targets with pending events waiting for a slot, first come first served. A
+    /// waiting target costs a pointer here, not a task: after a mass outage 10,000
+    /// targets wait for 64 slots.
+    ready: Mutex<VecDeque<Arc<Mutex<TargetQueue>>>>,
     /// Webhook keys by environment variable name, read at start and on reload.
     /// Shared whole with every job queued meanwhile: a delivery is signed with the key
     /// it was queued under, whatever a reload does before it is sent.
@@ -61,17 +65,20 @@ struct Inner {
     http: webhook::Client,
     /// Receives hook results (metrics); never this runner itself.
     report: Arc<dyn Observer>,
-    /// The workers, so shutdown can wait for hooks in flight.
+    /// The runs in flight, so shutdown can wait for them (each run dispatches the
+    /// next waiting target when it ends, so waiting for the runs waits for every
+    /// pending event).
     tracker: TaskTracker,
-    /// Workers draining a queue now; the last one to finish hands the memory the burst
-    /// used back to the kernel.
+    /// Targets with pending events; when the last one is served, the memory the burst
+    /// used goes back to the kernel.
     busy: AtomicUsize,
 }
 
 #[derive(Default)]
 struct TargetQueue {
     pending: queue::Pending<Job>,
-    /// Whether a worker is draining this queue; at most one per target.
+    /// Whether the target has pending events being served: waiting in
+    /// [`Inner::ready`] or running. At most one of its events runs at a time.
     running: bool,
 }
 
@@ -112,6 +119,7 @@ impl HookRunner {
             inner: Arc::new(Inner {
                 queues: RwLock::new(queues(config)),
                 limit: Arc::new(Semaphore::new(config.defaults.max_concurrent_hooks)),
+                ready: Mutex::default(),
                 secrets: RwLock::new(Arc::new(secrets)),
                 http,
                 report,
@@ -191,65 +199,94 @@ impl HookRunner {
         }
         if start {
             inner.busy.fetch_add(1, Ordering::AcqRel);
-            let runner = self.clone();
-            inner.tracker.spawn(async move { runner.work(queue).await });
+            self.wait_for_slot(queue);
         }
     }
 
-    /// Drains one target's queue, one event at a time.
-    async fn work(self, queue: Arc<Mutex<TargetQueue>>) {
+    /// Puts a target with pending events in line for a slot.
+    fn wait_for_slot(&self, queue: Arc<Mutex<TargetQueue>>) {
+        lock(&self.inner.ready).push_back(queue);
+        self.dispatch();
+    }
+
+    /// Starts the next event of each waiting target while slots are free. Called
+    /// whenever a target gets in line and whenever a run gives its slot back, so no
+    /// event waits while a slot is free.
+    fn dispatch(&self) {
         loop {
-            // The slot first, then the event: a target waiting for a slot holds only
-            // this small task, not a started run (whose state is the size of a process
-            // launch), and its queue keeps coalescing until the slot comes.
-            let permit = self
-                .inner
-                .limit
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the hook semaphore is never closed");
-            let job = {
-                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-                match q.pending.pop() {
-                    Some(job) => job,
-                    None => {
-                        q.running = false;
-                        // Made again at the next event: an idle target keeps no queue
-                        // buffer. Kept, these small blocks allocated in the middle of a
-                        // burst would pin the pages the burst used, and the heap could
-                        // not shrink back.
-                        q.pending = queue::Pending::default();
-                        drop(q);
-                        if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            crate::allocator::release_free_memory();
-                        }
-                        return;
-                    }
-                }
+            let Ok(permit) = self.inner.limit.clone().try_acquire_owned() else {
+                return;
             };
-            let (config, event) = (job.config.clone(), job.event);
-            // Its own task, so that a panic while running one event is contained and the
-            // queue keeps being served.
-            let runner = self.clone();
+            let Some(queue) = lock(&self.inner.ready).pop_front() else {
+                return;
+            };
+            let job = lock(&queue).pending.pop();
+            match job {
+                Some(job) => self.start(queue, job, permit),
+                None => self.idle(&queue),
+            }
+        }
+    }
+
+    /// Runs one event in `permit`'s slot, then hands the slot on.
+    fn start(&self, queue: Arc<Mutex<TargetQueue>>, job: Job, permit: OwnedSemaphorePermit) {
+        let (config, event) = (job.config.clone(), job.event);
+        let runner = self.clone();
+        self.inner.tracker.spawn(async move {
             let started = Instant::now();
-            if let Err(e) = tokio::spawn(async move { runner.run(job, permit).await }).await {
+            // Its own task, so that a panic while running one event is contained and
+            // the queue keeps being served.
+            let run = tokio::spawn({
+                let runner = runner.clone();
+                async move { runner.run(job).await }
+            });
+            if let Err(e) = run.await {
                 tracing::error!(
                     target_name = %config.name,
                     event = %event,
                     error = %e,
                     "running hooks failed; the next events' hooks will still run"
                 );
-                self.inner
+                runner
+                    .inner
                     .report
                     .hook_run(&config, event, HookResult::Error, started.elapsed());
             }
+            drop(permit);
+            // The target's next event waits behind those already in line: one slot
+            // per event, taken in turn, so a flapping target cannot hold on to a slot.
+            let more = !lock(&queue).pending.is_empty();
+            if more {
+                runner.wait_for_slot(queue);
+            } else {
+                runner.idle(&queue);
+                runner.dispatch();
+            }
+        });
+    }
+
+    /// Marks a target's queue served, unless an event arrived meanwhile.
+    fn idle(&self, queue: &Arc<Mutex<TargetQueue>>) {
+        let mut q = lock(queue);
+        if !q.pending.is_empty() {
+            drop(q);
+            lock(&self.inner.ready).push_back(queue.clone());
+            return;
+        }
+        q.running = false;
+        // Made again at the next event: an idle target keeps no queue buffer. Kept,
+        // these small blocks allocated in the middle of a burst would pin the pages
+        // the burst used, and the heap could not shrink back.
+        q.pending = queue::Pending::default();
+        drop(q);
+        if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            crate::allocator::release_free_memory();
         }
     }
 
     /// Runs one event's actions in order, in the slot the worker took for it: at most
     /// `max_concurrent_hooks` actions run at once.
-    async fn run(&self, job: Job, _permit: OwnedSemaphorePermit) {
+    async fn run(&self, job: Job) {
         #[cfg(feature = "fault-injection")]
         crate::fault::check_hook(&job.config.name);
         let json = job.payload.to_json();
@@ -394,6 +431,12 @@ fn read_secrets(config: &Config) -> Result<Keys, HooksError> {
         }
     }
     Ok(keys)
+}
+
+/// Locks a queue or the line of waiting targets. Each change under these locks is a
+/// single step, so a lock poisoned by a panic still guards consistent data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn actions(target: &Target, event: Event) -> &[HookAction] {

@@ -109,6 +109,10 @@ impl<T: Queued> Pending<T> {
         before - self.items.len() as u64
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// The next event to run; from now on the hooks have told its view.
     pub fn pop(&mut self) -> Option<T> {
         let item = self.items.pop_front()?;

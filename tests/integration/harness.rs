@@ -332,7 +332,17 @@ pub enum Behaviour {
 
 impl Listener {
     pub async fn start(behaviour: Behaviour) -> Listener {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Below the ephemeral range and spread at random: a port the kernel hands out
+        // for `:0` is often one a test just closed, and that test's tether may still be
+        // reconnecting to it, which this listener would count as its own.
+        let mut bound = None;
+        for _ in 0..100 {
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", crate::support::free_port())).await {
+                bound = Some(l);
+                break;
+            }
+        }
+        let l = bound.expect("a free loopback port for a test listener");
         let port = l.local_addr().unwrap().port();
         let mut me = Listener {
             port,

@@ -327,6 +327,43 @@ async fn a_target_flapping_200_times_with_a_slow_hook_runs_a_valid_story_ending_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_more_hooks_run_at_once_than_max_concurrent_hooks_and_every_waiting_one_runs() {
+    // Each hook marks itself running with a file, counts the marks, and stays a while:
+    // a count above the bound means more hooks ran at once than allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let listener = Listener::start(Behaviour::Hold).await;
+    let script = format!(
+        "d={dir}; touch $d/run.$TETHER_TARGET; ls $d | grep -c '^run\\.' >> $d/counts; \
+         sleep 0.2; rm $d/run.$TETHER_TARGET",
+        dir = dir.path().display()
+    );
+    let mut config = format!(
+        "[defaults]\nmax_concurrent_hooks = 3\n[defaults.hooks]\non_connect = {{ shell = {script:?} }}\n"
+    );
+    let names: Vec<String> = (0..12).map(|i| format!("t{i:02}")).collect();
+    for name in &names {
+        config.push_str(&target(name, &listener.address(), ""));
+    }
+    let rec = Recorder::new();
+    let sidecar = Sidecar::start(&config, &rec);
+    for name in &names {
+        let runs = rec.hook_runs(name, 1, LIMIT).await;
+        assert_eq!(runs, [(Event::Connect, HookResult::Ok)], "{name}");
+    }
+    sidecar.stop().await;
+    let counts: Vec<usize> = std::fs::read_to_string(dir.path().join("counts"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 12, "every waiting hook ran once: {counts:?}");
+    let most = counts.iter().copied().max().unwrap();
+    println!("hooks running at once, as each saw it: {counts:?}");
+    assert!(most <= 3, "at most 3 hooks at once, saw {most}: {counts:?}");
+    assert!(most >= 2, "the slots are used side by side: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_hook_on_one_target_does_not_delay_another_targets_hooks() {
     let a = Listener::start(Behaviour::Hold).await;
     let mut b = Listener::start(Behaviour::Hold).await;
