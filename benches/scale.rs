@@ -349,6 +349,9 @@ struct Figures {
     connect_hooks: Option<Duration>,
     /// tether's CPU time from its start until every target was connected.
     connect_cpu: Option<Duration>,
+    /// From the first to the last start of the same hook command run once per target
+    /// by a bare spawner (with hooks): what starting that many processes costs here.
+    spawn_floor: Option<Duration>,
     steady: Memory,
     window: Duration,
     cpu_user: Duration,
@@ -437,10 +440,19 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
     let load_after = harness::load_average();
 
     let (exit, stop) = tether.stop(Duration::from_secs(20)).await?;
+    let listeners = pool.listeners.len();
+    // The floor under the mass-outage figure: the same hook command started as many
+    // times by this process once its sockets are closed, with tether gone.
+    drop(pool);
+    let spawn_floor = match &mut stamps {
+        Some(s) => Some(spawn_floor(s, targets, bounded).await?),
+        None => None,
+    };
     Ok(Figures {
         targets,
         hooks,
-        listeners: pool.listeners.len(),
+        listeners,
+        spawn_floor,
         load_before,
         load_after,
         connect_all,
@@ -596,6 +608,49 @@ async fn hook_starts(
     }
     Ok(seen.into_values().collect())
 }
+/// Starts the hook command once per target from two threads of this process (about
+/// as many as tether's workers), with no sockets open and nothing else to do, and
+/// returns the time until the last one wrote its stamp: the floor for any sidecar
+/// that runs a process per event on this machine.
+async fn spawn_floor(
+    stamps: &mut Stamps,
+    count: usize,
+    limit: Duration,
+) -> Result<Duration, String> {
+    stamps.drain();
+    let argv = stamps.hook_argv();
+    let started = Instant::now();
+    let spawners: Vec<_> = (0..2)
+        .map(|part| {
+            let argv = argv.clone();
+            std::thread::spawn(move || -> std::io::Result<Vec<std::process::Child>> {
+                (part..count)
+                    .step_by(2)
+                    .map(|i| {
+                        std::process::Command::new(&argv[0])
+                            .args(&argv[1..])
+                            .env("TETHER_TARGET", format!("floor{i}"))
+                            .env("TETHER_EVENT", "spawn")
+                            .spawn()
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let times = hook_starts(stamps, "spawn", count, started, limit).await;
+    for spawner in spawners {
+        let children = spawner
+            .join()
+            .map_err(|_| "a spawner thread panicked".to_string())?
+            .map_err(|e| format!("cannot start the hook command: {e}"))?;
+        for mut child in children {
+            let _ = child.wait();
+        }
+    }
+    let last = times?.into_iter().max().unwrap_or(started);
+    Ok(last.duration_since(started))
+}
+
 /// Waits until `total` connections have been accepted since the start; returns when
 /// the last one was.
 async fn wait_for_accepts(
@@ -944,6 +999,12 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
             spread(&m.disconnect_hooks),
         );
     }
+    if let Some(floor) = f.spawn_floor {
+        row(
+            &format!("  floor: the hook command run {} times, bare", f.targets),
+            format!("last started after {}", ms(floor)),
+        );
+    }
     row("all listeners back → /readyz 200", opt(m.all_up));
     if f.hooks {
         row("  → on_connect hooks started", spread(&m.connect_hooks));
@@ -977,14 +1038,14 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
 fn summary(cells: &[Figures]) {
     println!();
     println!(
-        "| targets | hooks | RSS | RssAnon | peak (VmHWM) | CPU at rest | all down (/status) | last on_disconnect hook | all up (/readyz) | last on_connect hook |"
+        "| targets | hooks | RSS | RssAnon | peak (VmHWM) | CPU at rest | all down (/status) | last on_disconnect hook | floor: as many hook processes, bare | all up (/readyz) | last on_connect hook |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for f in cells {
         let m = &f.outage;
         let last = |v: &[Duration]| v.iter().max().map_or("-".into(), |d| ms(*d));
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} % | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
             f.targets,
             if f.hooks { "every event" } else { "none" },
             mib(f.steady.rss),
@@ -993,6 +1054,7 @@ fn summary(cells: &[Figures]) {
             f.cpu_percent(),
             m.all_down.map_or("-".into(), ms),
             last(&m.disconnect_hooks),
+            f.spawn_floor.map_or("-".into(), ms),
             m.all_up.map_or("-".into(), ms),
             last(&m.connect_hooks),
         );

@@ -283,10 +283,20 @@ impl Stamps {
 
     /// A `command` hook action (TOML inline table) that writes its target and event.
     pub fn hook_action(&self) -> String {
-        format!(
-            "{{ command = [\"/bin/sh\", \"-c\", \"echo \\\"$TETHER_TARGET $TETHER_EVENT\\\" > {}\"] }}",
-            self.path.display()
-        )
+        let argv: Vec<String> = self.hook_argv().iter().map(|a| format!("{a:?}")).collect();
+        format!("{{ command = [{}] }}", argv.join(", "))
+    }
+
+    /// The command of [`hook_action`](Self::hook_action), as an argument vector.
+    pub fn hook_argv(&self) -> Vec<String> {
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!(
+                "echo \"$TETHER_TARGET $TETHER_EVENT\" > {}",
+                self.path.display()
+            ),
+        ]
     }
 
     /// Forgets stamps received so far.
