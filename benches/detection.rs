@@ -27,6 +27,9 @@
 //! stamped when the hook process runs. Traffic stays on loopback and inside the veth
 //! pair the bench made; everything is bounded in time and removed at the end.
 
+// A benchmark measures real time on real processes; there is no paused clock here.
+#![allow(clippy::disallowed_types)]
+
 #[path = "common/harness.rs"]
 mod harness;
 

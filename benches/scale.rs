@@ -23,6 +23,9 @@
 //! and in time, and cleans up after itself: the tether process is killed if the
 //! benchmark ends early.
 
+// A benchmark measures real time on real processes; there is no paused clock here.
+#![allow(clippy::disallowed_types)]
+
 #[path = "common/harness.rs"]
 mod harness;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cmd::status::{Url, UrlError};
 use crate::config::{self, Address, duration};
-use crate::status_view::{Url, UrlError};
 
 /// Holds a connection to each dependency of an application, notices the moment it
 /// dies, reconnects with backoff, and runs hooks so the application can switch to a

@@ -203,8 +203,8 @@ pub struct Hooks {
 
 impl Hooks {
     /// The actions of one event, in the order written.
-    pub fn for_event(&self, event: crate::machine::Event) -> &[HookAction] {
-        use crate::machine::Event;
+    pub fn for_event(&self, event: crate::watch::machine::Event) -> &[HookAction] {
+        use crate::watch::machine::Event;
         match event {
             Event::Connect => &self.on_connect,
             Event::Disconnect => &self.on_disconnect,
@@ -277,15 +277,6 @@ pub enum ConfigError {
     TooLarge { path: PathBuf, size: u64 },
     #[error("{}", Diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
-}
-
-impl ConfigError {
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        match self {
-            ConfigError::Invalid(d) => d,
-            ConfigError::Read { .. } | ConfigError::TooLarge { .. } => &[],
-        }
-    }
 }
 
 /// One problem in a config file, at a position an editor can jump to.
@@ -385,7 +376,7 @@ impl Config {
     pub fn secret_sources(&self) -> impl Iterator<Item = Source> + '_ {
         self.targets.iter().flat_map(|t| {
             let password = t.probe.password();
-            let keys = crate::machine::Event::ALL
+            let keys = crate::watch::machine::Event::ALL
                 .into_iter()
                 .flat_map(|e| t.hooks.for_event(e))
                 .filter_map(HookAction::key);

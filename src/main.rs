@@ -7,10 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 
 use tether::cli::{Cli, Command, ConfigArg};
+use tether::cmd::status::{self, Output, Url};
+use tether::cmd::{demo, probe};
 use tether::config::{self, Config, ConfigError};
-use tether::observe::Observers;
-use tether::status_view::{self, Output, Url};
-use tether::{check, demo, exit, logging, sidecar, signals};
+use tether::watch::observe::Observers;
+use tether::{exit, logging, sidecar, signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,7 +70,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(probe) => probe,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let result = runtime()?.block_on(check::probe_once(&address, &probe, timeout));
+            let result = runtime()?.block_on(probe::probe_once(&address, &probe, timeout));
             Ok(match result {
                 Ok(()) => {
                     println!("{address} is healthy");
@@ -90,7 +91,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(probe) => probe,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let result = runtime()?.block_on(check::wait_all(&addresses, &probe, timeout));
+            let result = runtime()?.block_on(probe::wait_all(&addresses, &probe, timeout));
             Ok(match result {
                 Ok(()) => ExitCode::from(exit::OK),
                 Err(failed) => {
@@ -118,7 +119,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     Err(code) => return Ok(code),
                 },
             };
-            let code = runtime()?.block_on(status_view::run(&url, Output::detect(json), watch));
+            let code = runtime()?.block_on(status::run(&url, Output::detect(json), watch));
             Ok(ExitCode::from(code))
         }
     }
@@ -129,7 +130,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 fn status_url_from_config(arg: &ConfigArg) -> Result<Url, ExitCode> {
     let path = config::resolve_path(arg.path.as_deref());
     if arg.path.is_none() && !path.exists() {
-        return Ok(status_view::DEFAULT_URL
+        return Ok(status::DEFAULT_URL
             .parse()
             .expect("the default URL is valid"));
     }

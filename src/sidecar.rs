@@ -7,9 +7,9 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError};
 use crate::hooks::{self, HookRunner, HooksError, reaper};
-use crate::observe::{LogObserver, Observer, Observers};
-use crate::supervisor::Supervisor;
 use crate::telemetry::{Telemetry, TelemetryError};
+use crate::watch::observe::{LogObserver, Observer, Observers};
+use crate::watch::supervisor::Supervisor;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,11 @@
 //! (so a port that cannot be bound stops tether before it connects anywhere) and stopped
 //! after them (so the last state is still served and written).
 
+pub mod http;
+pub mod metrics;
+pub mod state_file;
+pub mod status;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::http::{App, HttpError, HttpServer, Limits};
-use crate::metrics::{Metrics, MetricsError};
-use crate::observe::{Observer, Observers};
-use crate::state_file::{self, StateFileError};
-use crate::status::Status;
+use crate::watch::observe::{Observer, Observers};
+use http::{App, HttpError, HttpServer, Limits};
+use metrics::{Metrics, MetricsError};
+use state_file::StateFileError;
+use status::Status;
 
 /// The observability side of the sidecar could not start.
 #[derive(Debug, thiserror::Error)]

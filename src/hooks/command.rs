@@ -16,8 +16,8 @@ use tokio::time::timeout;
 
 use super::payload::Payload;
 use super::{descendants, reaper};
-use crate::observe::HookResult;
 use crate::secrets;
+use crate::watch::observe::HookResult;
 
 /// How much of a hook's output (standard error, then standard output) is kept for the
 /// log, in bytes.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::Target;
-use crate::machine::{Event, State, Transition};
+use crate::watch::machine::{Event, State, Transition};
 
 /// The JSON document of one event, as documented in the README.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

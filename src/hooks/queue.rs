@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use crate::machine::{Event, State};
+use crate::watch::machine::{Event, State};
 
 /// What the application believes after a hook: the target's state, and whether it was
 /// told to run on its fallback (`failure` without `recover` since).

@@ -19,9 +19,9 @@ use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use crate::backoff::ReconnectBackoff;
 use crate::config::{self, HumanDuration};
-use crate::observe::HookResult;
+use crate::watch::backoff::ReconnectBackoff;
+use crate::watch::observe::HookResult;
 
 /// How much of a receiver's answer is kept for the log.
 const BODY_CAP: usize = 1024;

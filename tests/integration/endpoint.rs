@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether::config::Config;
-use tether::observe::Observer;
-use tether::supervisor::Supervisor;
 use tether::telemetry::Telemetry;
+use tether::watch::observe::Observer;
+use tether::watch::supervisor::Supervisor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tether::config::{Config, Target};
-use tether::machine::{Event, State, Transition};
-use tether::observe::{HookResult, Observer, Observers};
-use tether::supervisor::Supervisor;
+use tether::watch::machine::{Event, State, Transition};
+use tether::watch::observe::{HookResult, Observer, Observers};
+use tether::watch::supervisor::Supervisor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tether::machine::Event;
-use tether::observe::HookResult;
+use tether::watch::machine::Event;
+use tether::watch::observe::HookResult;
 
 use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
 use crate::receiver::Receiver;
@@ -113,8 +113,12 @@ async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environm
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_webhook_carries_a_verifiable_hmac_of_its_body() {
+    // tether runs in this process and reads webhook keys from its environment.
     // SAFETY: no other test reads or writes this variable.
-    unsafe { std::env::set_var("TETHER_TEST_HOOK_SECRET", "s3cret-key") };
+    #[allow(clippy::disallowed_methods)]
+    unsafe {
+        std::env::set_var("TETHER_TEST_HOOK_SECRET", "s3cret-key")
+    };
     let receiver = Receiver::start(&[]).await;
     let listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
@@ -746,8 +750,12 @@ async fn the_logged_output_of_a_failing_hook_is_at_most_4_kib() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_webhook_stays_signed_with_its_key_when_a_reload_removes_its_target() {
+    // tether runs in this process and reads webhook keys from its environment.
     // SAFETY: no other test reads or writes this variable.
-    unsafe { std::env::set_var("TETHER_TEST_QUEUED_KEY", "key-it-was-queued-under") };
+    #[allow(clippy::disallowed_methods)]
+    unsafe {
+        std::env::set_var("TETHER_TEST_QUEUED_KEY", "key-it-was-queued-under")
+    };
     // Four refusals: the delivery is still being retried when the reload lands.
     let receiver = Receiver::start(&[503, 503, 503, 503]).await;
     let (listener, other) = (

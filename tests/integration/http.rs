@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tether::config::Config;
-use tether::http::{App, HttpServer, Limits};
-use tether::machine::{Event, State, Transition};
-use tether::metrics::Metrics;
-use tether::observe::Observer;
-use tether::status::Status;
 use tether::telemetry::Telemetry;
+use tether::telemetry::http::{App, HttpServer, Limits};
+use tether::telemetry::metrics::Metrics;
+use tether::telemetry::status::Status;
+use tether::watch::machine::{Event, State, Transition};
+use tether::watch::observe::Observer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

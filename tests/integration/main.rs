@@ -1,6 +1,10 @@
 //! tether's integration tests: one crate, one module per area, run against real
 //! listeners and real servers on loopback.
 
+// These tests wait on real servers, processes and sockets, often from plain threads, in
+// real time: there is no paused clock for tokio's `Instant` to keep exact.
+#![allow(clippy::disallowed_types)]
+
 mod cli;
 mod config_errors;
 mod config_examples;

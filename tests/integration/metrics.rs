@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tether::machine::Event;
+use tether::watch::machine::Event;
 
 use crate::endpoint::{Reply, Sidecar};
 use crate::harness::dead_port;
@@ -53,7 +53,7 @@ async fn counters_and_gauges_follow_a_real_redis_killed_and_restarted() {
     let first = scrape_until(&sidecar, "cache up", |r| r.sample(up) == Some(1.0)).await;
     assert_eq!(
         first.header("content-type"),
-        Some(tether::metrics::CONTENT_TYPE)
+        Some(tether::telemetry::metrics::CONTENT_TYPE)
     );
     assert_eq!(
         value(&first, "tether_target_state{state=\"up\",target=\"cache\"}"),

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tether::machine::Event;
+use tether::watch::machine::Event;
 
 use crate::harness::{Record, Recorder, watch};
 use crate::support::poll;

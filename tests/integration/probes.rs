@@ -8,7 +8,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use tether::machine::{Event, State};
+use tether::watch::machine::{Event, State};
 
 use crate::harness::{Record, Recorder, watch};
 use crate::support::http::{Framing, HttpServer};

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tether::config::{Config, Target};
-use tether::machine::{Event, Transition};
-use tether::observe::{Observer, Observers};
-use tether::supervisor::Supervisor;
+use tether::watch::machine::{Event, Transition};
+use tether::watch::observe::{Observer, Observers};
+use tether::watch::supervisor::Supervisor;
 
 use crate::harness::{Record, Recorder};
 
@@ -136,7 +136,7 @@ async fn a_checker_that_panics_while_up_lets_go_of_its_connection_and_reconnects
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_while_running_hooks_is_contained_and_the_next_events_hooks_still_run() {
-    use tether::observe::HookResult;
+    use tether::watch::observe::HookResult;
 
     let mut listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
     tether::fault::panic_in_hooks("hooky", 1);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use tether::machine::Event;
+use tether::watch::machine::Event;
 
 use crate::harness::{Behaviour, Listener, Recorder, Sidecar, target};
 use crate::support::tether_process::{TetherProcess, run_command};
@@ -362,7 +362,7 @@ async fn a_target_removed_and_added_again_continues_its_event_ids() {
         again.seq, 1,
         "a receiver dropping duplicate ids would drop this event if it were :0"
     );
-    assert_eq!(again.previous, tether::machine::State::Connecting);
+    assert_eq!(again.previous, tether::watch::machine::State::Connecting);
     assert_eq!(rec.events("stays"), [Event::Connect]);
     sidecar.stop().await;
 }
@@ -441,7 +441,7 @@ async fn every_status_snapshot_during_reloads_shows_one_whole_config() {
 mod faults {
     use super::*;
     use crate::harness::Record;
-    use tether::machine::State;
+    use tether::watch::machine::State;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_panicking_actor_is_restarted_without_touching_the_others() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tether::machine::{Event, State};
+use tether::watch::machine::{Event, State};
 
 use crate::harness::{Behaviour, Listener, Record, Recorder, dead_port, watch};
 

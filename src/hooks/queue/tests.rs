@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::config::Config;
-use crate::machine::{Input, Machine, Transition};
+use crate::watch::machine::{Input, Machine, Transition};
 
 impl Queued for Transition {
     fn event(&self) -> Event {

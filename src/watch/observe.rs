@@ -9,10 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use crate::config::Target;
-use crate::machine::{Event, Transition};
+use crate::watch::machine::{Event, Transition};
 
 /// A listener to checker reports.
 pub trait Observer: Send + Sync + 'static {
@@ -161,37 +159,6 @@ impl Observer for Observers {
 
     fn stopped(&self, target: &Target) {
         self.each("stopped", |o| o.stopped(target));
-    }
-}
-
-/// One transition with the name of its target, as delivered on a channel.
-#[derive(Clone, Debug)]
-pub struct Published {
-    pub target: Arc<str>,
-    pub address: Arc<str>,
-    pub transition: Transition,
-}
-
-/// Publishes transitions on an unbounded channel, for consumers that want to await
-/// them. Unbounded because a checker must never wait on a consumer; consumers are
-/// expected to keep up (they only move records into their own queues).
-pub struct ChannelObserver(mpsc::UnboundedSender<Published>);
-
-impl ChannelObserver {
-    pub fn new() -> (ChannelObserver, mpsc::UnboundedReceiver<Published>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (ChannelObserver(tx), rx)
-    }
-}
-
-impl Observer for ChannelObserver {
-    fn transition(&self, target: &Arc<Target>, transition: &Transition) {
-        // A closed receiver means nobody listens any more; that is not the checker's concern.
-        let _ = self.0.send(Published {
-            target: target.name.as_str().into(),
-            address: target.address.to_string().into(),
-            transition: transition.clone(),
-        });
     }
 }
 

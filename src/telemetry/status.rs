@@ -17,8 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Target};
-use crate::machine::{Event, State, Transition};
-use crate::observe::Observer;
+use crate::watch::machine::{Event, State, Transition};
+use crate::watch::observe::Observer;
 
 /// The `/status` document. Its field names are part of the user contract (README).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,8 +28,8 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{self, Metrics};
-use crate::status::Status;
+use crate::telemetry::metrics::{self, Metrics};
+use crate::telemetry::status::Status;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]

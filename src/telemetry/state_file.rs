@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::status::Status;
+use crate::telemetry::status::Status;
 
 /// The shortest time between two writes.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);

@@ -21,8 +21,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::timeout;
 
 use crate::exit;
-use crate::machine::State;
-use crate::status::Document;
+use crate::telemetry::status::Document;
+use crate::watch::machine::State;
 
 /// Every required target is up.
 pub const EXIT_UP: u8 = exit::OK;
@@ -403,8 +403,8 @@ pub fn format_age(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Event;
-    use crate::status::{TargetStatus, Timestamp};
+    use crate::telemetry::status::{TargetStatus, Timestamp};
+    use crate::watch::machine::Event;
     use std::time::SystemTime;
 
     #[test]

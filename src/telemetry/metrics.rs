@@ -23,8 +23,8 @@ use std::time::Duration;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::{Config, Target};
-use crate::machine::{Event, State, Transition};
-use crate::observe::{HookResult, Observer};
+use crate::watch::machine::{Event, State, Transition};
+use crate::watch::observe::{HookResult, Observer};
 
 /// The Content-Type of the exposition; Prometheus 3 rejects a scrape without it.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;

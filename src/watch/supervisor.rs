@@ -17,10 +17,10 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checker::Checker;
 use crate::config::{Config, Supervision, Target};
-use crate::machine::{Machine, Snapshot};
-use crate::observe::{Observer, panic_message};
+use crate::watch::checker::Checker;
+use crate::watch::machine::{Machine, Snapshot};
+use crate::watch::observe::{Observer, panic_message};
 
 /// The running actors.
 pub struct Supervisor {
@@ -115,11 +115,6 @@ impl Supervisor {
 
     pub fn is_empty(&self) -> bool {
         self.actors.is_empty()
-    }
-
-    /// The targets being watched.
-    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
-        self.actors.values().map(|a| &a.target)
     }
 
     fn spawn(

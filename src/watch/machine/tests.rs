@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 
 use super::*;
-use crate::backoff;
 use crate::config::{self, Config};
+use crate::watch::backoff;
 
 fn target(threshold: u32, recover_after_ms: u64, jitter: f64) -> config::Target {
     let text = format!(

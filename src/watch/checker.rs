@@ -18,11 +18,12 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
-use crate::machine::{Input, Machine, Next, Snapshot};
+use crate::connect::{self, AttemptError, Connection, Limits};
 use crate::net::{self, Readiness};
-use crate::observe::Observer;
-use crate::probe::{self, Connection, Limits, Prober};
+use crate::probe::Prober;
 use crate::secrets;
+use crate::watch::machine::{Input, Machine, Next, Snapshot};
+use crate::watch::observe::Observer;
 
 /// One target's actor.
 pub struct Checker {
@@ -129,7 +130,7 @@ impl Checker {
         crate::fault::check_connect(&self.target.name);
         let t = &self.target;
         let started = Instant::now();
-        let result = probe::connect(&t.address, &self.prober, Limits::of(t), &t.keepalive).await;
+        let result = connect::connect(&t.address, &self.prober, Limits::of(t), &t.keepalive).await;
         self.observer.attempt(t, result.is_ok(), started.elapsed());
         match result {
             Ok(conn) => {
@@ -220,10 +221,10 @@ impl Checker {
         Input::Failed(reason)
     }
 
-    /// Probes the server again (see [`probe::recheck`]) and schedules the next check.
-    async fn recheck(&self, link: &mut Link) -> Result<(), probe::AttemptError> {
+    /// Probes the server again (see [`connect::recheck`]) and schedules the next check.
+    async fn recheck(&self, link: &mut Link) -> Result<(), AttemptError> {
         let t = &self.target;
-        probe::recheck(&mut link.conn, &self.prober, Limits::of(t), &t.keepalive).await?;
+        connect::recheck(&mut link.conn, &self.prober, Limits::of(t), &t.keepalive).await?;
         link.next_check = t.check.map(|c| Instant::now() + c.interval.get());
         Ok(())
     }
@@ -247,7 +248,7 @@ impl Checker {
         if addrs.iter().any(|a| same_endpoint(*a, from)) {
             return;
         }
-        match probe::connect_any(&t.address, &addrs, &self.prober, limits, &t.keepalive).await {
+        match connect::connect_any(&t.address, &addrs, &self.prober, limits, &t.keepalive).await {
             Ok(conn) => {
                 let to = conn.peer;
                 let next_resolve = link.next_resolve;
@@ -276,8 +277,8 @@ impl Checker {
 /// Whether a failed check means the held connection was closed under it (the server
 /// closed an idle session as the check went out), which an immediate reconnect answers,
 /// rather than a server that stopped answering or answered wrong, which is an outage.
-fn closed_under_us(e: &probe::AttemptError) -> bool {
-    use probe::{AttemptError, ProbeError};
+fn closed_under_us(e: &AttemptError) -> bool {
+    use crate::probe::ProbeError;
     match e {
         AttemptError::Probe {
             source: ProbeError::Closed,

@@ -3,6 +3,9 @@
 //! Kept behind this one type so the policy can be swapped (the crate is flagged
 //! unmaintained) without touching the state machine.
 
+// The crate's `Clock` trait is written in std's `Instant`; tether's own time is tokio's.
+#![allow(clippy::disallowed_types)]
+
 use std::time::Duration;
 
 use backoff::backoff::Backoff as _;

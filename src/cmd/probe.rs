@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::backoff::ReconnectBackoff;
 use crate::config::{self, Address, HumanDuration, Keepalive, Probe};
-use crate::probe::{self, Prober};
+use crate::connect::{self, Limits};
+use crate::probe::Prober;
+use crate::watch::backoff::ReconnectBackoff;
 
 /// Keepalive settings for one-off connections, which are closed right away anyway.
 const ONE_OFF_KEEPALIVE: Keepalive = Keepalive {
@@ -31,11 +32,11 @@ const WAIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Checks an address once with `probe`; the error says why it is not healthy.
 pub async fn probe_once(address: &Address, probe: &Probe, limit: Duration) -> Result<(), String> {
     let prober = Prober::new(probe, address);
-    let limits = probe::Limits {
+    let limits = Limits {
         connect: limit,
         check: limit,
     };
-    let attempt = probe::connect(address, &prober, limits, &ONE_OFF_KEEPALIVE);
+    let attempt = connect::connect(address, &prober, limits, &ONE_OFF_KEEPALIVE);
     match timeout(limit, attempt).await {
         Ok(Ok(_connection)) => Ok(()),
         Ok(Err(e)) => Err(crate::secrets::mask(&e.to_string()).into_owned()),

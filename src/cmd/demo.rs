@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
+use crate::cmd::status;
 use crate::config::{Config, Target};
-use crate::machine::{Event, Transition};
-use crate::observe::{HookResult, Observer, Observers};
 use crate::sidecar::{self, Control};
-use crate::status_view;
+use crate::watch::machine::{Event, Transition};
+use crate::watch::observe::{HookResult, Observer, Observers};
 
 /// How long any one step may take before the demo gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(8);
@@ -300,7 +300,7 @@ fn relevant(line: &str) -> bool {
 /// A GET of the sidecar's own endpoint, whatever its status.
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let authority = addr.to_string();
-    let exchange = status_view::get(&authority, path, MAX_ANSWER_BYTES);
+    let exchange = status::get(&authority, path, MAX_ANSWER_BYTES);
     let (_, body) = timeout(Duration::from_secs(3), exchange).await.ok()?.ok()?;
     String::from_utf8(body.to_vec()).ok()
 }

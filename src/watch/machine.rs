@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::backoff::ReconnectBackoff;
 use crate::config;
+use crate::watch::backoff::ReconnectBackoff;
 
 /// The state of a target as users see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,212 @@
+//! The connect path the sidecar, `tether probe` and `tether wait` share: resolve the
+//! target's name, open a TCP connection to the first address that accepts, and run the
+//! first probe on it, each step within its own limit; and the recheck of a held
+//! connection. An attempt succeeds only when the server itself has answered.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::config::{self, Address, Keepalive};
+use crate::net::{self, ConnectError};
+use crate::probe::{Afterwards, ProbeError, Prober};
+
+/// The time each step of an attempt may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Name resolution, and then the TCP handshake with each address.
+    pub connect: Duration,
+    /// Every probe answer, the first one on a new connection included.
+    pub check: Duration,
+}
+
+impl Limits {
+    /// The limits of a target's attempts and checks.
+    pub fn of(target: &config::Target) -> Limits {
+        Limits {
+            connect: target.connect_timeout.get(),
+            // `tcp` has no answer to wait for; its check returns at once.
+            check: target
+                .check
+                .map_or(target.connect_timeout.get(), |c| c.timeout.get()),
+        }
+    }
+}
+
+/// Why a connect attempt (handshake and first probe) failed, worded for `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{kind} probe {addr}: {source}{}", net::and_others(*.others))]
+    Probe {
+        kind: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: ProbeError,
+        /// How many other resolved addresses failed too.
+        others: usize,
+    },
+}
+
+/// A connection whose server passed its first probe.
+#[derive(Debug)]
+pub struct Connection {
+    /// `None` when the server closes the connection after its answer (see
+    /// [`Afterwards::Drop`]): there is nothing to hold, and checks use fresh connections.
+    pub stream: Option<TcpStream>,
+    /// The address that answered; later checks and moves compare against it.
+    pub peer: SocketAddr,
+    /// Whether `stream` can carry the next check.
+    pub reusable: bool,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, after: Afterwards) -> Connection {
+        Connection {
+            stream: (after != Afterwards::Drop).then_some(stream),
+            peer,
+            reusable: after == Afterwards::Reuse,
+        }
+    }
+}
+
+/// Resolves `address` and connects to the first of its addresses whose server passes the
+/// probe, each address within `limits.connect` for the handshake and `limits.check` for
+/// the probe's answer.
+pub async fn connect(
+    address: &Address,
+    prober: &Prober,
+    limits: Limits,
+    keepalive: &Keepalive,
+) -> Result<Connection, AttemptError> {
+    let addrs = net::resolve(address, limits.connect).await?;
+    connect_any(address, &addrs, prober, limits, keepalive).await
+}
+
+/// Connects to the first of `addrs` (resolved from `address`) whose server passes the
+/// probe; the error is the last address's, with a count of the others that failed.
+pub async fn connect_any(
+    address: &Address,
+    addrs: &[SocketAddr],
+    prober: &Prober,
+    limits: Limits,
+    keepalive: &Keepalive,
+) -> Result<Connection, AttemptError> {
+    let mut last = None;
+    for &addr in addrs {
+        match connect_one(addr, prober, limits, keepalive).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => last = Some(e),
+        }
+    }
+    let others = addrs.len().saturating_sub(1);
+    Err(match last {
+        None => AttemptError::Connect(ConnectError::NoAddresses {
+            host: address.host().to_owned(),
+        }),
+        Some(AttemptError::Probe {
+            kind, addr, source, ..
+        }) => AttemptError::Probe {
+            kind,
+            addr,
+            source,
+            others,
+        },
+        Some(AttemptError::Connect(e)) => AttemptError::Connect(e.with_others(others)),
+    })
+}
+
+/// Connects to one address and runs the first probe on the new connection.
+pub async fn connect_one(
+    addr: SocketAddr,
+    prober: &Prober,
+    limits: Limits,
+    keepalive: &Keepalive,
+) -> Result<Connection, AttemptError> {
+    let mut stream = net::connect_addr(addr, limits.connect, keepalive).await?;
+    match prober.check(&mut stream, true, limits.check).await {
+        Ok(after) => Ok(Connection::new(stream, addr, after)),
+        Err(source) => Err(AttemptError::Probe {
+            kind: prober.kind(),
+            addr,
+            source,
+            others: 0,
+        }),
+    }
+}
+
+/// Checks the server of `conn` again: on its held stream if that can carry another
+/// exchange, else on a fresh connection to the same address, which then replaces the held
+/// one (so an unauthenticated session is never held for longer than an interval).
+pub async fn recheck(
+    conn: &mut Connection,
+    prober: &Prober,
+    limits: Limits,
+    keepalive: &Keepalive,
+) -> Result<(), AttemptError> {
+    match conn.stream.as_mut() {
+        Some(stream) if conn.reusable => {
+            let after = prober
+                .check(stream, false, limits.check)
+                .await
+                .map_err(|source| AttemptError::Probe {
+                    kind: prober.kind(),
+                    addr: conn.peer,
+                    source,
+                    others: 0,
+                })?;
+            conn.reusable = after == Afterwards::Reuse;
+            if after == Afterwards::Drop {
+                conn.stream = None;
+            }
+        }
+        _ => *conn = connect_one(conn.peer, prober, limits, keepalive).await?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::tests::keepalive;
+
+    const LIMITS: Limits = Limits {
+        connect: Duration::from_secs(1),
+        check: Duration::from_secs(1),
+    };
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_plainly() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let address = Address::new("127.0.0.1", port);
+        let tcp = Prober::new(&config::Probe::Tcp, &address);
+        let Err(e) = connect(&address, &tcp, LIMITS, &keepalive()).await else {
+            panic!("nothing listens on port {port}");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("connect 127.0.0.1:{port}: connection refused")
+        );
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_on_each_attempt_and_every_address_is_tried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let address = Address::new("localhost", port);
+        let addrs = net::resolve(&address, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(addrs.iter().any(|a| a.ip().is_loopback()));
+        // localhost may resolve to ::1 first where nothing listens: the next address is tried.
+        let tcp = Prober::new(&config::Probe::Tcp, &address);
+        connect(&address, &tcp, LIMITS, &keepalive())
+            .await
+            .expect("127.0.0.1 answers");
+    }
+}
