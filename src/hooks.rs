@@ -23,9 +23,9 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HookAction, Target};
-use crate::machine::{Event, State, Transition};
-use crate::observe::{HookResult, Observer};
 use crate::secrets;
+use crate::watch::machine::{Event, State, Transition};
+use crate::watch::observe::{HookResult, Observer};
 
 pub use descendants::kill_everything;
 pub use payload::Payload;
@@ -131,6 +131,9 @@ impl HookRunner {
 
     /// Reads the secrets a new config names; on error the running ones stay, and the
     /// reload must be refused.
+    /// The queues of targets the new config removed go with them, except those still
+    /// being served: their events run to the end, and the queue goes at a later
+    /// reload. Kept, a queue per name ever configured would grow across reloads.
     pub fn reload(&self, config: &Config) -> Result<(), HooksError> {
         let secrets = read_secrets(config)?;
         *self
@@ -138,6 +141,17 @@ impl HookRunner {
             .secrets
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(secrets);
+        let wanted: std::collections::HashSet<&str> = config
+            .targets
+            .iter()
+            .filter(|t| !t.hooks.is_empty())
+            .map(|t| t.name.as_str())
+            .collect();
+        self.inner
+            .queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, queue| wanted.contains(name.as_str()) || lock(queue).running);
         Ok(())
     }
 
@@ -448,5 +462,56 @@ fn kind(action: &HookAction) -> &'static str {
         HookAction::Command { .. } => "command",
         HookAction::Shell { .. } => "shell",
         HookAction::Webhook { .. } => "webhook",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::observe::Observers;
+
+    fn config(names: &[&str]) -> Config {
+        let mut text =
+            String::from("[defaults.hooks]\non_connect = { command = [\"/bin/true\"] }\n");
+        for name in names {
+            text.push_str(&format!(
+                "[[targets]]\nname = \"{name}\"\naddress = \"127.0.0.1:1\"\n"
+            ));
+        }
+        Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn queued(runner: &HookRunner) -> Vec<String> {
+        let mut names: Vec<String> = runner
+            .inner
+            .queues
+            .read()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_reload_that_removes_a_target_drops_its_hook_queue() {
+        let runner =
+            HookRunner::new(&config(&["a", "b", "c"]), Arc::new(Observers::new())).unwrap();
+        assert_eq!(queued(&runner), ["a", "b", "c"]);
+        runner.reload(&config(&["a"])).unwrap();
+        assert_eq!(queued(&runner), ["a"], "no queue outlives its target");
+    }
+
+    #[test]
+    fn a_queue_still_being_served_stays_until_its_events_ran() {
+        let runner = HookRunner::new(&config(&["a", "b"]), Arc::new(Observers::new())).unwrap();
+        let b = runner.inner.queues.read().unwrap()["b"].clone();
+        lock(&b).running = true;
+        runner.reload(&config(&["a"])).unwrap();
+        assert_eq!(queued(&runner), ["a", "b"]);
+        lock(&b).running = false;
+        runner.reload(&config(&["a"])).unwrap();
+        assert_eq!(queued(&runner), ["a"]);
     }
 }
