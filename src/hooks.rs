@@ -112,8 +112,12 @@ impl queue::Queued for Job {
 impl HookRunner {
     /// Reads every webhook secret the config names from the environment, so a missing
     /// one stops the start instead of surfacing at the first outage.
-    pub fn new(config: &Config, report: Arc<dyn Observer>) -> Result<HookRunner, HooksError> {
-        let secrets = read_secrets(config)?;
+    pub fn new(
+        config: &Config,
+        loaded: &secrets::Loaded,
+        report: Arc<dyn Observer>,
+    ) -> Result<HookRunner, HooksError> {
+        let secrets = keys(config, loaded)?;
         let http = webhook::Client::new();
         Ok(HookRunner {
             inner: Arc::new(Inner {
@@ -134,8 +138,8 @@ impl HookRunner {
     /// The queues of targets the new config removed go with them, except those still
     /// being served: their events run to the end, and the queue goes at a later
     /// reload. Kept, a queue per name ever configured would grow across reloads.
-    pub fn reload(&self, config: &Config) -> Result<(), HooksError> {
-        let secrets = read_secrets(config)?;
+    pub fn reload(&self, config: &Config, loaded: &secrets::Loaded) -> Result<(), HooksError> {
+        let secrets = keys(config, loaded)?;
         *self
             .inner
             .secrets
@@ -416,13 +420,14 @@ fn queues(config: &Config) -> HashMap<String, Arc<Mutex<TargetQueue>>> {
 }
 
 /// Checks that every webhook secret the config names is set, before anything starts.
-pub fn check_environment(config: &Config) -> Result<(), HooksError> {
-    read_secrets(config).map(drop)
+pub fn check_environment(config: &Config, loaded: &secrets::Loaded) -> Result<(), HooksError> {
+    keys(config, loaded).map(drop)
 }
 
-/// Every webhook key the config names, read now from its variable or file: once per
-/// start or reload, so a rotated key is taken up by SIGHUP.
-fn read_secrets(config: &Config) -> Result<Keys, HooksError> {
+/// Every webhook key the config names, as this start or reload read it (so a rotated
+/// key is taken up by SIGHUP). A key the load could not read stops the start or
+/// refuses the reload.
+fn keys(config: &Config, loaded: &secrets::Loaded) -> Result<Keys, HooksError> {
     let mut keys = HashMap::new();
     for target in &config.targets {
         for event in Event::ALL {
@@ -434,12 +439,19 @@ fn read_secrets(config: &Config) -> Result<Keys, HooksError> {
                 if keys.contains_key(&source) {
                     continue;
                 }
-                let value = secrets::read(&source).map_err(|error| HooksError::MissingSecret {
+                let missing = |error| HooksError::MissingSecret {
                     target: target.name.clone(),
                     event: event.hook_key(),
                     url: webhook.clone(),
                     error,
-                })?;
+                };
+                let value = match loaded.get(&source) {
+                    Some(Ok(value)) => value.clone(),
+                    Some(Err(error)) => return Err(missing(error.clone())),
+                    // Not part of the load (a caller that loaded another config's
+                    // sources): read it now rather than run unsigned.
+                    None => secrets::read(&source).map_err(missing)?,
+                };
                 keys.insert(source, Secret::new(value.to_vec()));
             }
         }
@@ -481,6 +493,11 @@ mod tests {
         Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
     }
 
+    /// These configs read no secrets.
+    fn none() -> secrets::Loaded {
+        secrets::Loaded::default()
+    }
+
     fn queued(runner: &HookRunner) -> Vec<String> {
         let mut names: Vec<String> = runner
             .inner
@@ -496,22 +513,27 @@ mod tests {
 
     #[test]
     fn a_reload_that_removes_a_target_drops_its_hook_queue() {
-        let runner =
-            HookRunner::new(&config(&["a", "b", "c"]), Arc::new(Observers::new())).unwrap();
+        let runner = HookRunner::new(
+            &config(&["a", "b", "c"]),
+            &none(),
+            Arc::new(Observers::new()),
+        )
+        .unwrap();
         assert_eq!(queued(&runner), ["a", "b", "c"]);
-        runner.reload(&config(&["a"])).unwrap();
+        runner.reload(&config(&["a"]), &none()).unwrap();
         assert_eq!(queued(&runner), ["a"], "no queue outlives its target");
     }
 
     #[test]
     fn a_queue_still_being_served_stays_until_its_events_ran() {
-        let runner = HookRunner::new(&config(&["a", "b"]), Arc::new(Observers::new())).unwrap();
+        let runner =
+            HookRunner::new(&config(&["a", "b"]), &none(), Arc::new(Observers::new())).unwrap();
         let b = runner.inner.queues.read().unwrap()["b"].clone();
         lock(&b).running = true;
-        runner.reload(&config(&["a"])).unwrap();
+        runner.reload(&config(&["a"]), &none()).unwrap();
         assert_eq!(queued(&runner), ["a", "b"]);
         lock(&b).running = false;
-        runner.reload(&config(&["a"])).unwrap();
+        runner.reload(&config(&["a"]), &none()).unwrap();
         assert_eq!(queued(&runner), ["a"]);
     }
 }

@@ -85,7 +85,7 @@ impl fmt::Display for Source {
 }
 
 /// A source that could not be read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{source_name}: {why}")]
 pub struct ReadError {
     pub source_name: Source,
@@ -123,22 +123,43 @@ pub fn read(source: &Source) -> Result<Arc<[u8]>, ReadError> {
     Ok(value.into())
 }
 
+/// What one start or reload read of a config's secrets: each source's value, or why it
+/// could not be read. Every consumer (probes, webhook keys) takes its values from here,
+/// so a source is read once per (re)load and all of them see the same value.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    read: BTreeMap<Source, Result<Arc<[u8]>, ReadError>>,
+}
+
+impl Loaded {
+    /// What this load got from `source`; `None` if the config does not name it.
+    pub fn get(&self, source: &Source) -> Option<&Result<Arc<[u8]>, ReadError>> {
+        self.read.get(source)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &ReadError> {
+        self.read.values().filter_map(|r| r.as_ref().err())
+    }
+}
+
 /// Reads every source of a config, at start and on each reload, and keeps the values
-/// for [`current`]. Sources that fail keep their previous value, if any; the errors are
-/// returned for the caller to decide on (a webhook key is required, a probe password
-/// fails its checks).
-pub fn load<'a>(sources: impl IntoIterator<Item = &'a Source>) -> Vec<ReadError> {
-    let mut errors = Vec::new();
-    let mut read_now = Vec::new();
+/// for [`current`]. Sources that fail keep their previous value there, if any; the
+/// errors are in the result for the caller to decide on (a webhook key is required, a
+/// probe password fails its checks).
+pub fn load<'a>(sources: impl IntoIterator<Item = &'a Source>) -> Loaded {
+    let mut loaded = Loaded::default();
     for source in sources {
-        match read(source) {
-            Ok(value) => read_now.push((source.clone(), value)),
-            Err(e) => errors.push(e),
+        if !loaded.read.contains_key(source) {
+            loaded.read.insert(source.clone(), read(source));
         }
     }
     let mut values = VALUES.write().unwrap_or_else(|p| p.into_inner());
-    values.extend(read_now);
-    errors
+    for (source, value) in &loaded.read {
+        if let Ok(value) = value {
+            values.insert(source.clone(), value.clone());
+        }
+    }
+    loaded
 }
 
 /// The value of `source` as last loaded, or read now if it never was (a checker run
@@ -165,19 +186,20 @@ mod tests {
         let path = dir.path().join("key");
         std::fs::write(&path, "file-secret-for-masking-7c1\n").unwrap();
         let source = Source::File(path.clone());
-        assert!(load([&source]).is_empty());
+        assert_eq!(load([&source]).errors().count(), 0);
         assert_eq!(&*current(&source).unwrap(), b"file-secret-for-masking-7c1");
         assert_eq!(mask("x file-secret-for-masking-7c1 y"), "x [redacted] y");
         // Rotated in place: the next load has the new value.
         std::fs::write(&path, "rotated-secret-for-masking-7c1").unwrap();
-        assert!(load([&source]).is_empty());
+        assert_eq!(load([&source]).errors().count(), 0);
         assert_eq!(
             &*current(&source).unwrap(),
             b"rotated-secret-for-masking-7c1"
         );
         // Gone: the error says which, and the last value stays.
         std::fs::remove_file(&path).unwrap();
-        let errors = load([&source]);
+        let loaded = load([&source]);
+        let errors: Vec<_> = loaded.errors().collect();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().starts_with("file "), "{}", errors[0]);
         assert_eq!(

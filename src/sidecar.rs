@@ -50,8 +50,8 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
-    withhold_secrets(&config);
-    hooks::check_environment(&config)?;
+    let loaded = withhold_secrets(&config);
+    hooks::check_environment(&config, &loaded)?;
     let telemetry = Telemetry::start(&config).await?;
     // The caller's listeners (the demo, tests) come last: when they hear of a change,
     // the registry and the metrics have recorded it, so what they read back shows it.
@@ -61,7 +61,8 @@ pub async fn run(
         .with(Arc::new(extra));
     // Hook results go to the listeners (metrics, logs), never back into the runner.
     let report: Arc<dyn Observer> = Arc::new(listeners.clone());
-    let hooks = HookRunner::new(&config, report.clone())?;
+    let hooks = HookRunner::new(&config, &loaded, report.clone())?;
+    drop(loaded);
     let observers = listeners.with(Arc::new(hooks.clone()));
     // The targets move into the actors that watch them rather than staying here as
     // well: the sidecar keeps nothing per target beyond what its actor needs.
@@ -80,8 +81,8 @@ pub async fn run(
     while let Some(Control::Reload(loaded)) = control.recv().await {
         match *loaded {
             Ok(new) => {
-                withhold_secrets(&new);
-                match hooks.reload(&new) {
+                let loaded = withhold_secrets(&new);
+                match hooks.reload(&new, &loaded) {
                     Ok(()) => {
                         telemetry.status().apply(&new);
                         let summary = supervisor.reload(&new);
@@ -133,16 +134,21 @@ pub async fn run(
 }
 
 /// Hooks never inherit the variables a config reads secrets from; done before the
-/// config is used, so no hook of it ever sees one.
-fn withhold_secrets(config: &Config) {
+/// config is used, so no hook of it ever sees one. Then every secret the config names
+/// is read, once for this start or reload: the probes' next connections use these
+/// values, and the hook runner takes its webhook keys from the result.
+fn withhold_secrets(config: &Config) -> crate::secrets::Loaded {
     for var in config.secret_variables() {
         crate::secrets::withhold(&var);
     }
-    // The values, for the probes' next connections; a probe whose password cannot be
-    // read fails its checks saying so (webhook keys are checked by the hook runner).
-    for error in crate::secrets::load(&config.secret_sources().collect::<Vec<_>>()) {
+    let sources: Vec<_> = config.secret_sources().collect();
+    let loaded = crate::secrets::load(&sources);
+    // A probe whose password cannot be read fails its checks saying so; a webhook key
+    // that cannot be read stops the start or refuses the reload (the hook runner).
+    for error in loaded.errors() {
         tracing::warn!(%error, "a secret cannot be read");
     }
+    loaded
 }
 
 /// Settings that a running sidecar cannot change in place.
