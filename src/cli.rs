@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cmd::status::{Url, UrlError};
-use crate::config::{self, Address, duration};
+use crate::config::{self, Address, duration, kinds};
 
 /// Holds a connection to each dependency of an application, notices the moment it
 /// dies, reconnects with backoff, and runs hooks so the application can switch to a
@@ -132,8 +133,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// What "healthy" means on the wire
-    #[arg(long, value_enum, default_value_t = ProbeKind::Tcp)]
-    pub probe: ProbeKind,
+    #[arg(long, default_value = "tcp", value_parser = probe_kinds())]
+    pub probe: String,
 
     /// With --probe http: the path to GET
     #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_path)]
@@ -148,58 +149,33 @@ impl CheckArgs {
     /// The probe these arguments describe, with the defaults a config file gets.
     /// HTTP settings given with another kind are an error, not silently ignored.
     pub fn probe(&self) -> Result<config::Probe, String> {
-        match self.probe {
-            ProbeKind::Http => Ok(config::Probe::Http {
+        let kind =
+            kinds::find(&self.probe).ok_or_else(|| format!("unknown probe {}", self.probe))?;
+        if kind.name == kinds::HTTP.name {
+            return Ok(config::Probe::Http {
                 path: self.path.clone(),
                 expect_status: self.expect_status,
                 host: None,
-            }),
-            _ if self.path != "/" || self.expect_status != 200 => {
-                Err("--path and --expect-status apply only to --probe http".to_owned())
-            }
-            kind => Ok(kind.probe()),
+            });
         }
+        if self.path != "/" || self.expect_status != 200 {
+            return Err("--path and --expect-status apply only to --probe http".to_owned());
+        }
+        Ok((kind.bare)())
     }
+}
+
+/// The registered probe kinds, each with its line of help.
+fn probe_kinds() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        kinds::ALL.map(|kind| PossibleValue::new(kind.name).help(kind.summary)),
+    )
 }
 
 fn parse_path(s: &str) -> Result<String, String> {
     config::check_http_path(s)
         .map(|()| s.to_owned())
         .map_err(str::to_owned)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProbeKind {
-    /// The TCP handshake completes
-    Tcp,
-    /// PING is answered by +PONG (or -NOAUTH)
-    Redis,
-    /// An SSLRequest is answered by S or N
-    Postgres,
-    /// The server greets with a protocol-10 handshake (MySQL, MariaDB)
-    Mysql,
-    /// GET --path is answered by --expect-status (default: GET / answered by 200)
-    Http,
-}
-
-impl ProbeKind {
-    /// The probe with the same defaults a config file gets for a bare kind.
-    pub fn probe(self) -> config::Probe {
-        match self {
-            ProbeKind::Tcp => config::Probe::Tcp,
-            ProbeKind::Redis => config::Probe::Redis {
-                password_env: None,
-                password_file: None,
-            },
-            ProbeKind::Postgres => config::Probe::Postgres,
-            ProbeKind::Mysql => config::Probe::Mysql,
-            ProbeKind::Http => config::Probe::Http {
-                path: config::builtin::HTTP_PATH.to_owned(),
-                expect_status: config::builtin::HTTP_STATUS,
-                host: None,
-            },
-        }
-    }
 }
 
 fn parse_url(s: &str) -> Result<Url, String> {

@@ -6,6 +6,7 @@
 
 mod address;
 pub mod duration;
+pub mod kinds;
 mod raw;
 mod validate;
 
@@ -177,13 +178,14 @@ impl Probe {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    /// The kind of this probe, as registered in [`kinds`].
+    pub fn kind(&self) -> &'static kinds::Kind {
         match self {
-            Probe::Tcp => "tcp",
-            Probe::Redis { .. } => "redis",
-            Probe::Postgres => "postgres",
-            Probe::Mysql => "mysql",
-            Probe::Http { .. } => "http",
+            Probe::Tcp => &kinds::TCP,
+            Probe::Redis { .. } => &kinds::REDIS,
+            Probe::Postgres => &kinds::POSTGRES,
+            Probe::Mysql => &kinds::MYSQL,
+            Probe::Http { .. } => &kinds::HTTP,
         }
     }
 }

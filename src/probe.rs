@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{self, Address};
+use crate::config::{self, Address, kinds};
 use crate::net;
 
 /// What a healthy answer leaves of the connection it was given on.
@@ -102,14 +102,16 @@ impl Prober {
         }
     }
 
+    /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
     pub fn kind(&self) -> &'static str {
-        match self {
-            Prober::Tcp(_) => "tcp",
-            Prober::Redis(_) => "redis",
-            Prober::Postgres(_) => "postgres",
-            Prober::Mysql(_) => "mysql",
-            Prober::Http(_) => "http",
-        }
+        let kind = match self {
+            Prober::Tcp(_) => &kinds::TCP,
+            Prober::Redis(_) => &kinds::REDIS,
+            Prober::Postgres(_) => &kinds::POSTGRES,
+            Prober::Mysql(_) => &kinds::MYSQL,
+            Prober::Http(_) => &kinds::HTTP,
+        };
+        kind.name
     }
 
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the

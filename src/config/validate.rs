@@ -12,11 +12,11 @@ use toml::Spanned;
 
 use super::raw::{
     RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawProbe,
-    RawTarget,
+    RawProbeTable, RawTarget,
 };
 use super::{
     Address, Backoff, Check, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration,
-    Keepalive, Probe, Server, Supervision, Target,
+    Keepalive, Probe, Server, Supervision, Target, kinds,
 };
 
 /// The built-in defaults, documented in the README's config reference.
@@ -640,11 +640,20 @@ impl Ctx<'_> {
         };
         // Settings that only make sense for some kinds are rejected elsewhere, so a
         // misplaced `path` cannot be silently ignored.
-        let only_for = |this: &mut Self, name: &str, v: Option<Range<usize>>, allowed: &[&str]| {
-            if let Some(s) = v {
+        if let Some(t) = table {
+            let given = [
+                ("path", t.path.as_ref().map(Spanned::span)),
+                ("expect_status", t.expect_status.as_ref().map(Spanned::span)),
+                ("host", t.host.as_ref().map(Spanned::span)),
+                ("password_env", t.password_env.as_ref().map(Spanned::span)),
+                ("password_file", t.password_file.as_ref().map(Spanned::span)),
+            ];
+            for (name, span) in given {
+                let Some(span) = span else { continue };
+                let allowed: Vec<&str> = kinds::taking(name).map(|k| k.name).collect();
                 if !allowed.contains(&kind) {
-                    this.err(
-                        Some(s),
+                    self.err(
+                        Some(span),
                         format!("{key}.{name}"),
                         format!(
                             "`{name}` is a setting of the {} probe, not of \"{kind}\"",
@@ -653,105 +662,92 @@ impl Ctx<'_> {
                     );
                 }
             }
-        };
-        if let Some(t) = table {
-            only_for(self, "path", t.path.as_ref().map(Spanned::span), &["http"]);
-            only_for(
-                self,
-                "expect_status",
-                t.expect_status.as_ref().map(Spanned::span),
-                &["http"],
-            );
-            only_for(self, "host", t.host.as_ref().map(Spanned::span), &["http"]);
-            only_for(
-                self,
-                "password_env",
-                t.password_env.as_ref().map(Spanned::span),
-                &["redis"],
-            );
-            only_for(
-                self,
-                "password_file",
-                t.password_file.as_ref().map(Spanned::span),
-                &["redis"],
-            );
         }
-        match kind {
-            "tcp" => Probe::Tcp,
-            "postgres" => Probe::Postgres,
-            "mysql" => Probe::Mysql,
-            "redis" => {
-                let (password_env, password_file) = self.secret_source(
-                    table.and_then(|t| t.password_env.as_ref()),
-                    table.and_then(|t| t.password_file.as_ref()),
-                    key,
-                    "password",
-                );
-                Probe::Redis {
-                    password_env,
-                    password_file,
+        let Some(registered) = kinds::find(kind) else {
+            let names: Vec<&str> = kinds::ALL.iter().map(|k| k.name).collect();
+            self.err(
+                Some(kind_span),
+                kind_key,
+                format!(
+                    "unknown probe kind \"{kind}\": expected one of {}",
+                    names.join(", ")
+                ),
+            );
+            return Probe::Tcp;
+        };
+        match (registered.bare)() {
+            Probe::Redis { .. } => self.redis_probe(table.map(|t| &**t), key),
+            Probe::Http { .. } => self.http_probe(table.map(|t| &**t), key),
+            bare => bare,
+        }
+    }
+
+    /// `password_env` or `password_file`, at most one.
+    fn redis_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
+        let (password_env, password_file) = self.secret_source(
+            table.and_then(|t| t.password_env.as_ref()),
+            table.and_then(|t| t.password_file.as_ref()),
+            key,
+            "password",
+        );
+        Probe::Redis {
+            password_env,
+            password_file,
+        }
+    }
+
+    /// `path`, `expect_status` and `host`, each checked for what a request line and a
+    /// status line can carry.
+    fn http_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
+        let path = match table.and_then(|t| t.path.as_ref()) {
+            None => builtin::HTTP_PATH.to_owned(),
+            Some(v) => {
+                let p = v.get_ref();
+                if let Err(why) = check_http_path(p) {
+                    self.err(
+                        Some(v.span()),
+                        format!("{key}.path"),
+                        format!("\"{p}\" {why}"),
+                    );
                 }
+                p.clone()
             }
-            "http" => {
-                let path = match table.and_then(|t| t.path.as_ref()) {
-                    None => builtin::HTTP_PATH.to_owned(),
-                    Some(v) => {
-                        let p = v.get_ref();
-                        if let Err(why) = check_http_path(p) {
-                            self.err(
-                                Some(v.span()),
-                                format!("{key}.path"),
-                                format!("\"{p}\" {why}"),
-                            );
-                        }
-                        p.clone()
-                    }
-                };
-                let expect_status = match table.and_then(|t| t.expect_status.as_ref()) {
-                    None => builtin::HTTP_STATUS,
-                    Some(v) => match u16::try_from(*v.get_ref()) {
-                        Ok(s) if (100..=599).contains(&s) => s,
-                        _ => {
-                            self.err(
-                                Some(v.span()),
-                                format!("{key}.expect_status"),
-                                format!(
-                                    "must be an HTTP status from 100 to 599, got {}",
-                                    v.get_ref()
-                                ),
-                            );
-                            builtin::HTTP_STATUS
-                        }
-                    },
-                };
-                let host = table.and_then(|t| t.host.as_ref()).map(|v| {
-                    if v.get_ref().is_empty()
-                        || v.get_ref()
-                            .bytes()
-                            .any(|b| b.is_ascii_control() || b == b' ')
-                    {
-                        self.err(
-                            Some(v.span()),
-                            format!("{key}.host"),
-                            "must be a non-empty host name without spaces",
-                        );
-                    }
-                    v.get_ref().clone()
-                });
-                Probe::Http {
-                    path,
-                    expect_status,
-                    host,
+        };
+        let expect_status = match table.and_then(|t| t.expect_status.as_ref()) {
+            None => builtin::HTTP_STATUS,
+            Some(v) => match u16::try_from(*v.get_ref()) {
+                Ok(s) if (100..=599).contains(&s) => s,
+                _ => {
+                    self.err(
+                        Some(v.span()),
+                        format!("{key}.expect_status"),
+                        format!(
+                            "must be an HTTP status from 100 to 599, got {}",
+                            v.get_ref()
+                        ),
+                    );
+                    builtin::HTTP_STATUS
                 }
-            }
-            other => {
+            },
+        };
+        let host = table.and_then(|t| t.host.as_ref()).map(|v| {
+            if v.get_ref().is_empty()
+                || v.get_ref()
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ')
+            {
                 self.err(
-                    Some(kind_span),
-                    kind_key,
-                    format!("unknown probe kind \"{other}\": expected one of tcp, redis, postgres, mysql, http"),
+                    Some(v.span()),
+                    format!("{key}.host"),
+                    "must be a non-empty host name without spaces",
                 );
-                Probe::Tcp
             }
+            v.get_ref().clone()
+        });
+        Probe::Http {
+            path,
+            expect_status,
+            host,
         }
     }
 

@@ -186,7 +186,7 @@ impl Status {
             entry: Mutex::new(TargetStatus {
                 name: target.name.clone(),
                 address: target.address.to_string(),
-                probe: target.probe.kind().to_owned(),
+                probe: target.probe.kind().name.to_owned(),
                 required: target.required,
                 state: State::Connecting,
                 since: Timestamp(now),
@@ -325,7 +325,7 @@ impl Observer for Status {
         // reload changed are taken over.
         let mut e = lock(&slot.entry);
         e.address = target.address.to_string();
-        e.probe = target.probe.kind().to_owned();
+        e.probe = target.probe.kind().name.to_owned();
         if e.required != target.required {
             if e.state != State::Up {
                 if target.required {
