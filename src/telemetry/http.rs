@@ -1,4 +1,5 @@
-//! The HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/status`) on `[server] listen`.
+//! The HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/startupz`, `/status`) on
+//! `[server] listen`.
 //!
 //! Every answer is built from shared state that checkers update synchronously, so
 //! nothing on the request path waits on a checker or a hook. The server defends itself
@@ -317,12 +318,13 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let document: fn(&App) -> Response<Full<Bytes>> = match req.uri().path() {
         "/healthz" => return text(StatusCode::OK, "ok\n"),
         "/readyz" => return readyz(&app.status),
+        "/startupz" => return startupz(&app.status),
         "/status" => status_document,
         "/metrics" => metrics_exposition,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz or /status\n",
+                "not found; try /metrics, /healthz, /readyz, /startupz or /status\n",
             );
         }
     };
@@ -361,20 +363,37 @@ fn readyz(status: &Status) -> Response<Full<Bytes>> {
     if status.is_stopping() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
     }
-    let waiting = status.not_ready();
-    // A mass outage must not turn a probe's answer into a document.
-    let mut names = waiting
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("not ready: {} not up\n", names(&status.not_ready())),
+    )
+}
+
+/// The first few of `targets`: a mass outage must not turn a probe's answer into a
+/// document.
+fn names(targets: &[String]) -> String {
+    let mut names = targets
         .iter()
         .take(READYZ_NAMES)
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(", ");
-    if waiting.len() > READYZ_NAMES {
-        names.push_str(&format!(" and {} more", waiting.len() - READYZ_NAMES));
+    if targets.len() > READYZ_NAMES {
+        names.push_str(&format!(" and {} more", targets.len() - READYZ_NAMES));
+    }
+    names
+}
+
+fn startupz(status: &Status) -> Response<Full<Bytes>> {
+    if status.startup_complete() {
+        return text(StatusCode::OK, "started\n");
     }
     text(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("not ready: {names} not up\n"),
+        &format!(
+            "starting: {} without a first answer\n",
+            names(&status.starting())
+        ),
     )
 }
 

@@ -117,6 +117,8 @@ pub struct Status {
     /// Set on SIGTERM: `/readyz` turns 503 and removed targets keep their last state, so
     /// the state file left behind still tells the application its mode.
     stopping: AtomicBool,
+    /// Set once every target has had its first attempt answered (see [`Status::startup_complete`]).
+    started: AtomicBool,
     /// Increased on every change, so the state-file writer knows whether it is behind.
     version: AtomicU64,
     /// Woken on every change; `notify_one` keeps a permit, so no change is missed by the
@@ -137,6 +139,7 @@ impl Status {
             slots: RwLock::new(BTreeMap::new()),
             not_ready: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             version: AtomicU64::new(0),
             changed: Notify::new(),
         };
@@ -211,6 +214,32 @@ impl Status {
             .filter_map(|slot| {
                 let e = lock(&slot.entry);
                 (e.required && e.state != State::Up).then(|| e.name.clone())
+            })
+            .collect()
+    }
+
+    /// Whether every target has finished its first attempt, up or down: what
+    /// `/startupz` answers, so that an application started after it starts knowing the
+    /// truth (and can start on its fallback). Latched: targets a reload adds later do
+    /// not take it back, as a startup probe is asked only until it first succeeds.
+    pub fn startup_complete(&self) -> bool {
+        if self.started.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.starting().is_empty() {
+            self.started.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// The targets whose first attempt has not ended yet, for the body of a 503.
+    pub fn starting(&self) -> Vec<String> {
+        self.read_slots()
+            .values()
+            .filter_map(|slot| {
+                let e = lock(&slot.entry);
+                (e.state == State::Connecting).then(|| e.name.clone())
             })
             .collect()
     }
@@ -420,6 +449,37 @@ mod tests {
         assert_eq!(doc.targets[0].probe, "redis");
         assert!(!doc.ready);
         assert_eq!(status.not_ready(), ["db"]);
+    }
+
+    #[test]
+    fn started_waits_for_every_first_attempt_and_stays_once_reached() {
+        let config = two_targets();
+        let (db, cache) = (
+            &Arc::new(config.targets[0].clone()),
+            &Arc::new(config.targets[1].clone()),
+        );
+        let status = Status::new(&config);
+        assert!(!status.startup_complete());
+        status.transition(
+            db,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        assert_eq!(status.starting(), ["cache"]);
+        assert!(!status.startup_complete(), "an optional target counts too");
+        status.transition(
+            cache,
+            &transition(0, Event::Disconnect, State::Connecting, State::Down),
+        );
+        assert!(status.startup_complete(), "a target that is down is known");
+        // A reload adds a target that has not answered yet: startup stays over.
+        let mut more = config.clone();
+        more.targets.push(Target {
+            name: "queue".into(),
+            ..config.targets[0].clone()
+        });
+        status.apply(&more);
+        assert_eq!(status.starting(), ["queue"]);
+        assert!(status.startup_complete());
     }
 
     #[test]

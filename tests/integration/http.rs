@@ -70,6 +70,51 @@ async fn healthz_answers_while_the_sidecar_runs_and_other_requests_are_refused()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn startupz_is_503_until_every_first_attempt_has_ended_even_one_that_fails() {
+    // `silent` accepts but never answers PING: its first attempt lasts check_timeout.
+    let silent = Listener::start(Behaviour::Hold).await;
+    let up = Listener::start(Behaviour::Hold).await;
+    let sidecar = Sidecar::start(&format!(
+        "{}{}",
+        target(
+            "silent",
+            &silent.address(),
+            "probe = \"redis\"\ncheck_interval = \"10s\"\ncheck_timeout = \"3s\"\n"
+        ),
+        target("up", &up.address(), "")
+    ))
+    .await;
+    eventually(Duration::from_secs(10), "up connected", || async {
+        (sidecar.telemetry.status().target("up")?.state == State::Up).then_some(())
+    })
+    .await;
+    let waiting = sidecar.get("/startupz").await;
+    assert_eq!(
+        (waiting.status, waiting.body.as_str()),
+        (503, "starting: silent without a first answer\n"),
+        "the silent target's first attempt is still pending"
+    );
+    let started = Instant::now();
+    let done = eventually(Duration::from_secs(10), "200 from /startupz", || async {
+        let r = sidecar.get("/startupz").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    println!(
+        "/startupz turned 200 {:?} after the first 503",
+        started.elapsed()
+    );
+    assert_eq!(done.body, "started\n");
+    assert_eq!(
+        sidecar.telemetry.status().target("silent").unwrap().state,
+        State::Down,
+        "started means known, not up"
+    );
+    assert_eq!(sidecar.get("/readyz").await.status, 503);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn readyz_flips_to_503_while_a_required_target_is_down_and_ignores_an_optional_one() {
     let mut db = Listener::start(Behaviour::Hold).await;
     let optional = format!("127.0.0.1:{}", dead_port());
