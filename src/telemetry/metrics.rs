@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::config::{Config, Target};
 use crate::watch::machine::{Event, State, Transition};
@@ -58,6 +60,9 @@ pub struct Metrics {
     registry: Registry,
     /// Config reloads by outcome: `[applied, rejected]`.
     reloads: [IntCounter; 2],
+    /// 1 unless the last reload was rejected: a counter alone cannot say whether the
+    /// running config is the one on disk.
+    last_reload_ok: IntGauge,
     /// The series of each live target, by name (the exposition lists them in order).
     targets: RwLock<BTreeMap<String, Arc<TargetSeries>>>,
 }
@@ -206,12 +211,22 @@ impl Metrics {
         registry
             .register(Box::new(reloads.clone()))
             .map_err(MetricsError::Register)?;
+        let last_reload_ok = IntGauge::new(
+            "tether_config_last_reload_successful",
+            "1 if the last config reload was applied (or none was tried), 0 if it was rejected and an older config runs.",
+        )
+        .map_err(MetricsError::Register)?;
+        registry
+            .register(Box::new(last_reload_ok.clone()))
+            .map_err(MetricsError::Register)?;
+        last_reload_ok.set(1);
         let metrics = Metrics {
             registry,
             reloads: [
                 reloads.with_label_values(&["applied"]),
                 reloads.with_label_values(&["rejected"]),
             ],
+            last_reload_ok,
             targets: RwLock::new(BTreeMap::new()),
         };
         for target in &config.targets {
@@ -550,6 +565,7 @@ impl Observer for Metrics {
 
     fn reloaded(&self, ok: bool) {
         self.reloads[usize::from(!ok)].inc();
+        self.last_reload_ok.set(i64::from(ok));
     }
 
     fn stopped(&self, target: &Target) {

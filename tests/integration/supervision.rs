@@ -128,6 +128,12 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     );
     tether.wait_for("keeping the running config", LIMIT);
     assert!(tether.try_wait().is_none(), "still running");
+    let metrics = crate::endpoint::get(tether.http_addr(LIMIT), "/metrics").await;
+    assert_eq!(
+        metrics.sample("tether_config_last_reload_successful"),
+        Some(0.0),
+        "a rejected reload shows until a good one"
+    );
     assert_eq!(
         (a.accepted(), a.open(), b.accepted(), b.open()),
         (1, 1, 1, 1)
@@ -156,6 +162,10 @@ async fn sighup_with_a_broken_file_keeps_everything_running() {
     );
     assert_eq!(
         metrics.sample("tether_config_reloads_total{result=\"applied\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.sample("tether_config_last_reload_successful"),
         Some(1.0)
     );
     tether.signal(Signal::SIGTERM);
