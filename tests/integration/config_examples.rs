@@ -121,3 +121,32 @@ fn the_reference_config_documents_the_check_timing_and_check_config_prints_it() 
     assert!(effective.contains("kind = \"tcp\""), "{effective}");
     assert!(!effective.contains("check_interval"), "{effective}");
 }
+
+/// The TOML of a ConfigMap's `tether.toml: |` block, as Kubernetes mounts it.
+fn configmap_toml(manifest: &str) -> String {
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "tether.toml: |");
+    assert!(lines.next().is_some(), "no `tether.toml: |` block");
+    let block: Vec<&str> = lines
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .collect();
+    block
+        .iter()
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_kubernetes_configmap_holds_a_config_tether_accepts() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+    let text = configmap_toml(&fs::read_to_string(&manifest).unwrap());
+    assert!(text.contains("[[targets]]"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tether.toml");
+    fs::write(&file, &text).unwrap();
+    if let Err(why) = check_config(&file) {
+        panic!("{} is refused: {why}\n{text}", manifest.display());
+    }
+}
