@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::raw::{
     RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawProbe,
-    RawTarget,
+    RawProbeTable, RawTarget,
 };
 use super::{
     Address, Backoff, Check, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration,
@@ -638,43 +638,8 @@ impl Ctx<'_> {
         } else {
             key.to_owned()
         };
-        // Settings that only make sense for some kinds are rejected elsewhere, so a
-        // misplaced `path` cannot be silently ignored.
-        let only_for = |this: &mut Self, name: &str, v: Option<Range<usize>>, allowed: &[&str]| {
-            if let Some(s) = v {
-                if !allowed.contains(&kind) {
-                    this.err(
-                        Some(s),
-                        format!("{key}.{name}"),
-                        format!(
-                            "`{name}` is a setting of the {} probe, not of \"{kind}\"",
-                            allowed.join("/")
-                        ),
-                    );
-                }
-            }
-        };
         if let Some(t) = table {
-            only_for(self, "path", t.path.as_ref().map(Spanned::span), &["http"]);
-            only_for(
-                self,
-                "expect_status",
-                t.expect_status.as_ref().map(Spanned::span),
-                &["http"],
-            );
-            only_for(self, "host", t.host.as_ref().map(Spanned::span), &["http"]);
-            only_for(
-                self,
-                "password_env",
-                t.password_env.as_ref().map(Spanned::span),
-                &["redis"],
-            );
-            only_for(
-                self,
-                "password_file",
-                t.password_file.as_ref().map(Spanned::span),
-                &["redis"],
-            );
+            self.misplaced_probe_settings(t, kind, key);
         }
         match kind {
             "tcp" => Probe::Tcp,
@@ -692,58 +657,7 @@ impl Ctx<'_> {
                     password_file,
                 }
             }
-            "http" => {
-                let path = match table.and_then(|t| t.path.as_ref()) {
-                    None => builtin::HTTP_PATH.to_owned(),
-                    Some(v) => {
-                        let p = v.get_ref();
-                        if let Err(why) = check_http_path(p) {
-                            self.err(
-                                Some(v.span()),
-                                format!("{key}.path"),
-                                format!("\"{p}\" {why}"),
-                            );
-                        }
-                        p.clone()
-                    }
-                };
-                let expect_status = match table.and_then(|t| t.expect_status.as_ref()) {
-                    None => builtin::HTTP_STATUS,
-                    Some(v) => match u16::try_from(*v.get_ref()) {
-                        Ok(s) if (100..=599).contains(&s) => s,
-                        _ => {
-                            self.err(
-                                Some(v.span()),
-                                format!("{key}.expect_status"),
-                                format!(
-                                    "must be an HTTP status from 100 to 599, got {}",
-                                    v.get_ref()
-                                ),
-                            );
-                            builtin::HTTP_STATUS
-                        }
-                    },
-                };
-                let host = table.and_then(|t| t.host.as_ref()).map(|v| {
-                    if v.get_ref().is_empty()
-                        || v.get_ref()
-                            .bytes()
-                            .any(|b| b.is_ascii_control() || b == b' ')
-                    {
-                        self.err(
-                            Some(v.span()),
-                            format!("{key}.host"),
-                            "must be a non-empty host name without spaces",
-                        );
-                    }
-                    v.get_ref().clone()
-                });
-                Probe::Http {
-                    path,
-                    expect_status,
-                    host,
-                }
-            }
+            "http" => self.http_probe(table.map(|t| &**t), key),
             other => {
                 self.err(
                     Some(kind_span),
@@ -752,6 +666,98 @@ impl Ctx<'_> {
                 );
                 Probe::Tcp
             }
+        }
+    }
+
+    /// Settings that only make sense for some kinds are rejected rather than dropped,
+    /// so a misplaced `path` cannot be silently ignored.
+    fn misplaced_probe_settings(&mut self, t: &RawProbeTable, kind: &str, key: &str) {
+        let only_for = |this: &mut Self, name: &str, v: Option<Range<usize>>, allowed: &[&str]| {
+            if let Some(s) = v {
+                if !allowed.contains(&kind) {
+                    this.err(
+                        Some(s),
+                        format!("{key}.{name}"),
+                        format!(
+                            "`{name}` is a setting of the {} probe, not of \"{kind}\"",
+                            allowed.join("/")
+                        ),
+                    );
+                }
+            }
+        };
+        only_for(self, "path", t.path.as_ref().map(Spanned::span), &["http"]);
+        only_for(
+            self,
+            "expect_status",
+            t.expect_status.as_ref().map(Spanned::span),
+            &["http"],
+        );
+        only_for(self, "host", t.host.as_ref().map(Spanned::span), &["http"]);
+        only_for(
+            self,
+            "password_env",
+            t.password_env.as_ref().map(Spanned::span),
+            &["redis"],
+        );
+        only_for(
+            self,
+            "password_file",
+            t.password_file.as_ref().map(Spanned::span),
+            &["redis"],
+        );
+    }
+
+    fn http_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
+        let path = match table.and_then(|t| t.path.as_ref()) {
+            None => builtin::HTTP_PATH.to_owned(),
+            Some(v) => {
+                let p = v.get_ref();
+                if let Err(why) = check_http_path(p) {
+                    self.err(
+                        Some(v.span()),
+                        format!("{key}.path"),
+                        format!("\"{p}\" {why}"),
+                    );
+                }
+                p.clone()
+            }
+        };
+        let expect_status = match table.and_then(|t| t.expect_status.as_ref()) {
+            None => builtin::HTTP_STATUS,
+            Some(v) => match u16::try_from(*v.get_ref()) {
+                Ok(s) if (100..=599).contains(&s) => s,
+                _ => {
+                    self.err(
+                        Some(v.span()),
+                        format!("{key}.expect_status"),
+                        format!(
+                            "must be an HTTP status from 100 to 599, got {}",
+                            v.get_ref()
+                        ),
+                    );
+                    builtin::HTTP_STATUS
+                }
+            },
+        };
+        let host = table.and_then(|t| t.host.as_ref()).map(|v| {
+            if v.get_ref().is_empty()
+                || v.get_ref()
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ')
+            {
+                self.err(
+                    Some(v.span()),
+                    format!("{key}.host"),
+                    "must be a non-empty host name without spaces",
+                );
+            }
+            v.get_ref().clone()
+        });
+        Probe::Http {
+            path,
+            expect_status,
+            host,
         }
     }
 
