@@ -2,14 +2,15 @@
 //! outcome to the exit codes of the CLI contract.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
-use tether::cli::{Cli, Command, ConfigArg};
+use tether::cli::{CheckArgs, Cli, Command, ConfigArg};
 use tether::cmd::status::{self, Output, Url};
 use tether::cmd::{demo, probe};
-use tether::config::{self, Config, ConfigError};
+use tether::config::{self, Address, Config, ConfigError};
 use tether::watch::observe::Observers;
 use tether::{exit, logging, sidecar, signals};
 
@@ -24,7 +25,33 @@ fn main() -> ExitCode {
         eprintln!("tether: {e}");
         return ExitCode::from(exit::BAD_CONFIG);
     }
-    match dispatch(cli.command) {
+    match cli.command {
+        Command::CheckConfig(arg) => check_config(&arg),
+        Command::Run(arg) => run(&arg),
+        Command::Probe {
+            address,
+            check,
+            timeout,
+        } => probe_once(&address, &check, timeout),
+        Command::Wait {
+            addresses,
+            check,
+            timeout,
+        } => wait(&addresses, &check, timeout),
+        Command::Demo => run_demo(),
+        Command::Status {
+            config,
+            url,
+            json,
+            watch,
+        } => show_status(&config, url, json, watch),
+    }
+}
+
+/// Runs a command's async part on a runtime of its own. An error none of them handles
+/// is reported once the runtime is gone, with the generic failure code.
+fn block_on(work: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    match runtime().and_then(|runtime| runtime.block_on(work)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tether: {e:#}");
@@ -33,96 +60,93 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::CheckConfig(arg) => Ok(match load(&arg) {
-            Ok(config) => {
-                print!("{}", config.to_toml());
+fn check_config(arg: &ConfigArg) -> ExitCode {
+    match load(arg) {
+        Ok(config) => {
+            print!("{}", config.to_toml());
+            ExitCode::from(exit::OK)
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(arg: &ConfigArg) -> ExitCode {
+    let config = match load(arg) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let path = config::resolve_path(arg.path.as_deref());
+    block_on(async {
+        let control = signals::install(path).context("cannot install signal handlers")?;
+        sidecar::adopt_orphans();
+        match sidecar::run(config, Observers::new(), control).await {
+            Ok(()) => Ok(ExitCode::from(exit::OK)),
+            Err(e) if e.is_config() => {
+                eprintln!("tether: {e}");
+                Ok(ExitCode::from(exit::BAD_CONFIG))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+fn probe_once(address: &Address, args: &CheckArgs, timeout: Duration) -> ExitCode {
+    let probe = match args.probe() {
+        Ok(probe) => probe,
+        Err(e) => return usage_error(&e),
+    };
+    block_on(async {
+        Ok(match probe::probe_once(address, &probe, timeout).await {
+            Ok(()) => {
+                println!("{address} is healthy");
                 ExitCode::from(exit::OK)
             }
-            Err(code) => code,
-        }),
-        Command::Run(arg) => {
-            let config = match load(&arg) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            let path = config::resolve_path(arg.path.as_deref());
-            runtime()?.block_on(async {
-                let control = signals::install(path).context("cannot install signal handlers")?;
-                sidecar::adopt_orphans();
-                match sidecar::run(config, Observers::new(), control).await {
-                    Ok(()) => Ok(ExitCode::from(exit::OK)),
-                    Err(e) if e.is_config() => {
-                        eprintln!("tether: {e}");
-                        Ok(ExitCode::from(exit::BAD_CONFIG))
-                    }
-                    Err(e) => Err(e.into()),
+            Err(e) => {
+                println!("{address} is not healthy: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        })
+    })
+}
+
+fn wait(addresses: &[Address], args: &CheckArgs, timeout: Duration) -> ExitCode {
+    let probe = match args.probe() {
+        Ok(probe) => probe,
+        Err(e) => return usage_error(&e),
+    };
+    block_on(async {
+        Ok(match probe::wait_all(addresses, &probe, timeout).await {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(failed) => {
+                for (address, error) in failed {
+                    eprintln!("{address} not healthy after {timeout:?}: {error}");
                 }
-            })
-        }
-        Command::Probe {
-            address,
-            check: args,
-            timeout,
-        } => {
-            let probe = match args.probe() {
-                Ok(probe) => probe,
-                Err(e) => return Ok(usage_error(&e)),
-            };
-            let result = runtime()?.block_on(probe::probe_once(&address, &probe, timeout));
-            Ok(match result {
-                Ok(()) => {
-                    println!("{address} is healthy");
-                    ExitCode::from(exit::OK)
-                }
-                Err(e) => {
-                    println!("{address} is not healthy: {e}");
-                    ExitCode::from(exit::FAILURE)
-                }
-            })
-        }
-        Command::Wait {
-            addresses,
-            check: args,
-            timeout,
-        } => {
-            let probe = match args.probe() {
-                Ok(probe) => probe,
-                Err(e) => return Ok(usage_error(&e)),
-            };
-            let result = runtime()?.block_on(probe::wait_all(&addresses, &probe, timeout));
-            Ok(match result {
-                Ok(()) => ExitCode::from(exit::OK),
-                Err(failed) => {
-                    for (address, error) in failed {
-                        eprintln!("{address} not healthy after {timeout:?}: {error}");
-                    }
-                    ExitCode::from(exit::FAILURE)
-                }
-            })
-        }
-        Command::Demo => {
-            runtime()?.block_on(demo::run())?;
-            Ok(ExitCode::from(exit::OK))
-        }
-        Command::Status {
-            config,
-            url,
-            json,
-            watch,
-        } => {
-            let url = match url {
-                Some(url) => url,
-                None => match status_url_from_config(&config) {
-                    Ok(url) => url,
-                    Err(code) => return Ok(code),
-                },
-            };
-            let code = runtime()?.block_on(status::run(&url, Output::detect(json), watch));
-            Ok(ExitCode::from(code))
-        }
-    }
+                ExitCode::from(exit::FAILURE)
+            }
+        })
+    })
+}
+
+fn run_demo() -> ExitCode {
+    block_on(async {
+        demo::run().await?;
+        Ok(ExitCode::from(exit::OK))
+    })
+}
+
+fn show_status(config: &ConfigArg, url: Option<Url>, json: bool, watch: bool) -> ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match status_url_from_config(config) {
+            Ok(url) => url,
+            Err(code) => return code,
+        },
+    };
+    block_on(async {
+        Ok(ExitCode::from(
+            status::run(&url, Output::detect(json), watch).await,
+        ))
+    })
 }
 
 /// The `/status` of the sidecar `tether run` would start: the config's `server.listen`,

@@ -67,7 +67,7 @@ pub async fn run(
     // The targets move into the actors that watch them rather than staying here as
     // well: the sidecar keeps nothing per target beyond what its actor needs.
     let targets = std::mem::take(&mut config.targets);
-    let mut supervisor = Supervisor::start_targets(
+    let supervisor = Supervisor::start_targets(
         targets.into_iter().map(Arc::new),
         config.supervisor.clone(),
         Arc::new(observers),
@@ -77,33 +77,43 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "tether started"
     );
-    let mut current = config;
+    let mut running = Running {
+        current: config,
+        telemetry,
+        hooks,
+        supervisor,
+        report,
+    };
     while let Some(Control::Reload(loaded)) = control.recv().await {
-        match *loaded {
+        running.reload(*loaded);
+    }
+    running.stop().await;
+    Ok(())
+}
+
+/// A started sidecar: what a reload changes and what stopping has to wind down.
+struct Running {
+    /// The process-wide settings in force; the actors hold the targets.
+    current: Config,
+    telemetry: Telemetry,
+    hooks: HookRunner,
+    supervisor: Supervisor,
+    /// Where reload outcomes are counted (the listeners, not the hook runner).
+    report: Arc<dyn Observer>,
+}
+
+impl Running {
+    /// A config that failed to load or that the hook runner refuses leaves the running
+    /// one in force.
+    fn reload(&mut self, loaded: Result<Config, ConfigError>) {
+        match loaded {
             Ok(new) => {
                 let loaded = withhold_secrets(&new);
-                match hooks.reload(&new, &loaded) {
-                    Ok(()) => {
-                        telemetry.status().apply(&new);
-                        let summary = supervisor.reload(&new);
-                        tracing::info!(
-                            added = ?summary.added,
-                            removed = ?summary.removed,
-                            changed = ?summary.changed,
-                            unchanged = summary.unchanged,
-                            "config reloaded"
-                        );
-                        warn_restart_only(&current, &new);
-                        report.reloaded(true);
-                        // The actors hold the targets; keep only the process-wide settings.
-                        current = Config {
-                            targets: Vec::new(),
-                            ..new
-                        };
-                    }
+                match self.hooks.reload(&new, &loaded) {
+                    Ok(()) => self.apply(new),
                     Err(e) => {
                         tracing::error!(error = %e, "config reload refused; keeping the running config");
-                        report.reloaded(false);
+                        self.report.reloaded(false);
                     }
                 }
             }
@@ -112,25 +122,48 @@ pub async fn run(
                     tracing::error!("config reload failed: {line}");
                 }
                 tracing::error!("keeping the running config");
-                report.reloaded(false);
+                self.report.reloaded(false);
             }
         }
     }
-    tracing::info!("shutting down");
-    telemetry.stopping();
-    supervisor.shutdown().await;
-    let grace = current.supervisor.shutdown_grace.get();
-    if !hooks.drain(grace).await {
-        let killed = hooks::kill_everything();
-        tracing::warn!(
-            ?grace,
-            killed,
-            "hooks still running after the shutdown grace were killed"
+
+    /// Applies a config the hook runner has already taken.
+    fn apply(&mut self, new: Config) {
+        self.telemetry.status().apply(&new);
+        let summary = self.supervisor.reload(&new);
+        tracing::info!(
+            added = ?summary.added,
+            removed = ?summary.removed,
+            changed = ?summary.changed,
+            unchanged = summary.unchanged,
+            "config reloaded"
         );
+        warn_restart_only(&self.current, &new);
+        self.report.reloaded(true);
+        // The actors hold the targets; keep only the process-wide settings.
+        self.current = Config {
+            targets: Vec::new(),
+            ..new
+        };
     }
-    telemetry.stop().await;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// Stops every actor, then lets hooks in flight finish within the shutdown grace.
+    async fn stop(self) {
+        tracing::info!("shutting down");
+        self.telemetry.stopping();
+        self.supervisor.shutdown().await;
+        let grace = self.current.supervisor.shutdown_grace.get();
+        if !self.hooks.drain(grace).await {
+            let killed = hooks::kill_everything();
+            tracing::warn!(
+                ?grace,
+                killed,
+                "hooks still running after the shutdown grace were killed"
+            );
+        }
+        self.telemetry.stop().await;
+        tracing::info!("stopped");
+    }
 }
 
 /// Hooks never inherit the variables a config reads secrets from; done before the

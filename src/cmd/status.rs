@@ -279,8 +279,32 @@ async fn interrupted(interrupt: &mut Option<Signal>) {
     }
 }
 
+/// The columns of the table.
+const HEADER: [&str; 7] = [
+    "TARGET",
+    "STATE",
+    "FOR",
+    "FAILURES",
+    "REQUIRED",
+    "ADDRESS",
+    "LAST ERROR",
+];
+
+/// One line of the table: its cells, and the colour of each on a terminal.
+struct Row {
+    cells: [String; 7],
+    colours: [Option<&'static str>; 7],
+}
+
 /// The table for `doc`, fetched from `url`.
 pub fn render(doc: &Document, url: &Url, colour: bool) -> String {
+    let mut out = headline(doc, url);
+    print_rows(&mut out, &rows(doc), colour);
+    out
+}
+
+/// The line above the table: the verdict and how many required targets are up.
+fn headline(doc: &Document, url: &Url) -> String {
     let required = doc.targets.iter().filter(|t| t.required).count();
     let required_up = doc
         .targets
@@ -294,29 +318,33 @@ pub fn render(doc: &Document, url: &Url, colour: bool) -> String {
     } else {
         "not ready"
     };
-    let mut out = format!(
+    format!(
         "tether {} at {url}: {verdict}, {required_up}/{required} required targets up\n",
         doc.version
-    );
-    let header = [
-        "TARGET",
-        "STATE",
-        "FOR",
-        "FAILURES",
-        "REQUIRED",
-        "ADDRESS",
-        "LAST ERROR",
-    ];
-    let rows: Vec<[String; 7]> = doc
-        .targets
-        .iter()
-        .map(|t| {
-            let state = if t.fallback {
-                format!("{} (fallback)", t.state)
-            } else {
-                t.state.to_string()
-            };
-            [
+    )
+}
+
+/// The header row, then one row per target.
+fn rows(doc: &Document) -> Vec<Row> {
+    let header = Row {
+        cells: HEADER.map(str::to_owned),
+        colours: [Some("1"); 7],
+    };
+    let targets = doc.targets.iter().map(|t| {
+        let state = if t.fallback {
+            format!("{} (fallback)", t.state)
+        } else {
+            t.state.to_string()
+        };
+        let state_colour = match t.state {
+            State::Up => "32",
+            State::Connecting => "36",
+            State::Down => "33",
+            State::Failed => "31",
+        };
+        let error_colour = t.last_error.as_ref().and(Some("2"));
+        Row {
+            cells: [
                 t.name.clone(),
                 state,
                 format_age(t.since.until(doc.generated_at)),
@@ -324,24 +352,38 @@ pub fn render(doc: &Document, url: &Url, colour: bool) -> String {
                 if t.required { "yes" } else { "no" }.to_owned(),
                 t.address.clone(),
                 t.last_error.clone().unwrap_or_else(|| "-".to_owned()),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+            ],
+            colours: [
+                None,
+                Some(state_colour),
+                None,
+                None,
+                None,
+                None,
+                error_colour,
+            ],
+        }
+    });
+    std::iter::once(header).chain(targets).collect()
+}
+
+/// Writes `rows` in aligned columns, coloured only when `colour`.
+fn print_rows(out: &mut String, rows: &[Row], colour: bool) {
+    let mut widths = [0; 7];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(&row.cells) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |out: &mut String, cells: [&str; 7], colours: [Option<&str>; 7]| {
-        for (i, cell) in cells.iter().enumerate() {
-            let last = i == cells.len() - 1;
+    for row in rows {
+        for (i, cell) in row.cells.iter().enumerate() {
+            let last = i == row.cells.len() - 1;
             let padded = if last {
-                (*cell).to_owned()
+                cell.clone()
             } else {
                 format!("{cell:<w$}  ", w = widths[i])
             };
-            match colours[i].filter(|_| colour) {
+            match row.colours[i].filter(|_| colour) {
                 Some(c) => {
                     let _ = write!(out, "\x1b[{c}m{}\x1b[0m", padded.trim_end());
                     out.push_str(&" ".repeat(padded.len() - padded.trim_end().len()));
@@ -352,40 +394,7 @@ pub fn render(doc: &Document, url: &Url, colour: bool) -> String {
         let trimmed = out.trim_end_matches(' ').len();
         out.truncate(trimmed);
         out.push('\n');
-    };
-    line(&mut out, header, [Some("1"); 7]);
-    for (row, t) in rows.iter().zip(&doc.targets) {
-        let state_colour = match t.state {
-            State::Up => "32",
-            State::Connecting => "36",
-            State::Down => "33",
-            State::Failed => "31",
-        };
-        let cells = [
-            row[0].as_str(),
-            &row[1],
-            &row[2],
-            &row[3],
-            &row[4],
-            &row[5],
-            &row[6],
-        ];
-        let error_colour = t.last_error.as_ref().and(Some("2"));
-        line(
-            &mut out,
-            cells,
-            [
-                None,
-                Some(state_colour),
-                None,
-                None,
-                None,
-                None,
-                error_colour,
-            ],
-        );
     }
-    out
 }
 
 /// A coarse age: `450ms`, `12s`, `3m 2s`, `2h 5m`, `3d 4h`.

@@ -303,177 +303,193 @@ impl TargetSeries {
             })
         })
     }
+
+    /// The hook series that exist, with their events, in the order of [`Event::ALL`].
+    fn hook_series_set(&self) -> impl Iterator<Item = (Event, &HookSeries)> {
+        Event::ALL
+            .iter()
+            .zip(&self.hooks)
+            .filter_map(|(e, h)| h.get().map(|h| (*e, &**h)))
+    }
+}
+
+/// One per-target family of the exposition; a new metric is a new row of [`FAMILIES`].
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Samples,
+}
+
+/// How a family reads the samples of one target.
+enum Samples {
+    /// One sample, labelled by the target alone.
+    Value(fn(&TargetSeries) -> u64),
+    /// One sample per value of a closed label set, written whole by the function
+    /// (`out`, family name, escaped target, series): labels go in name order, so
+    /// where `target` falls differs from family to family.
+    Each(fn(&mut String, &str, &str, &TargetSeries)),
+    /// One histogram, labelled by the target alone.
+    Histogram(fn(&TargetSeries) -> &Histogram),
+    /// One sample per event the target has hooks for and per hook result.
+    HookRuns,
+    /// One histogram per event the target has hooks for.
+    HookHistogram,
+}
+
+/// The per-target families, in the order of the exposition.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "tether_target_up",
+        kind: "gauge",
+        help: "1 while the target is up, else 0.",
+        samples: Samples::Value(|s| {
+            u64::from(s.state.load(Ordering::Relaxed) == state_index(State::Up))
+        }),
+    },
+    Family {
+        name: "tether_target_state",
+        kind: "gauge",
+        help: "1 for the target's current state (connecting, up, down, failed), 0 for the others.",
+        samples: Samples::Each(|out, name, t, s| {
+            let now = s.state.load(Ordering::Relaxed);
+            for (i, state) in State::ALL.iter().enumerate() {
+                let v = u8::from(i == now);
+                let _ = writeln!(out, "{name}{{state=\"{state}\",target=\"{t}\"}} {v}");
+            }
+        }),
+    },
+    Family {
+        name: "tether_target_consecutive_failures",
+        kind: "gauge",
+        help: "Connect attempts that failed in a row; 0 once a connection is held.",
+        samples: Samples::Value(|s| load(&s.consecutive_failures)),
+    },
+    Family {
+        name: "tether_connect_attempts_total",
+        kind: "counter",
+        help: "Connect attempts, by result (ok, failed).",
+        samples: Samples::Each(|out, name, t, s| {
+            for (result, v) in ATTEMPT_RESULTS.iter().zip(&s.attempts) {
+                let v = load(v);
+                let _ = writeln!(out, "{name}{{result=\"{result}\",target=\"{t}\"}} {v}");
+            }
+        }),
+    },
+    Family {
+        name: "tether_disconnects_total",
+        kind: "counter",
+        help: "Held connections lost (closed, reset, timed out or failing the probe), including those replaced at once by a reconnect.",
+        samples: Samples::Value(|s| load(&s.disconnects)),
+    },
+    Family {
+        name: "tether_connect_duration_seconds",
+        kind: "histogram",
+        help: "Time taken by connect attempts, successful or not.",
+        samples: Samples::Histogram(|s| &s.connect_duration),
+    },
+    Family {
+        name: "tether_state_changes_total",
+        kind: "counter",
+        help: "Changes of the target's state, by the state entered.",
+        samples: Samples::Each(|out, name, t, s| {
+            for (state, v) in State::ALL.iter().zip(&s.state_changes) {
+                let v = load(v);
+                let _ = writeln!(out, "{name}{{target=\"{t}\",to=\"{state}\"}} {v}");
+            }
+        }),
+    },
+    Family {
+        name: "tether_hook_runs_total",
+        kind: "counter",
+        help: "Hook actions run, by event and result (ok, failed, timeout, error).",
+        samples: Samples::HookRuns,
+    },
+    Family {
+        name: "tether_hook_duration_seconds",
+        kind: "histogram",
+        help: "Time taken by hook actions, including webhook retries.",
+        samples: Samples::HookHistogram,
+    },
+    Family {
+        name: "tether_address_changes_total",
+        kind: "counter",
+        help: "Times the held connection moved to another address because the target's name resolved elsewhere.",
+        samples: Samples::Value(|s| load(&s.address_changes)),
+    },
+    Family {
+        name: "tether_actor_restarts_total",
+        kind: "counter",
+        help: "Times the target's checker crashed and was restarted.",
+        samples: Samples::Value(|s| load(&s.actor_restarts)),
+    },
+    Family {
+        name: "tether_hooks_coalesced_total",
+        kind: "counter",
+        help: "Pending hook events dropped because the target changed state faster than its hooks ran.",
+        samples: Samples::Value(|s| load(&s.hooks_coalesced)),
+    },
+];
+
+fn load(v: &AtomicU64) -> u64 {
+    v.load(Ordering::Relaxed)
+}
+
+impl Samples {
+    /// Hook families are left out while no target has a hook series, as a
+    /// family with a header and no samples would be.
+    fn is_hooks(&self) -> bool {
+        matches!(self, Samples::HookRuns | Samples::HookHistogram)
+    }
+
+    /// Writes the samples of one target; `t` is its escaped name.
+    fn write(&self, out: &mut String, name: &str, t: &str, s: &TargetSeries) {
+        match self {
+            Samples::Value(read) => {
+                let _ = writeln!(out, "{name}{{target=\"{t}\"}} {}", read(s));
+            }
+            Samples::Each(write) => write(out, name, t, s),
+            Samples::Histogram(read) => read(s).write(out, name, &format!("target=\"{t}\"")),
+            Samples::HookRuns => {
+                for (event, h) in s.hook_series_set() {
+                    for (result, v) in HookResult::ALL.iter().zip(&h.runs) {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{event=\"{event}\",result=\"{}\",target=\"{t}\"}} {}",
+                            result.as_str(),
+                            load(v)
+                        );
+                    }
+                }
+            }
+            Samples::HookHistogram => {
+                for (event, h) in s.hook_series_set() {
+                    let labels = format!("event=\"{event}\",target=\"{t}\"");
+                    h.duration.write(out, name, &labels);
+                }
+            }
+        }
+    }
 }
 
 /// Writes every per-target family, each as one block as the text format requires.
 fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
-    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+    let any_hooks = targets
+        .iter()
+        .any(|(_, s)| s.hook_series_set().next().is_some());
+    for family in FAMILIES {
+        if family.samples.is_hooks() && !any_hooks {
+            continue;
+        }
+        let Family {
+            name,
+            kind,
+            help,
+            samples,
+        } = family;
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-
-    header(
-        out,
-        "tether_target_up",
-        "gauge",
-        "1 while the target is up, else 0.",
-    );
-    for (t, s) in targets {
-        let up = s.state.load(Ordering::Relaxed) == state_index(State::Up);
-        let _ = writeln!(out, "tether_target_up{{target=\"{t}\"}} {}", u8::from(up));
-    }
-
-    header(
-        out,
-        "tether_target_state",
-        "gauge",
-        "1 for the target's current state (connecting, up, down, failed), 0 for the others.",
-    );
-    for (t, s) in targets {
-        let now = s.state.load(Ordering::Relaxed);
-        for (i, state) in State::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tether_target_state{{state=\"{state}\",target=\"{t}\"}} {}",
-                u8::from(i == now)
-            );
-        }
-    }
-
-    header(
-        out,
-        "tether_target_consecutive_failures",
-        "gauge",
-        "Connect attempts that failed in a row; 0 once a connection is held.",
-    );
-    for (t, s) in targets {
-        let _ = writeln!(
-            out,
-            "tether_target_consecutive_failures{{target=\"{t}\"}} {}",
-            load(&s.consecutive_failures)
-        );
-    }
-
-    header(
-        out,
-        "tether_connect_attempts_total",
-        "counter",
-        "Connect attempts, by result (ok, failed).",
-    );
-    for (t, s) in targets {
-        for (result, v) in ATTEMPT_RESULTS.iter().zip(&s.attempts) {
-            let _ = writeln!(
-                out,
-                "tether_connect_attempts_total{{result=\"{result}\",target=\"{t}\"}} {}",
-                load(v)
-            );
-        }
-    }
-
-    header(
-        out,
-        "tether_disconnects_total",
-        "counter",
-        "Held connections lost (closed, reset, timed out or failing the probe), including those replaced at once by a reconnect.",
-    );
-    for (t, s) in targets {
-        let _ = writeln!(
-            out,
-            "tether_disconnects_total{{target=\"{t}\"}} {}",
-            load(&s.disconnects)
-        );
-    }
-
-    header(
-        out,
-        "tether_connect_duration_seconds",
-        "histogram",
-        "Time taken by connect attempts, successful or not.",
-    );
-    for (t, s) in targets {
-        s.connect_duration.write(
-            out,
-            "tether_connect_duration_seconds",
-            &format!("target=\"{t}\""),
-        );
-    }
-
-    header(
-        out,
-        "tether_state_changes_total",
-        "counter",
-        "Changes of the target's state, by the state entered.",
-    );
-    for (t, s) in targets {
-        for (state, v) in State::ALL.iter().zip(&s.state_changes) {
-            let _ = writeln!(
-                out,
-                "tether_state_changes_total{{target=\"{t}\",to=\"{state}\"}} {}",
-                load(v)
-            );
-        }
-    }
-
-    let with_hooks = || {
-        targets.iter().flat_map(|(t, s)| {
-            Event::ALL
-                .iter()
-                .zip(&s.hooks)
-                .filter_map(move |(e, h)| h.get().map(|h| (t, *e, h)))
-        })
-    };
-    if with_hooks().next().is_some() {
-        header(
-            out,
-            "tether_hook_runs_total",
-            "counter",
-            "Hook actions run, by event and result (ok, failed, timeout, error).",
-        );
-        for (t, event, h) in with_hooks() {
-            for (result, v) in HookResult::ALL.iter().zip(&h.runs) {
-                let _ = writeln!(
-                    out,
-                    "tether_hook_runs_total{{event=\"{event}\",result=\"{}\",target=\"{t}\"}} {}",
-                    result.as_str(),
-                    load(v)
-                );
-            }
-        }
-        header(
-            out,
-            "tether_hook_duration_seconds",
-            "histogram",
-            "Time taken by hook actions, including webhook retries.",
-        );
-        for (t, event, h) in with_hooks() {
-            h.duration.write(
-                out,
-                "tether_hook_duration_seconds",
-                &format!("event=\"{event}\",target=\"{t}\""),
-            );
-        }
-    }
-
-    for (name, help, pick) in [
-        (
-            "tether_address_changes_total",
-            "Times the held connection moved to another address because the target's name resolved elsewhere.",
-            (|s: &TargetSeries| &s.address_changes) as fn(&TargetSeries) -> &AtomicU64,
-        ),
-        (
-            "tether_actor_restarts_total",
-            "Times the target's checker crashed and was restarted.",
-            |s: &TargetSeries| &s.actor_restarts,
-        ),
-        (
-            "tether_hooks_coalesced_total",
-            "Pending hook events dropped because the target changed state faster than its hooks ran.",
-            |s: &TargetSeries| &s.hooks_coalesced,
-        ),
-    ] {
-        header(out, name, "counter", help);
         for (t, s) in targets {
-            let _ = writeln!(out, "{name}{{target=\"{t}\"}} {}", load(pick(s)));
+            samples.write(out, name, t, s);
         }
     }
 }

@@ -126,15 +126,16 @@ impl Supervisor {
     ) {
         let cancel = self.root.child_token();
         let replaced = Arc::new(AtomicBool::new(false));
-        let task = self.tracker.spawn(supervise(
-            target.clone(),
-            self.observer.clone(),
-            cancel.clone(),
-            memory.clone(),
-            self.policy.clone(),
-            (after, start),
-            replaced.clone(),
-        ));
+        let task = self.tracker.spawn(supervise(Incarnation {
+            target: target.clone(),
+            observer: self.observer.clone(),
+            cancel: cancel.clone(),
+            memory: memory.clone(),
+            policy: self.policy.clone(),
+            after,
+            start,
+            replaced: replaced.clone(),
+        }));
         self.actors.insert(
             target.name.clone(),
             Actor {
@@ -211,17 +212,32 @@ impl Supervisor {
     }
 }
 
-/// Runs one target's checker, restarting it when it crashes. Each incarnation runs as
-/// its own task so that a panic unwinds only that task.
-async fn supervise(
+/// What the supervising task of one actor runs with.
+struct Incarnation {
     target: Arc<Target>,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
     memory: Arc<Mutex<Snapshot>>,
     policy: Supervision,
-    (after, start): (Option<JoinHandle<()>>, Start),
+    /// The predecessor's task, waited for before `memory` is read or reset.
+    after: Option<JoinHandle<()>>,
+    start: Start,
     replaced: Arc<AtomicBool>,
-) {
+}
+
+/// Runs one target's checker, restarting it when it crashes. Each incarnation runs as
+/// its own task so that a panic unwinds only that task.
+async fn supervise(incarnation: Incarnation) {
+    let Incarnation {
+        target,
+        observer,
+        cancel,
+        memory,
+        policy,
+        after,
+        start,
+        replaced,
+    } = incarnation;
     if let Some(previous) = after {
         let _ = previous.await;
     }
@@ -256,14 +272,7 @@ async fn supervise(
             break;
         }
         observer.restarted(&target);
-        let now = Instant::now();
-        crashes.push_back(now);
-        while crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            crashes.pop_front();
-        }
+        record_crash(&mut crashes, window);
         if crashes.len() <= policy.max_restarts as usize {
             tracing::error!(
                 target_name = %target.name,
@@ -290,6 +299,19 @@ async fn supervise(
     }
     if !replaced.load(Ordering::Acquire) {
         observer.stopped(&target);
+    }
+}
+
+/// Adds a crash now to `crashes`, forgetting those older than `window`: only the
+/// recent ones count toward the restart intensity.
+fn record_crash(crashes: &mut VecDeque<Instant>, window: Duration) {
+    let now = Instant::now();
+    crashes.push_back(now);
+    while crashes
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
+        crashes.pop_front();
     }
 }
 

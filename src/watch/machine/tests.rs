@@ -246,6 +246,7 @@ proptest! {
         history in proptest::collection::vec(world(), 1..120),
     ) {
         let t = target(threshold, recover_after_ms, jitter);
+        let recover_after = Duration::from_millis(recover_after_ms);
         let mut h = Harness::new(&t);
         // When the current connection was made, for checking `recover_after`.
         let mut connected_since: Option<Instant> = None;
@@ -253,21 +254,7 @@ proptest! {
 
         for w in history {
             let before = h.events.len();
-            let input = match (h.next, &w) {
-                (Next::Hold { until }, World::Fine(ms)) => {
-                    let stay = Duration::from_millis(*ms);
-                    match until {
-                        Some(at) if h.now + stay >= at => { h.now = at; Input::Tick }
-                        _ => { h.advance(stay); continue; }
-                    }
-                }
-                (Next::Hold { .. }, World::Broken) => lost("closed by peer"),
-                (Next::Hold { .. }, World::Unresponsive) => Input::Failed("no answer".into()),
-                (Next::ConnectNow, w) | (Next::ConnectAfter(_), w) => {
-                    if let Next::ConnectAfter(d) = h.next { h.advance(d); }
-                    match w { World::Fine(_) => Input::Connected, _ => err("refused") }
-                }
-            };
+            let Some(input) = next_input(&mut h, &w) else { continue };
             let state_before = h.machine.state();
             let was_reconnecting = matches!(h.next, Next::ConnectNow) && state_before == State::Up;
             h.feed(input.clone());
@@ -279,67 +266,162 @@ proptest! {
             last_input = Some(input.clone());
 
             for e in &h.events[before..] {
-                // Each event names the state it led to.
-                let expected = match e.event {
-                    Event::Connect | Event::Recover => vec![State::Up],
-                    Event::Disconnect => vec![State::Down, State::Failed],
-                    Event::Failure => vec![State::Failed],
-                };
-                prop_assert!(expected.contains(&e.state), "{e:?}");
-                if e.event == Event::Failure {
-                    prop_assert!(e.failures >= threshold, "on_failure before the threshold: {e:?}");
-                }
-                if e.event == Event::Recover {
-                    let since = connected_since.expect("recover while not connected");
-                    prop_assert!(h.now >= since + Duration::from_millis(recover_after_ms));
-                }
+                check_event_names_its_state(e)?;
+                check_failure_waits_for_the_threshold(e, threshold)?;
+                check_recover_waits_for_recover_after(e, connected_since, h.now, recover_after)?;
             }
-
-            // The next delay stays in the band of the policy.
-            if let Next::ConnectAfter(d) = h.next {
-                let slack = Duration::from_nanos(2);
-                // One band for the whole outage: `failed` changes nothing.
-                let (lo, hi) = backoff::band(&t.backoff, h.machine.failures() - 1);
-                prop_assert!(d + slack >= lo && d <= hi + slack, "delay {d:?} outside [{lo:?}, {hi:?}]");
-            }
+            check_delay_in_the_backoff_band(&h, &t)?;
         }
 
-        // The state after the history matches its last outcome.
-        match last_input {
-            Some(Input::Connected) | Some(Input::Tick) | Some(Input::Lost(_)) => {
-                prop_assert_eq!(h.machine.state(), State::Up)
-            }
-            Some(Input::ConnectFailed(_) | Input::Failed(_)) => prop_assert!(matches!(
-                h.machine.state(),
-                State::Down | State::Failed
-            )),
-            None => prop_assert_eq!(h.machine.state(), State::Connecting),
-        }
-        prop_assert_eq!(
-            h.machine.state() == State::Failed,
-            h.machine.in_outage() && h.machine.state() != State::Up
-        );
-
-        // Sequence numbers count events one by one.
-        for (i, e) in h.events.iter().enumerate() {
-            prop_assert_eq!(e.seq, i as u64);
-        }
-
-        // on_failure / on_recover strictly alternate, starting with on_failure.
-        let mode: Vec<Event> = h.events.iter().map(|e| e.event)
-            .filter(|e| matches!(e, Event::Failure | Event::Recover)).collect();
-        for (i, e) in mode.iter().enumerate() {
-            let want = if i % 2 == 0 { Event::Failure } else { Event::Recover };
-            prop_assert_eq!(*e, want, "mode events out of order: {:?}", mode);
-        }
-
-        // on_connect / on_disconnect alternate.
-        let link: Vec<Event> = h.events.iter().map(|e| e.event)
-            .filter(|e| matches!(e, Event::Connect | Event::Disconnect)).collect();
-        for pair in link.windows(2) {
-            prop_assert_ne!(pair[0], pair[1], "connection events repeat: {:?}", link);
-        }
+        check_final_state(&h, last_input.as_ref())?;
+        check_failed_means_in_outage(&h)?;
+        check_seqs_count_events(&h.events)?;
+        check_mode_events_alternate(&h.events)?;
+        check_link_events_alternate(&h.events)?;
     }
+}
+
+/// The input the world's next step makes, with the clock moved to it; `None` while a
+/// held connection just stays up.
+fn next_input(h: &mut Harness, w: &World) -> Option<Input> {
+    Some(match (h.next, w) {
+        (Next::Hold { until }, World::Fine(ms)) => {
+            let stay = Duration::from_millis(*ms);
+            match until {
+                Some(at) if h.now + stay >= at => {
+                    h.now = at;
+                    Input::Tick
+                }
+                _ => {
+                    h.advance(stay);
+                    return None;
+                }
+            }
+        }
+        (Next::Hold { .. }, World::Broken) => lost("closed by peer"),
+        (Next::Hold { .. }, World::Unresponsive) => Input::Failed("no answer".into()),
+        (Next::ConnectNow, w) | (Next::ConnectAfter(_), w) => {
+            if let Next::ConnectAfter(d) = h.next {
+                h.advance(d);
+            }
+            match w {
+                World::Fine(_) => Input::Connected,
+                _ => err("refused"),
+            }
+        }
+    })
+}
+
+/// Each event names the state it led to.
+fn check_event_names_its_state(e: &Transition) -> Result<(), TestCaseError> {
+    let expected = match e.event {
+        Event::Connect | Event::Recover => vec![State::Up],
+        Event::Disconnect => vec![State::Down, State::Failed],
+        Event::Failure => vec![State::Failed],
+    };
+    prop_assert!(expected.contains(&e.state), "{e:?}");
+    Ok(())
+}
+
+fn check_failure_waits_for_the_threshold(
+    e: &Transition,
+    threshold: u32,
+) -> Result<(), TestCaseError> {
+    if e.event == Event::Failure {
+        prop_assert!(
+            e.failures >= threshold,
+            "on_failure before the threshold: {e:?}"
+        );
+    }
+    Ok(())
+}
+
+fn check_recover_waits_for_recover_after(
+    e: &Transition,
+    connected_since: Option<Instant>,
+    now: Instant,
+    recover_after: Duration,
+) -> Result<(), TestCaseError> {
+    if e.event == Event::Recover {
+        let since = connected_since.expect("recover while not connected");
+        prop_assert!(now >= since + recover_after);
+    }
+    Ok(())
+}
+
+/// The next delay stays in the band of the policy.
+fn check_delay_in_the_backoff_band(h: &Harness, t: &config::Target) -> Result<(), TestCaseError> {
+    if let Next::ConnectAfter(d) = h.next {
+        let slack = Duration::from_nanos(2);
+        // One band for the whole outage: `failed` changes nothing.
+        let (lo, hi) = backoff::band(&t.backoff, h.machine.failures() - 1);
+        prop_assert!(
+            d + slack >= lo && d <= hi + slack,
+            "delay {d:?} outside [{lo:?}, {hi:?}]"
+        );
+    }
+    Ok(())
+}
+
+/// The state after the history matches its last outcome.
+fn check_final_state(h: &Harness, last_input: Option<&Input>) -> Result<(), TestCaseError> {
+    match last_input {
+        Some(Input::Connected) | Some(Input::Tick) | Some(Input::Lost(_)) => {
+            prop_assert_eq!(h.machine.state(), State::Up)
+        }
+        Some(Input::ConnectFailed(_) | Input::Failed(_)) => {
+            prop_assert!(matches!(h.machine.state(), State::Down | State::Failed))
+        }
+        None => prop_assert_eq!(h.machine.state(), State::Connecting),
+    }
+    Ok(())
+}
+
+fn check_failed_means_in_outage(h: &Harness) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        h.machine.state() == State::Failed,
+        h.machine.in_outage() && h.machine.state() != State::Up
+    );
+    Ok(())
+}
+
+/// Sequence numbers count events one by one.
+fn check_seqs_count_events(events: &[Transition]) -> Result<(), TestCaseError> {
+    for (i, e) in events.iter().enumerate() {
+        prop_assert_eq!(e.seq, i as u64);
+    }
+    Ok(())
+}
+
+/// on_failure / on_recover strictly alternate, starting with on_failure.
+fn check_mode_events_alternate(events: &[Transition]) -> Result<(), TestCaseError> {
+    let mode: Vec<Event> = events
+        .iter()
+        .map(|e| e.event)
+        .filter(|e| matches!(e, Event::Failure | Event::Recover))
+        .collect();
+    for (i, e) in mode.iter().enumerate() {
+        let want = if i % 2 == 0 {
+            Event::Failure
+        } else {
+            Event::Recover
+        };
+        prop_assert_eq!(*e, want, "mode events out of order: {:?}", mode);
+    }
+    Ok(())
+}
+
+/// on_connect / on_disconnect alternate.
+fn check_link_events_alternate(events: &[Transition]) -> Result<(), TestCaseError> {
+    let link: Vec<Event> = events
+        .iter()
+        .map(|e| e.event)
+        .filter(|e| matches!(e, Event::Connect | Event::Disconnect))
+        .collect();
+    for pair in link.windows(2) {
+        prop_assert_ne!(pair[0], pair[1], "connection events repeat: {:?}", link);
+    }
+    Ok(())
 }
 
 #[test]
