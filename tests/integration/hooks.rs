@@ -8,9 +8,9 @@ use std::time::Duration;
 use tether::watch::machine::Event;
 use tether::watch::observe::HookResult;
 
-use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
-use crate::receiver::Receiver;
+use crate::support::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
 use crate::support::poll;
+use crate::support::receiver::Receiver;
 use crate::support::tether_process::TetherProcess;
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -191,7 +191,10 @@ async fn a_webhook_receiver_that_fails_twice_then_accepts_gets_exactly_one_succe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_webhook_is_counted_as_an_error_and_watching_goes_on() {
-    let dead = format!("http://127.0.0.1:{}/hook", crate::harness::dead_port());
+    let dead = format!(
+        "http://127.0.0.1:{}/hook",
+        crate::support::harness::dead_port()
+    );
     let mut listener = Listener::start(Behaviour::Hold).await;
     let rec = Recorder::new();
     let sidecar = Sidecar::start(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tether::watch::machine::{Event, State};
 
-use crate::harness::{Record, Recorder, watch};
+use crate::support::harness::{Record, Recorder, watch};
 use crate::support::http::{Framing, HttpServer};
 use crate::support::mariadb::MariadbServer;
 use crate::support::postgres::PostgresServer;
