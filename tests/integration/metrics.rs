@@ -10,6 +10,7 @@ use std::time::Duration;
 use tether::watch::machine::Event;
 
 use crate::endpoint::{Reply, Sidecar};
+use crate::support::TestServer;
 use crate::support::eventually;
 use crate::support::harness::dead_port;
 use crate::support::redis::RedisServer;

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::TestServer;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process::{TetherProcess, command as tether, run_command};
 use crate::support::{Exchange, poll_until};

@@ -12,7 +12,10 @@ pub mod postgres;
 pub mod process;
 pub mod receiver;
 pub mod redis;
+pub mod server;
 pub mod tether_process;
+
+pub use server::TestServer;
 
 use std::env;
 use std::fs;
