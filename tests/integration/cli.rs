@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Behaviour, Listener, dead_port};
+use crate::support::harness::{Behaviour, Listener, dead_port};
 use crate::support::poll;
 use crate::support::tether_process::{TetherProcess, command as tether};
 

@@ -17,12 +17,12 @@ use tether::watch::supervisor::Supervisor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::Recorder;
+use crate::support::harness::Recorder;
 
 /// The library's sidecar, wired like `tether run` wires it, with a [`Recorder`] listening
 /// after the endpoints (so when the recorder has seen a transition, so has `/status`).
 ///
-/// [`crate::harness::Sidecar`] runs the whole `sidecar::run` (hooks, reloads) behind its
+/// [`crate::support::harness::Sidecar`] runs the whole `sidecar::run` (hooks, reloads) behind its
 /// control channel; this one has no hooks and leaves each part in the test's hands.
 pub struct Sidecar {
     pub telemetry: Telemetry,

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tether::watch::machine::Event;
 use tether::watch::observe::HookResult;
 
-use crate::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
-use crate::receiver::Receiver;
+use crate::support::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
 use crate::support::poll;
+use crate::support::receiver::Receiver;
 use crate::support::tether_process::TetherProcess;
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -46,17 +46,13 @@ async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environm
     let dir = tempfile::tempdir().unwrap();
     let hook = recording_hook(dir.path());
     let mut listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
-    let sidecar = Sidecar::start(
-        &target(
-            "db-1.primary",
-            &listener.address(),
-            &format!(
-                "failure_threshold = 2\nbackoff = {{ initial = \"20ms\", max = \"100ms\" }}\n{}",
-                on_every_event(&hook)
-            ),
+    let (sidecar, rec) = Sidecar::with_target(
+        "db-1.primary",
+        &listener.address(),
+        &format!(
+            "failure_threshold = 2\nbackoff = {{ initial = \"20ms\", max = \"100ms\" }}\n{}",
+            on_every_event(&hook)
         ),
-        &rec,
     );
     let t = "db-1.primary";
     rec.hook_runs(t, 1, LIMIT).await;
@@ -121,18 +117,14 @@ async fn a_signed_webhook_carries_a_verifiable_hmac_of_its_body() {
     };
     let receiver = Receiver::start(&[]).await;
     let listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
-    let sidecar = Sidecar::start(
-        &target(
-            "cache",
-            &listener.address(),
-            &format!(
-                r#"[targets.hooks]
-                on_connect = {{ webhook = "{}", secret_env = "TETHER_TEST_HOOK_SECRET", headers = {{ X-Team = "payments" }} }}"#,
-                receiver.url("/store")
-            ),
+    let (sidecar, _rec) = Sidecar::with_target(
+        "cache",
+        &listener.address(),
+        &format!(
+            r#"[targets.hooks]
+            on_connect = {{ webhook = "{}", secret_env = "TETHER_TEST_HOOK_SECRET", headers = {{ X-Team = "payments" }} }}"#,
+            receiver.url("/store")
         ),
-        &rec,
     );
     let got = receiver.until(1, LIMIT).await;
     sidecar.stop().await;
@@ -157,17 +149,13 @@ async fn a_signed_webhook_carries_a_verifiable_hmac_of_its_body() {
 async fn a_webhook_receiver_that_fails_twice_then_accepts_gets_exactly_one_successful_delivery() {
     let receiver = Receiver::start(&[503, 500]).await;
     let listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
-    let sidecar = Sidecar::start(
-        &target(
-            "api",
-            &listener.address(),
-            &format!(
-                "hook_timeout = \"10s\"\n[targets.hooks]\non_connect = {{ webhook = \"{}\" }}",
-                receiver.url("/hook")
-            ),
+    let (sidecar, rec) = Sidecar::with_target(
+        "api",
+        &listener.address(),
+        &format!(
+            "hook_timeout = \"10s\"\n[targets.hooks]\non_connect = {{ webhook = \"{}\" }}",
+            receiver.url("/hook")
         ),
-        &rec,
     );
     let runs = rec.hook_runs("api", 1, LIMIT).await;
     assert_eq!(runs, [(Event::Connect, HookResult::Ok)]);
@@ -191,18 +179,17 @@ async fn a_webhook_receiver_that_fails_twice_then_accepts_gets_exactly_one_succe
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_webhook_is_counted_as_an_error_and_watching_goes_on() {
-    let dead = format!("http://127.0.0.1:{}/hook", crate::harness::dead_port());
+    let dead = format!(
+        "http://127.0.0.1:{}/hook",
+        crate::support::harness::dead_port()
+    );
     let mut listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
-    let sidecar = Sidecar::start(
-        &target(
-            "api",
-            &listener.address(),
-            &format!(
-                "hook_timeout = \"300ms\"\n[targets.hooks]\non_connect = {{ webhook = \"{dead}\" }}"
-            ),
+    let (sidecar, rec) = Sidecar::with_target(
+        "api",
+        &listener.address(),
+        &format!(
+            "hook_timeout = \"300ms\"\n[targets.hooks]\non_connect = {{ webhook = \"{dead}\" }}"
         ),
-        &rec,
     );
     let runs = rec.hook_runs("api", 1, LIMIT).await;
     assert_eq!(runs, [(Event::Connect, HookResult::Error)]);
@@ -214,16 +201,12 @@ async fn an_unreachable_webhook_is_counted_as_an_error_and_watching_goes_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_command_is_counted_and_the_next_hooks_still_run() {
     let mut listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
-    let sidecar = Sidecar::start(
-        &target(
-            "q",
-            &listener.address(),
-            r#"[targets.hooks]
-            on_connect = [{ shell = "echo broken >&2; exit 3" }, { command = ["/nonexistent/hook"] }]
-            on_disconnect = { command = ["/bin/true"] }"#,
-        ),
-        &rec,
+    let (sidecar, rec) = Sidecar::with_target(
+        "q",
+        &listener.address(),
+        r#"[targets.hooks]
+        on_connect = [{ shell = "echo broken >&2; exit 3" }, { command = ["/nonexistent/hook"] }]
+        on_disconnect = { command = ["/bin/true"] }"#,
     );
     rec.hook_runs("q", 2, LIMIT).await;
     listener.kill().await;
@@ -245,21 +228,17 @@ async fn a_target_flapping_200_times_with_a_slow_hook_runs_a_valid_story_ending_
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("seen");
     let mut listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
     let hook = format!(
         r#"{{ shell = "sleep 0.05; echo $TETHER_EVENT $TETHER_PREVIOUS_STATE $TETHER_STATE $TETHER_EVENT_ID >> '{}'" }}"#,
         log.display()
     );
-    let sidecar = Sidecar::start(
-        &target(
-            "flappy",
-            &listener.address(),
-            &format!(
-                "failure_threshold = 1\nbackoff = {{ initial = \"1ms\", max = \"2ms\", jitter = 0.0 }}\n{}",
-                on_every_event(&hook)
-            ),
+    let (sidecar, rec) = Sidecar::with_target(
+        "flappy",
+        &listener.address(),
+        &format!(
+            "failure_threshold = 1\nbackoff = {{ initial = \"1ms\", max = \"2ms\", jitter = 0.0 }}\n{}",
+            on_every_event(&hook)
         ),
-        &rec,
     );
     rec.nth_event("flappy", Event::Connect, 1, LIMIT).await;
     // 200 changes of the dependency within about a second, each one seen by tether.
@@ -414,18 +393,14 @@ async fn target_data_and_arguments_reach_a_command_hook_only_as_data() {
     let dir = tempfile::tempdir().unwrap();
     let hostile = "x$(touch pwned);`touch pwned2`|y";
     let listener = Listener::start(Behaviour::Hold).await;
-    let rec = Recorder::new();
-    let sidecar = Sidecar::start(
-        &target(
-            "db.-_1",
-            &listener.address(),
-            &format!(
-                r#"[targets.hooks]
-                on_connect = {{ command = ["/usr/bin/touch", "--", "{}/{hostile}"] }}"#,
-                dir.path().display()
-            ),
+    let (sidecar, rec) = Sidecar::with_target(
+        "db.-_1",
+        &listener.address(),
+        &format!(
+            r#"[targets.hooks]
+            on_connect = {{ command = ["/usr/bin/touch", "--", "{}/{hostile}"] }}"#,
+            dir.path().display()
         ),
-        &rec,
     );
     assert_eq!(rec.hook_runs("db.-_1", 1, LIMIT).await[0].1, HookResult::Ok);
     sidecar.stop().await;

@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::endpoint::{Sidecar, get, raise_open_files_limit, request};
-use crate::harness::{Behaviour, Listener, dead_port};
 use crate::support::eventually;
+use crate::support::harness::{Behaviour, Listener, dead_port};
 
 /// Reconnects fast so outages and returns take milliseconds.
 const FAST: &str = "backoff = { initial = \"10ms\", max = \"50ms\" }\nfailure_threshold = 2\n";

@@ -10,8 +10,9 @@ use std::time::Duration;
 use tether::watch::machine::Event;
 
 use crate::endpoint::{Reply, Sidecar};
-use crate::harness::dead_port;
+use crate::support::TestServer;
 use crate::support::eventually;
+use crate::support::harness::dead_port;
 use crate::support::redis::RedisServer;
 
 /// Reconnects fast so outages and returns take milliseconds.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tether::watch::machine::Event;
 
-use crate::harness::{Record, Recorder, watch};
+use crate::support::harness::{Record, Recorder, watch};
 use crate::support::poll;
 
 /// A network namespace with one veth link to the host, removed on drop.

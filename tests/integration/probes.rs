@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use tether::watch::machine::{Event, State};
 
-use crate::harness::{Record, Recorder, watch};
+use crate::support::TestServer;
+use crate::support::harness::{Record, Recorder, watch};
 use crate::support::http::{Framing, HttpServer};
 use crate::support::mariadb::MariadbServer;
 use crate::support::postgres::PostgresServer;
@@ -44,28 +45,6 @@ const KILL_BOUND: Duration = Duration::from_secs(1);
 
 /// How long servers that close unauthenticated sessions are watched for a false `down`.
 const HELD_FOR: Duration = Duration::from_secs(10);
-
-/// The test servers share an API by convention; this names the part the scenarios use.
-trait Server: Send {
-    fn addr(&self) -> String;
-    fn kill(&mut self);
-    fn stop(&mut self);
-    fn cont(&mut self);
-    fn restart(&mut self);
-}
-
-macro_rules! impl_server {
-    ($($t:ty),*) => {$(
-        impl Server for $t {
-            fn addr(&self) -> String { <$t>::addr(self) }
-            fn kill(&mut self) { <$t>::kill(self) }
-            fn stop(&mut self) { <$t>::stop(self) }
-            fn cont(&mut self) { <$t>::cont(self) }
-            fn restart(&mut self) { <$t>::restart(self) }
-        }
-    )*};
-}
-impl_server!(RedisServer, PostgresServer, MariadbServer);
 
 /// Runs blocking server control (start, signals, restarts) without starving the checkers.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -147,7 +126,7 @@ fn stdout(out: &Output) -> String {
 /// each restarted server picked up again.
 async fn a_killed_server_is_detected_at_once_and_picked_up_after_restart(
     name: &str,
-    mut server: impl Server,
+    mut server: impl TestServer + Send,
     probe: &str,
 ) {
     let rec = Recorder::new();
@@ -218,7 +197,7 @@ async fn a_killed_mariadb_is_detected_at_once_and_picked_up_after_restart() {
 /// notices nothing in the same window. Thawed, the server is picked up again.
 async fn a_frozen_server_is_detected_by_its_probe_but_not_by_tcp(
     name: &str,
-    mut server: impl Server,
+    mut server: impl TestServer + Send,
     probe: &str,
 ) {
     let rec = Recorder::new();

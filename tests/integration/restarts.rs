@@ -12,7 +12,7 @@ use tether::watch::machine::{Event, Transition};
 use tether::watch::observe::{Observer, Observers};
 use tether::watch::supervisor::Supervisor;
 
-use crate::harness::{Record, Recorder};
+use crate::support::harness::{Behaviour, Listener, Record, Recorder, Sidecar};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -34,7 +34,7 @@ impl Observer for PanicsOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_listener_does_not_keep_the_others_from_the_event_nor_crash_the_checker() {
-    let listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let listener = Listener::start(Behaviour::Hold).await;
     let toml = format!(
         "[[targets]]\nname = \"fragile\"\naddress = \"{}\"\n",
         listener.address()
@@ -73,7 +73,7 @@ async fn a_checker_that_panics_while_up_lets_go_of_its_connection_and_reconnects
     use tokio::net::TcpListener;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let steady = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let steady = Listener::start(Behaviour::Hold).await;
     let address = listener.local_addr().unwrap();
     tether::fault::panic_when_up("fragile-up", 1);
     let toml = format!(
@@ -138,17 +138,13 @@ async fn a_checker_that_panics_while_up_lets_go_of_its_connection_and_reconnects
 async fn a_panic_while_running_hooks_is_contained_and_the_next_events_hooks_still_run() {
     use tether::watch::observe::HookResult;
 
-    let mut listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let mut listener = Listener::start(Behaviour::Hold).await;
     tether::fault::panic_in_hooks("hooky", 1);
-    let recorder = Recorder::new();
-    let sidecar = crate::harness::Sidecar::start(
-        &crate::harness::target(
-            "hooky",
-            &listener.address(),
-            "[targets.hooks]\n\
-             on_connect = { command = [\"/bin/true\"] }\non_disconnect = { command = [\"/bin/true\"] }",
-        ),
-        &recorder,
+    let (sidecar, recorder) = Sidecar::with_target(
+        "hooky",
+        &listener.address(),
+        "[targets.hooks]\n\
+         on_connect = { command = [\"/bin/true\"] }\non_disconnect = { command = [\"/bin/true\"] }",
     );
     recorder.nth_event("hooky", Event::Connect, 1, LIMIT).await;
     listener.kill().await;
@@ -170,7 +166,7 @@ async fn a_panic_while_running_hooks_is_contained_and_the_next_events_hooks_stil
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_while_answering_http_is_contained_and_the_server_keeps_serving() {
-    let listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let listener = Listener::start(Behaviour::Hold).await;
     let sidecar = crate::endpoint::Sidecar::start(&format!(
         "[[targets]]\nname = \"web\"\naddress = \"{}\"\n",
         listener.address()

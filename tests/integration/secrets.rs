@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::TestServer;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process::{TetherProcess, command as tether, run_command};
 use crate::support::{Exchange, poll_until};
@@ -116,7 +117,8 @@ fn assert_no_password_in(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hooks_see_none_of_the_variables_tether_reads_secrets_from() {
-    let listener = crate::harness::Listener::start(crate::harness::Behaviour::Hold).await;
+    let listener =
+        crate::support::harness::Listener::start(crate::support::harness::Behaviour::Hold).await;
     let dir = tempfile::tempdir().unwrap();
     let hook_env = dir.path().join("hook-env");
     let config = dir.path().join("tether.toml");

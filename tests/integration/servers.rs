@@ -8,6 +8,7 @@ use std::panic;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::TestServer;
 use crate::support::mariadb::MariadbServer;
 use crate::support::postgres::PostgresServer;
 use crate::support::redis::RedisServer;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Behaviour, Listener, dead_port};
+use crate::support::harness::{Behaviour, Listener, dead_port};
 use crate::support::tether_process::{TetherProcess, command as tether};
 use crate::support::{free_port, poll_until};
 

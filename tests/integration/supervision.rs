@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use tether::watch::machine::Event;
 
-use crate::harness::{Behaviour, Listener, Recorder, Sidecar, target};
+use crate::support::harness::{Behaviour, Listener, Recorder, Sidecar, target};
 use crate::support::tether_process::{TetherProcess, run_command};
 use crate::support::{eventually, poll, poll_until};
 
@@ -450,7 +450,7 @@ async fn every_status_snapshot_during_reloads_shows_one_whole_config() {
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
-    use crate::harness::Record;
+    use crate::support::harness::Record;
     use tether::watch::machine::State;
 
     #[tokio::test(flavor = "multi_thread")]

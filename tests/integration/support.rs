@@ -1,15 +1,21 @@
-//! Shared test scaffolding: loopback ports, scratch directories, bounded polling and the real
-//! Redis/PostgreSQL/MariaDB servers that tether is tested against.
+//! Shared test scaffolding: loopback ports, scratch directories, bounded polling, the sidecar
+//! harness and webhook receiver, and the real Redis/PostgreSQL/MariaDB servers that tether is
+//! tested against.
 
 // Shared by every test module, and no single module uses all of it.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod http;
 pub mod mariadb;
 pub mod postgres;
 pub mod process;
+pub mod receiver;
 pub mod redis;
+pub mod server;
 pub mod tether_process;
+
+pub use server::TestServer;
 
 use std::env;
 use std::fs;

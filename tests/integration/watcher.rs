@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tether::watch::machine::{Event, State};
 
-use crate::harness::{Behaviour, Listener, Record, Recorder, dead_port, watch};
+use crate::support::TestServer;
+use crate::support::harness::{Behaviour, Listener, Record, Recorder, dead_port, watch};
 
 const LIMIT: Duration = Duration::from_secs(10);
 

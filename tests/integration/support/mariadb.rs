@@ -10,6 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::process::{ServerProcess, StartError};
+use super::server::TestServer;
 use super::{Exchange, START_TIMEOUT, find_binary, running_as_root, workdir};
 
 /// The protocol version byte that opens every MySQL/MariaDB initial handshake packet.
@@ -84,70 +85,44 @@ impl MariadbServer {
         self.process.run_to_completion(command, START_TIMEOUT);
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `127.0.0.1:PORT`, the form tether's configuration takes.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// The scratch directory holding `data/`, the socket and `server.log`.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The server's Unix socket, for clients that connect that way.
     pub fn socket_path(&self) -> PathBuf {
         socket_path(self.dir.path())
     }
+}
 
-    /// Everything the server has logged so far, for assertions and failure messages.
-    pub fn log(&self) -> String {
-        super::log_tail(self.process.log_path())
+impl TestServer for MariadbServer {
+    fn process(&self) -> &ServerProcess {
+        &self.process
     }
 
-    /// Reads the initial handshake, as a client (or tether) would see it now.
-    pub fn probe(&self, timeout: Duration) -> io::Result<()> {
-        handshake(self.port, timeout).map(drop)
+    fn process_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 
-    /// SIGKILLs the server and waits until it is dead: a crash, so the next start runs InnoDB
-    /// crash recovery.
-    pub fn kill(&mut self) {
-        self.process.kill();
+    fn port(&self) -> u16 {
+        self.port
     }
 
-    /// Freezes the server with SIGSTOP: connections still complete from the listen backlog but
-    /// no handshake arrives, like a hung host.
-    pub fn stop(&mut self) {
-        self.process.stop();
+    /// Holds `data/`, the socket and `server.log`.
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
-    /// Thaws a server frozen by [`stop`](Self::stop).
-    pub fn cont(&mut self) {
-        self.process.cont();
-    }
-
-    /// Starts the server again on the same port and data directory (killing it first if it still
-    /// runs), and returns once it sends its handshake.
-    pub fn restart(&mut self) {
-        self.process.shut_down();
-        if let Err(err) = launch(
+    /// Reuses the data directory, so after a kill InnoDB runs crash recovery first.
+    fn launch(&mut self) -> Result<(), StartError> {
+        launch(
             &mut self.process,
             &self.mariadbd,
             &self.options,
             self.dir.path(),
             self.port,
-        ) {
-            self.process
-                .fail(format_args!("restart on port {}: {err}", self.port));
-        }
+        )
+    }
+
+    /// Reads the initial handshake.
+    fn probe(&self, timeout: Duration) -> io::Result<()> {
+        handshake(self.port, timeout).map(drop)
     }
 }
 

@@ -13,6 +13,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use super::process::{ServerProcess, StartError};
+use super::server::TestServer;
 use super::{Exchange, START_TIMEOUT, require_binary, running_as_root, workdir};
 
 /// The superuser and database initdb creates, which the readiness probe logs in as.
@@ -122,74 +123,50 @@ impl PostgresServer {
         self.process.run_to_completion(command, START_TIMEOUT);
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `127.0.0.1:PORT`, the form tether's configuration takes.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The postmaster's pid; its children (backends, checkpointer, ...) have their own.
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// The scratch directory holding `data/`, `sock/` and `server.log`.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The directory holding the server's Unix socket, for clients that connect that way.
     pub fn socket_dir(&self) -> PathBuf {
         socket_dir(self.dir.path())
     }
+}
 
-    /// Everything the server has logged so far, for assertions and failure messages.
-    pub fn log(&self) -> String {
-        super::log_tail(self.process.log_path())
+/// The postmaster's pid is the one [`TestServer::pid`] gives; its children (backends,
+/// checkpointer, ...) have their own, and are signalled along with it. A restart stops a server
+/// that still runs with an immediate shutdown (SIGQUIT), which needs crash recovery too but,
+/// unlike [`TestServer::kill`], leaves no orphaned children behind.
+impl TestServer for PostgresServer {
+    fn process(&self) -> &ServerProcess {
+        &self.process
     }
 
-    /// One SSLRequest exchange, as a client (or tether) would see it now.
-    pub fn probe(&self, timeout: Duration) -> io::Result<()> {
-        ssl_request(self.port, timeout).map(drop)
+    fn process_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 
-    /// SIGKILLs the postmaster and all its children and waits until they are dead: a crash, so
-    /// the next start runs crash recovery.
-    pub fn kill(&mut self) {
-        self.process.kill();
+    fn port(&self) -> u16 {
+        self.port
     }
 
-    /// Freezes the postmaster and its children with SIGSTOP: connections still complete from the
-    /// listen backlog but nothing answers, like a hung host.
-    pub fn stop(&mut self) {
-        self.process.stop();
+    /// Holds `data/`, `sock/` and `server.log`.
+    fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
-    /// Thaws a server frozen by [`stop`](Self::stop).
-    pub fn cont(&mut self) {
-        self.process.cont();
-    }
-
-    /// Starts the server again on the same port and data directory, and returns once crash
-    /// recovery is over and it accepts a login. A server still running is first stopped with an
-    /// immediate shutdown (SIGQUIT), which needs crash recovery too but, unlike
-    /// [`kill`](Self::kill), leaves no orphaned children behind.
-    pub fn restart(&mut self) {
-        self.process.shut_down();
-        if let Err(err) = launch(
+    /// Reuses the data directory, and returns once crash recovery is over and the server
+    /// accepts a login.
+    fn launch(&mut self) -> Result<(), StartError> {
+        launch(
             &mut self.process,
             &self.postgres,
             &self.settings,
             self.owner,
             self.dir.path(),
             self.port,
-        ) {
-            self.process
-                .fail(format_args!("restart on port {}: {err}", self.port));
-        }
+        )
+    }
+
+    /// One SSLRequest exchange.
+    fn probe(&self, timeout: Duration) -> io::Result<()> {
+        ssl_request(self.port, timeout).map(drop)
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::process::{ServerProcess, StartError};
+use super::server::TestServer;
 use super::{Exchange, START_TIMEOUT, require_binary, workdir};
 
 /// A `redis-server` child process with nothing persisted to disk.
@@ -49,65 +50,38 @@ impl RedisServer {
             .start_on_free_port(|process, port| launch(process, binary, dir, port, settings));
         server
     }
+}
 
-    pub fn port(&self) -> u16 {
+impl TestServer for RedisServer {
+    fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+
+    fn process_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+
+    fn port(&self) -> u16 {
         self.port
     }
 
-    /// `127.0.0.1:PORT`, the form tether's configuration takes.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// The scratch directory holding the server's working files and `server.log`.
-    pub fn dir(&self) -> &Path {
+    fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Everything the server has logged so far, for assertions and failure messages.
-    pub fn log(&self) -> String {
-        super::log_tail(self.process.log_path())
-    }
-
-    /// One PING exchange, as a client (or tether) would see it now.
-    pub fn probe(&self, timeout: Duration) -> io::Result<()> {
-        ping(self.port, timeout)
-    }
-
-    /// SIGKILLs the server and waits until it is dead: a crash, not a shutdown.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Freezes the server with SIGSTOP: connections still complete from the listen backlog but
-    /// nothing answers, like a hung host.
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    /// Thaws a server frozen by [`stop`](Self::stop).
-    pub fn cont(&mut self) {
-        self.process.cont();
-    }
-
-    /// Starts the server again on the same port (killing it first if it still runs), so a
-    /// dependency that went away comes back where clients expect it.
-    pub fn restart(&mut self) {
-        self.process.shut_down();
-        if let Err(err) = launch(
+    fn launch(&mut self) -> Result<(), StartError> {
+        launch(
             &mut self.process,
             &self.binary,
             self.dir.path(),
             self.port,
             &self.settings,
-        ) {
-            self.process
-                .fail(format_args!("restart on port {}: {err}", self.port));
-        }
+        )
+    }
+
+    /// One PING exchange.
+    fn probe(&self, timeout: Duration) -> io::Result<()> {
+        ping(self.port, timeout)
     }
 }
 

@@ -274,6 +274,14 @@ impl Sidecar {
         Sidecar { control, task }
     }
 
+    /// Most hook tests need a single target and want to see its hooks run: this is that
+    /// sidecar, together with the recorder that sees what it does.
+    pub fn with_target(name: &str, address: &str, extra: &str) -> (Sidecar, Arc<Recorder>) {
+        let recorder = Recorder::new();
+        let sidecar = Sidecar::start(&target(name, address, extra), &recorder);
+        (sidecar, recorder)
+    }
+
     /// Applies a new config, as SIGHUP would.
     pub async fn reload(&self, toml: &str) {
         let config = Config::parse(toml, "test.toml".as_ref()).map(|mut c| {
