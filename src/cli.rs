@@ -122,6 +122,19 @@ pub enum Command {
         watch: bool,
     },
 
+    /// Print a completion script for SHELL to standard output
+    ///
+    /// bash: `tether completions bash > /etc/bash_completion.d/tether`;
+    /// zsh: into a directory of `$fpath` as `_tether`;
+    /// fish: `~/.config/fish/completions/tether.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) to standard output: `tether man | man -l -`
+    Man,
+
     /// A 15-second tour: watch a throwaway local service, break it, restore it
     ///
     /// Needs no config and no server: it starts a TCP service on loopback, watches

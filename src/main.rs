@@ -39,6 +39,17 @@ fn main() -> ExitCode {
             timeout,
         } => wait(&addresses, &check, timeout),
         Command::Demo => run_demo(),
+        Command::Completions { shell } => {
+            tether::cmd::shell::completions(shell, &mut std::io::stdout().lock());
+            ExitCode::from(exit::OK)
+        }
+        Command::Man => match tether::cmd::shell::man(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(e) => {
+                eprintln!("tether: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        },
         Command::Status {
             config,
             url,

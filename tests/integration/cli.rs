@@ -227,3 +227,37 @@ fn bad_usage_of_probe_and_wait_exits_2_with_a_message_and_never_panics() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_bash_completion_script_loads_in_bash_and_the_man_page_renders() {
+    let script = tether().args(["completions", "bash"]).output().unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    // Sourced for real, not only parsed: the completion function must get defined.
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -e; bash -n '{0}'; source '{0}'; complete -p tether",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("tether"));
+
+    let man = tether().arg("man").output().unwrap();
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        page.contains(".TH tether 1"),
+        "{}",
+        &page[..80.min(page.len())]
+    );
+    assert!(page.contains("TETHER CHECK-CONFIG"));
+}
