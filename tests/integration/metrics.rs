@@ -314,3 +314,101 @@ fn promtool_accepts_the_shipped_alerting_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every PromQL expression shipped in `deploy/`: the dashboard's panel queries (its
+/// template variables stood in for by `.*`) and the alerting rules' `expr`s.
+fn shipped_queries() -> Vec<(String, String)> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/tether.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queries.push((
+                format!("dashboard panel {:?}", panel["title"]),
+                expr.replace("$job", ".*").replace("$target", ".*"),
+            ));
+        }
+    }
+    let alerts =
+        std::fs::read_to_string(format!("{root}/deploy/prometheus/tether-alerts.yml")).unwrap();
+    for line in alerts.lines() {
+        if let Some(expr) = line.trim().strip_prefix("expr: ") {
+            queries.push(("alert rule".to_owned(), expr.to_owned()));
+        }
+    }
+    queries
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_and_alert_queries_parse_and_name_only_metrics_tether_exposes() {
+    let Some(mut promtool) = promtool() else {
+        return;
+    };
+    let queries = shipped_queries();
+    assert!(queries.len() > 15, "{queries:?}");
+
+    // Every query parses: each one as a recording rule that promtool checks.
+    let mut rules = String::from("groups:\n  - name: shipped\n    rules:\n");
+    for (i, (_, expr)) in queries.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: shipped:query_{i}\n        expr: {}\n",
+            serde_json::to_string(expr).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queries.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = promtool
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every metric they name is in a live scrape of a tether whose hook has run.
+    let dead = dead_port();
+    let sidecar = Sidecar::start(&format!(
+        "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:{dead}\"\n{FAST}\
+         hooks.on_failure = {{ command = [\"true\"] }}\n"
+    ))
+    .await;
+    sidecar
+        .recorder
+        .nth_event("db", Event::Failure, 1, Duration::from_secs(10))
+        .await;
+    let exposed = scrape_until(&sidecar, "the hook's run counted", |r| {
+        r.body.contains("tether_hook_duration_seconds_bucket")
+    })
+    .await
+    .body;
+    sidecar.stop().await;
+    let exposed: std::collections::BTreeSet<&str> = exposed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for (place, expr) in &queries {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("tether_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                exposed.contains(name.as_str()),
+                "{place} names {name}, which tether does not expose: {expr}"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
+}
