@@ -150,3 +150,13 @@ fn the_kubernetes_configmap_holds_a_config_tether_accepts() {
         panic!("{} is refused: {why}\n{text}", manifest.display());
     }
 }
+
+#[test]
+fn the_container_image_and_compose_configs_are_accepted() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/docker");
+    for name in ["tether.toml", "compose-tether.toml"] {
+        if let Err(why) = check_config(&dir.join(name)) {
+            panic!("deploy/docker/{name} is refused: {why}");
+        }
+    }
+}
