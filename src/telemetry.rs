@@ -3,6 +3,7 @@
 //! (so a port that cannot be bound stops tether before it connects anywhere) and stopped
 //! after them (so the last state is still served and written).
 
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod state_file;
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::watch::observe::{Observer, Observers};
+use events::Events;
 use http::{App, HttpError, HttpServer, Limits};
 use metrics::{Metrics, MetricsError};
 use state_file::StateFileError;
@@ -36,6 +38,7 @@ pub enum TelemetryError {
 pub struct Telemetry {
     status: Arc<Status>,
     metrics: Arc<Metrics>,
+    events: Arc<Events>,
     /// Where the HTTP server listens (the real port when `listen` asked for port 0).
     http_addr: SocketAddr,
     /// Stops the HTTP server and the state-file writer.
@@ -53,9 +56,11 @@ impl Telemetry {
     pub async fn start_with(config: &Config, limits: Limits) -> Result<Telemetry, TelemetryError> {
         let status = Arc::new(Status::new(config));
         let metrics = Arc::new(Metrics::new(config)?);
+        let events = Arc::new(Events::default());
         let app = App {
             status: status.clone(),
             metrics: metrics.clone(),
+            events: events.clone(),
         };
         let server = HttpServer::bind(config.server.listen, app, limits).await?;
         let http_addr = server.local_addr();
@@ -77,6 +82,7 @@ impl Telemetry {
         Ok(Telemetry {
             status,
             metrics,
+            events,
             http_addr,
             stop,
             tasks,
@@ -84,11 +90,13 @@ impl Telemetry {
     }
 
     /// The listeners the checkers must report to: the status registry first, so
-    /// `/status` is current before anything else reacts.
+    /// `/status` is current before anything else reacts, and the stream's position
+    /// last, so it moves only once the change can be read.
     pub fn observers(&self) -> Observers {
         Observers::new()
             .with(self.status.clone() as Arc<dyn Observer>)
             .with(self.metrics.clone() as Arc<dyn Observer>)
+            .with(self.events.clone() as Arc<dyn Observer>)
     }
 
     pub fn http_addr(&self) -> SocketAddr {

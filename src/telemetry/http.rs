@@ -29,6 +29,7 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::telemetry::events::{self, Events, Index};
 use crate::telemetry::metrics::{self, Metrics};
 use crate::telemetry::status::Status;
 
@@ -84,6 +85,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 pub struct App {
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
+    pub events: Arc<Events>,
 }
 
 /// A bound, not yet serving, HTTP server.
@@ -319,7 +321,15 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => return text(StatusCode::OK, "ok\n"),
         "/readyz" => return readyz(&app.status),
         "/startupz" => return startupz(&app.status),
-        "/status" => status_document,
+        "/status" => {
+            if let Some(query) = req.uri().query() {
+                match long_poll(query) {
+                    Ok((seen, wait)) => app.events.wait_past(&seen, wait).await,
+                    Err(why) => return text(StatusCode::BAD_REQUEST, &format!("{why}\n")),
+                }
+            }
+            status_document
+        }
         "/metrics" => metrics_exposition,
         _ => {
             return text(
@@ -339,11 +349,46 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
 fn status_document(app: &App) -> Response<Full<Bytes>> {
     #[cfg(feature = "fault-injection")]
     crate::fault::check_http();
-    body(
+    // The index first: the document then holds at least every change up to it.
+    let index = app.events.index();
+    let mut res = body(
         StatusCode::OK,
         "application/json",
         app.status.document_json(),
-    )
+    );
+    if let Ok(value) = HeaderValue::from_str(&index.to_string()) {
+        res.headers_mut().insert(INDEX_HEADER, value);
+    }
+    res
+}
+
+/// The stream position a `/status` answer is current to.
+const INDEX_HEADER: &str = "x-tether-index";
+
+/// `index=<instance>:<position>&wait=<duration>` of a long-poll: answer once the
+/// stream has moved past `index`, or after `wait` (default 30s, at most
+/// [`events::MAX_WAIT`]) with the same document.
+fn long_poll(query: &str) -> Result<(Index, Duration), String> {
+    let mut index = None;
+    let mut wait = Duration::from_secs(30);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "index" => {
+                let value = value.replace("%3A", ":").replace("%3a", ":");
+                index = Some(value.parse().map_err(|e| format!("index: {e}"))?);
+            }
+            "wait" => {
+                wait = crate::config::duration::parse(value).map_err(|e| format!("wait: {e}"))?;
+                if wait > events::MAX_WAIT {
+                    return Err(format!("wait: at most {:?}", events::MAX_WAIT));
+                }
+            }
+            other => return Err(format!("unknown parameter {other:?}: index and wait are")),
+        }
+    }
+    let index = index.ok_or("wait needs index=<instance>:<position> from X-Tether-Index")?;
+    Ok((index, wait))
 }
 
 fn metrics_exposition(app: &App) -> Response<Full<Bytes>> {

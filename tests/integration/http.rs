@@ -115,6 +115,79 @@ async fn startupz_is_503_until_every_first_attempt_has_ended_even_one_that_fails
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_on_status_returns_with_the_next_transition_and_not_before() {
+    let mut db = Listener::start(Behaviour::Hold).await;
+    let sidecar = Sidecar::start(&target("db", &db.address(), "")).await;
+    let first = eventually(Duration::from_secs(10), "db up", || async {
+        let r = sidecar.get("/status").await;
+        r.body.contains("\"up\"").then_some(r)
+    })
+    .await;
+    let index = first
+        .header("x-tether-index")
+        .expect("X-Tether-Index")
+        .to_owned();
+    let (instance, position) = index.rsplit_once(':').unwrap();
+    assert_eq!(instance, tether::instance::id());
+    assert!(
+        position.parse::<u64>().unwrap() >= 1,
+        "db's connect moved it: {index}"
+    );
+
+    // Nothing happens: the answer comes at `wait`, with the same index.
+    let started = Instant::now();
+    let quiet = sidecar.get(&format!("/status?index={index}&wait=1s")).await;
+    let waited = started.elapsed();
+    println!("a long-poll without a change answered after {waited:?}");
+    assert_eq!(quiet.status, 200);
+    assert!(
+        waited >= Duration::from_millis(990),
+        "returned early: {waited:?}"
+    );
+    assert_eq!(quiet.header("x-tether-index"), Some(index.as_str()));
+
+    // A transition ends the wait at once.
+    let poll = {
+        let addr = sidecar.addr();
+        let path = format!("/status?index={index}&wait=20s");
+        tokio::spawn(async move {
+            let reply = crate::endpoint::get(addr, &path).await;
+            (reply, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!poll.is_finished(), "answered before anything happened");
+    let killed = Instant::now();
+    db.kill().await;
+    let (reply, answered) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long-poll answered")
+        .unwrap();
+    println!(
+        "the long-poll answered {:?} after the kill",
+        answered - killed
+    );
+    assert!(answered - killed < Duration::from_secs(2));
+    assert_ne!(reply.header("x-tether-index"), Some(index.as_str()));
+    assert!(
+        reply.body.contains("\"down\"") || reply.body.contains("\"failed\""),
+        "{}",
+        reply.body
+    );
+
+    // An index from another run of tether answers at once; a malformed one is refused.
+    let started = Instant::now();
+    let other = sidecar
+        .get("/status?index=0123456789abcdef:7&wait=20s")
+        .await;
+    assert_eq!(other.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(sidecar.get("/status?index=7&wait=1s").await.status, 400);
+    assert_eq!(sidecar.get("/status?wait=1s").await.status, 400);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn readyz_flips_to_503_while_a_required_target_is_down_and_ignores_an_optional_one() {
     let mut db = Listener::start(Behaviour::Hold).await;
     let optional = format!("127.0.0.1:{}", dead_port());
@@ -393,6 +466,7 @@ async fn the_server_stops_when_its_shutdown_future_resolves() {
     let app = App {
         status: Arc::new(Status::new(&config)),
         metrics: Arc::new(Metrics::new(&config).unwrap()),
+        events: Arc::default(),
     };
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, Limits::default())
         .await
@@ -616,6 +690,7 @@ async fn server_with(limits: Limits) -> (std::net::SocketAddr, tokio::sync::ones
     let app = App {
         status: Arc::new(Status::new(&config)),
         metrics: Arc::new(Metrics::new(&config).unwrap()),
+        events: Arc::default(),
     };
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, limits)
         .await
