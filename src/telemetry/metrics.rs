@@ -26,7 +26,7 @@ use prometheus::{
 
 use crate::config::{Config, Target};
 use crate::watch::machine::{Event, State, Transition};
-use crate::watch::observe::{HookResult, Observer};
+use crate::watch::observe::{ActorId, HookResult, Observer};
 
 /// The Content-Type of the exposition; Prometheus 3 rejects a scrape without it.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -69,8 +69,9 @@ pub struct Metrics {
 
 /// One target's series.
 struct TargetSeries {
-    /// The actor incarnation that owns the series (see `status::Slot::owner`).
-    owner: AtomicUsize,
+    /// The actor incarnation that owns the series ([`ActorId`]; 0 for none yet): the late
+    /// stop of an incarnation a reload replaced must not remove its successor's series.
+    owner: AtomicU64,
     /// Index into [`State::ALL`] of the current state.
     state: AtomicUsize,
     consecutive_failures: AtomicU64,
@@ -170,10 +171,6 @@ fn result_index(result: HookResult) -> usize {
         .expect("HookResult::ALL lists every result")
 }
 
-fn owner_of(target: &Target) -> usize {
-    std::ptr::from_ref(target) as usize
-}
-
 /// A label value in the text format: backslash, double quote and newline escaped.
 fn escape(value: &str) -> String {
     value
@@ -252,9 +249,9 @@ impl Metrics {
     }
 
     /// Creates the series of `target` at their initial values.
-    fn add(&self, target: &Target, owner: usize) -> Arc<TargetSeries> {
+    fn add(&self, target: &Target, owner: u64) -> Arc<TargetSeries> {
         let series = Arc::new(TargetSeries {
-            owner: AtomicUsize::new(owner),
+            owner: AtomicU64::new(owner),
             state: AtomicUsize::new(state_index(State::Connecting)),
             consecutive_failures: AtomicU64::new(0),
             attempts: Default::default(),
@@ -501,15 +498,15 @@ fn hooks_of(target: &Target, event: Event) -> bool {
 // === impl Observer ===
 
 impl Observer for Metrics {
-    fn started(&self, target: &Target) {
+    fn started(&self, target: &Target, actor: ActorId) {
         match self.series(target) {
             Some(series) => {
                 // A restarted or replaced actor resumes where the last one stopped:
                 // its series go on as they are.
-                series.owner.store(owner_of(target), Ordering::Release);
+                series.owner.store(actor.0, Ordering::Release);
             }
             None => {
-                self.add(target, owner_of(target));
+                self.add(target, actor.0);
             }
         }
     }
@@ -584,13 +581,13 @@ impl Observer for Metrics {
         self.last_reload_ok.set(i64::from(ok));
     }
 
-    fn stopped(&self, target: &Target) {
+    fn stopped(&self, target: &Target, actor: ActorId) {
         let mut targets = self.write_targets();
         let Some(series) = targets.get(&target.name) else {
             return;
         };
         let owner = series.owner.load(Ordering::Acquire);
-        if owner != 0 && owner != owner_of(target) {
+        if owner != 0 && owner != actor.0 {
             return;
         }
         targets.remove(&target.name);
@@ -786,13 +783,30 @@ mod tests {
     }
 
     #[test]
+    fn the_late_stop_of_a_replaced_actor_leaves_its_successors_series() {
+        let config = config();
+        let db = &Arc::new(config.targets[0].clone());
+        let m = Metrics::new(&config).unwrap();
+        m.started(db, ActorId(1));
+        // A reload replaces the actor; the old one's stop arrives after the new start.
+        m.started(db, ActorId(2));
+        m.stopped(db, ActorId(1));
+        assert!(
+            text(&m).contains("target=\"db\""),
+            "the successor's series went"
+        );
+        m.stopped(db, ActorId(2));
+        assert!(!text(&m).contains("target=\"db\""));
+    }
+
+    #[test]
     fn a_stopped_target_leaves_no_series_behind() {
         let config = config();
         let db = &Arc::new(config.targets[0].clone());
         let m = Metrics::new(&config).unwrap();
-        m.started(db);
+        m.started(db, ActorId(1));
         m.hook_run(db, Event::Connect, HookResult::Ok, Duration::from_millis(1));
-        m.stopped(db);
+        m.stopped(db, ActorId(1));
         let text = text(&m);
         assert!(!text.contains("target=\"db\""), "{text}");
         assert!(text.contains("target=\"cache\""));
@@ -808,13 +822,13 @@ mod tests {
         let config = config();
         let db = &Arc::new(config.targets[0].clone());
         let m = Metrics::new(&config).unwrap();
-        m.started(db);
+        m.started(db, ActorId(1));
         m.transition(
             db,
             &transition(Event::Connect, State::Connecting, State::Up, 0),
         );
         m.restarted(db);
-        m.started(db);
+        m.started(db, ActorId(1));
         assert_eq!(
             value(&m, "tether_target_state{state=\"up\",target=\"db\"}"),
             Some(1.0)

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Target};
 use crate::watch::machine::{Event, State, Transition};
-use crate::watch::observe::Observer;
+use crate::watch::observe::{ActorId, Observer};
 
 /// The `/status` document. Its field names are part of the user contract (README).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -343,7 +343,7 @@ fn lock(entry: &Mutex<TargetStatus>) -> MutexGuard<'_, TargetStatus> {
 // === impl Observer ===
 
 impl Observer for Status {
-    fn started(&self, target: &Target) {
+    fn started(&self, target: &Target, _actor: ActorId) {
         // No slot: an actor of a target the config no longer has (one that a reload
         // removed, ending late). It gets no slot back.
         let Some(slot) = self.read_slots().get(&target.name).cloned() else {
@@ -577,13 +577,13 @@ mod tests {
         let config = two_targets();
         let db = &Arc::new(config.targets[0].clone());
         let status = Status::new(&config);
-        status.started(db);
+        status.started(db, ActorId(1));
         status.transition(
             db,
             &transition(0, Event::Connect, State::Connecting, State::Up),
         );
         status.restarted(db);
-        status.started(db);
+        status.started(db, ActorId(1));
         assert_eq!(status.target("db").unwrap().state, State::Up);
         assert!(status.ready());
 
@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(status.not_ready(), ["db"]);
         let mut optional = Target::clone(db);
         optional.required = false;
-        status.started(&optional);
+        status.started(&optional, ActorId(1));
         assert!(status.not_ready().is_empty());
         assert!(!status.target("db").unwrap().required);
     }
@@ -608,7 +608,7 @@ mod tests {
             &Arc::new(config.targets[0].clone()),
             &Arc::new(config.targets[1].clone()),
         );
-        status.started(cache);
+        status.started(cache, ActorId(1));
         status.transition(
             cache,
             &transition(0, Event::Connect, State::Connecting, State::Up),
@@ -641,7 +641,7 @@ mod tests {
         assert_eq!(status.target("queue").unwrap().state, State::Connecting);
         assert_eq!(status.not_ready(), ["queue"], "db no longer counts");
         // The removed target's actor ends after the reload: nothing comes back.
-        status.stopped(db);
+        status.stopped(db, ActorId(1));
         status.transition(
             db,
             &transition(1, Event::Disconnect, State::Up, State::Down),
@@ -672,10 +672,10 @@ mod tests {
                     status.apply(to);
                     // The old config's actors start and stop late, as real ones do.
                     for t in &from.targets {
-                        status.stopped(t);
+                        status.stopped(t, ActorId(1));
                     }
                     for t in &to.targets {
-                        status.started(t);
+                        status.started(t, ActorId(1));
                     }
                 }
             }
@@ -703,7 +703,7 @@ mod tests {
     fn an_actor_of_a_target_no_config_has_gets_no_slot() {
         let status = Status::new(&two_targets());
         let extra = config("[[targets]]\nname = \"queue\"\naddress = \"127.0.0.1:5672\"\n");
-        status.started(&extra.targets[0]);
+        status.started(&extra.targets[0], ActorId(1));
         assert!(status.target("queue").is_none());
         assert_eq!(status.not_ready(), ["db"]);
     }
@@ -718,7 +718,7 @@ mod tests {
             &transition(0, Event::Connect, State::Connecting, State::Up),
         );
         status.set_stopping();
-        status.stopped(db);
+        status.stopped(db, ActorId(1));
         let doc = status.document();
         assert!(doc.stopping);
         assert_eq!(status.target("db").unwrap().state, State::Up);

@@ -79,7 +79,6 @@ impl Checker {
     /// the supervisor keeps it in its own task, and a `self` moved into this future
     /// would be stored twice over in every actor.
     pub async fn run(&mut self) {
-        self.observer.started(&self.target);
         let mut next = Next::ConnectNow;
         let mut held: Option<Link> = None;
         loop {

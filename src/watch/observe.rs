@@ -7,15 +7,31 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::Target;
 use crate::watch::machine::{Event, Transition};
 
+/// One incarnation of a target's actor: its start, or the start that replaced it when
+/// a reload changed the target. A restart after a crash continues the incarnation.
+/// What an incarnation owns (its metric series) is left alone when the incarnation it
+/// replaced stops late.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ActorId(pub u64);
+
+impl ActorId {
+    /// An id no other incarnation in this process has; never 0.
+    pub fn next() -> ActorId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ActorId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// A listener to checker reports.
 pub trait Observer: Send + Sync + 'static {
     /// An actor for `target` started (or restarted) and is about to connect.
-    fn started(&self, _target: &Target) {}
+    fn started(&self, _target: &Target, _actor: ActorId) {}
 
     /// A connect attempt finished, successfully or not, after `elapsed`.
     fn attempt(&self, _target: &Target, _ok: bool, _elapsed: Duration) {}
@@ -45,7 +61,7 @@ pub trait Observer: Send + Sync + 'static {
     fn reloaded(&self, _ok: bool) {}
 
     /// The actor for `target` stopped for good (removed, or the sidecar is stopping).
-    fn stopped(&self, _target: &Target) {}
+    fn stopped(&self, _target: &Target, _actor: ActorId) {}
 }
 
 /// How a hook action ended, as counted by `tether_hook_runs_total{result}`.
@@ -121,8 +137,8 @@ pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl Observer for Observers {
-    fn started(&self, target: &Target) {
-        self.each("started", |o| o.started(target));
+    fn started(&self, target: &Target, actor: ActorId) {
+        self.each("started", |o| o.started(target, actor));
     }
 
     fn attempt(&self, target: &Target, ok: bool, elapsed: Duration) {
@@ -157,8 +173,8 @@ impl Observer for Observers {
         self.each("reloaded", |o| o.reloaded(ok));
     }
 
-    fn stopped(&self, target: &Target) {
-        self.each("stopped", |o| o.stopped(target));
+    fn stopped(&self, target: &Target, actor: ActorId) {
+        self.each("stopped", |o| o.stopped(target, actor));
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Supervision, Target};
 use crate::watch::checker::Checker;
 use crate::watch::machine::{Machine, Snapshot};
-use crate::watch::observe::{Observer, panic_message};
+use crate::watch::observe::{ActorId, Observer, panic_message};
 
 /// The running actors.
 pub struct Supervisor {
@@ -127,6 +127,7 @@ impl Supervisor {
         let cancel = self.root.child_token();
         let replaced = Arc::new(AtomicBool::new(false));
         let task = self.tracker.spawn(supervise(Incarnation {
+            actor: ActorId::next(),
             target: target.clone(),
             observer: self.observer.clone(),
             cancel: cancel.clone(),
@@ -214,6 +215,8 @@ impl Supervisor {
 
 /// What the supervising task of one actor runs with.
 struct Incarnation {
+    /// Its own id: what it owns is its successor's once a reload replaces it.
+    actor: ActorId,
     target: Arc<Target>,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
@@ -229,6 +232,7 @@ struct Incarnation {
 /// its own task so that a panic unwinds only that task.
 async fn supervise(incarnation: Incarnation) {
     let Incarnation {
+        actor,
         target,
         observer,
         cancel,
@@ -262,6 +266,7 @@ async fn supervise(incarnation: Incarnation) {
                 cancel.clone(),
                 memory.clone(),
             );
+            observer.started(&target, actor);
             CatchUnwind(pin!(checker.run())).await
         };
         let reason = match outcome {
@@ -298,7 +303,7 @@ async fn supervise(incarnation: Incarnation) {
         }
     }
     if !replaced.load(Ordering::Acquire) {
-        observer.stopped(&target);
+        observer.stopped(&target, actor);
     }
 }
 
