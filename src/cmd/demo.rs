@@ -40,6 +40,14 @@ pub enum DemoError {
     Timeout(String),
 }
 
+/// `tether demo`.
+pub fn command() -> std::process::ExitCode {
+    super::block_on(async {
+        run().await?;
+        Ok::<_, DemoError>(std::process::ExitCode::from(crate::exit::OK))
+    })
+}
+
 /// Runs the tour; returns once the service was broken, restored and recovered.
 pub async fn run() -> Result<(), DemoError> {
     let started = Instant::now();

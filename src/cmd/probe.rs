@@ -115,3 +115,52 @@ fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
+
+/// `tether probe`: one check, its verdict on standard output.
+pub fn once_command(
+    address: &Address,
+    args: &crate::cli::CheckArgs,
+    timeout: Duration,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let probe = match args.probe() {
+        Ok(probe) => probe,
+        Err(e) => return super::usage_error(&e),
+    };
+    super::block_on(async {
+        Ok::<_, std::convert::Infallible>(match probe_once(address, &probe, timeout).await {
+            Ok(()) => {
+                println!("{address} is healthy");
+                ExitCode::from(crate::exit::OK)
+            }
+            Err(e) => {
+                println!("{address} is not healthy: {e}");
+                ExitCode::from(crate::exit::FAILURE)
+            }
+        })
+    })
+}
+
+/// `tether wait`: every address healthy within `timeout`, or the ones that were not.
+pub fn wait_command(
+    addresses: &[Address],
+    args: &crate::cli::CheckArgs,
+    timeout: Duration,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let probe = match args.probe() {
+        Ok(probe) => probe,
+        Err(e) => return super::usage_error(&e),
+    };
+    super::block_on(async {
+        Ok::<_, std::convert::Infallible>(match wait_all(addresses, &probe, timeout).await {
+            Ok(()) => ExitCode::from(crate::exit::OK),
+            Err(failed) => {
+                for (address, error) in failed {
+                    eprintln!("{address} not healthy after {timeout:?}: {error}");
+                }
+                ExitCode::from(crate::exit::FAILURE)
+            }
+        })
+    })
+}

@@ -13,6 +13,17 @@ pub fn completions(shell: Shell, out: &mut impl Write) {
     clap_complete::generate(shell, &mut Cli::command(), "tether", out);
 }
 
+/// `tether man`.
+pub fn man_command() -> std::process::ExitCode {
+    match man(&mut io::stdout().lock()) {
+        Ok(()) => std::process::ExitCode::from(crate::exit::OK),
+        Err(e) => {
+            eprintln!("tether: {e}");
+            std::process::ExitCode::from(crate::exit::FAILURE)
+        }
+    }
+}
+
 /// Writes the man page: the top-level page, then one section per command, so that one
 /// `man tether` shows every option.
 pub fn man(out: &mut impl Write) -> io::Result<()> {

@@ -409,6 +409,38 @@ pub fn format_age(d: Duration) -> String {
     }
 }
 
+/// `tether status`: the sidecar at `url`, or the one `tether run` would start with
+/// `config`.
+pub fn command(
+    config: &crate::cli::ConfigArg,
+    url: Option<Url>,
+    json: bool,
+    watch: bool,
+) -> std::process::ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match url_from_config(config) {
+            Ok(url) => url,
+            Err(code) => return code,
+        },
+    };
+    super::block_on(async {
+        Ok::<_, std::convert::Infallible>(std::process::ExitCode::from(
+            run(&url, Output::detect(json), watch).await,
+        ))
+    })
+}
+
+/// The `/status` of the sidecar `tether run` would start: the config's `server.listen`,
+/// or the built-in default when no config was named and `./tether.toml` does not exist.
+fn url_from_config(arg: &crate::cli::ConfigArg) -> Result<Url, std::process::ExitCode> {
+    let path = crate::config::resolve_path(arg.path.as_deref());
+    if arg.path.is_none() && !path.exists() {
+        return Ok(DEFAULT_URL.parse().expect("the default URL is valid"));
+    }
+    super::load(arg).map(|c| Url::from_listen(c.server.listen))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
