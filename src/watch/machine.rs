@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config;
 use crate::watch::backoff::ReconnectBackoff;
+use crate::watch::loss::Loss;
 
 /// The state of a target as users see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,14 +105,14 @@ pub enum Input {
     /// A connect attempt (and its probe) succeeded.
     Connected,
     /// A connect attempt failed.
-    ConnectFailed(Arc<str>),
+    ConnectFailed(Arc<Loss>),
     /// The held connection was closed or reset by the peer: it is replaced at once, and
     /// only if that fails is the target down (servers close idle sessions).
-    Lost(Arc<str>),
+    Lost(Arc<Loss>),
     /// The held connection's server stopped answering (a check timed out, a keepalive
     /// or user timeout) or answered wrong: the target is down at once. Reconnecting
     /// first would only wait for the same silence again.
-    Failed(Arc<str>),
+    Failed(Arc<Loss>),
     /// The deadline of the last [`Next::Hold`] has passed.
     Tick,
 }
@@ -137,7 +138,7 @@ pub struct Transition {
     pub state: State,
     /// Consecutive failed attempts at the time of the event.
     pub failures: u32,
-    pub last_error: Option<Arc<str>>,
+    pub last_error: Option<Arc<Loss>>,
     /// Wall-clock time of the observation that caused the event.
     pub at: SystemTime,
 }
@@ -184,7 +185,7 @@ pub struct Machine {
     outage: bool,
     /// When `on_recover` is due, while up after an outage.
     recover_at: Option<Instant>,
-    last_error: Option<Arc<str>>,
+    last_error: Option<Arc<Loss>>,
     next_seq: u64,
     backoff: ReconnectBackoff,
 }
@@ -199,7 +200,7 @@ pub struct Snapshot {
     /// `on_failure` fired and `on_recover` has not.
     pub outage: bool,
     pub failures: u32,
-    pub last_error: Option<Arc<str>>,
+    pub last_error: Option<Arc<Loss>>,
 }
 
 impl Default for Snapshot {
@@ -261,12 +262,12 @@ impl Machine {
 
     /// The supervisor gave up on the target's actor (it crashed too often): the target
     /// is `failed` until the actor is tried again, and the application is told once.
-    pub fn give_up(&mut self, reason: Arc<str>, wall: SystemTime) -> Vec<Transition> {
+    pub fn give_up(&mut self, reason: Loss, wall: SystemTime) -> Vec<Transition> {
         let mut out = Emitter {
             transitions: Vec::new(),
             wall,
         };
-        self.last_error = Some(reason);
+        self.last_error = Some(Arc::new(reason));
         self.failures = self.failures.saturating_add(1).max(self.threshold);
         self.recover_at = None;
         let previous = self.state();
@@ -303,7 +304,7 @@ impl Machine {
         self.failures
     }
 
-    pub fn last_error(&self) -> Option<&Arc<str>> {
+    pub fn last_error(&self) -> Option<&Arc<Loss>> {
         self.last_error.as_ref()
     }
 
@@ -370,7 +371,7 @@ impl Machine {
         self.tick(now, out)
     }
 
-    fn attempt_failed(&mut self, error: Arc<str>, out: &mut Emitter) -> Next {
+    fn attempt_failed(&mut self, error: Arc<Loss>, out: &mut Emitter) -> Next {
         self.last_error = Some(error);
         self.failures = self.failures.saturating_add(1);
         let previous = self.state();
