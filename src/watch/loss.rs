@@ -57,15 +57,6 @@ impl fmt::Display for Loss {
     }
 }
 
-/// Two reasons are the same when they read the same: that is all anyone sees of them.
-impl PartialEq for Loss {
-    fn eq(&self, other: &Loss) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
-
-impl Eq for Loss {}
-
 #[cfg(test)]
 impl Loss {
     /// A reason that reads `text`, for tests about what carries reasons rather than

@@ -100,7 +100,7 @@ impl fmt::Display for Event {
 }
 
 /// What the checker observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Input {
     /// A connect attempt (and its probe) succeeded.
     Connected,
@@ -129,7 +129,7 @@ pub enum Next {
 }
 
 /// One published state change: the record hooks, the status API and metrics consume.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Transition {
     /// Increases by one per event of this target for the life of the process.
     pub seq: u64,
@@ -151,7 +151,7 @@ impl Transition {
 }
 
 /// The result of feeding one input.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Step {
     /// At most two: `disconnect` + `failure` when the first failure reaches a threshold
     /// of 1, or `connect` + `recover` when `recover_after` is zero.
@@ -201,7 +201,7 @@ pub struct Machine {
 /// What must survive a restart of a target's actor, so that the new incarnation
 /// neither repeats nor skips an event: the numbering, and what the application was
 /// last told.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     pub next_seq: u64,
     pub state: State,
