@@ -1,6 +1,7 @@
 //! Connecting to a target: name resolution on every attempt, socket options set before
 //! the handshake, and the classification of what ended a held connection.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -168,10 +169,51 @@ pub enum Readiness {
     Data(usize),
     /// Nothing to read after all (a spurious wake-up).
     Nothing,
-    /// The peer closed or reset the connection, with the reason for `last_error`.
-    Closed(String),
+    /// The connection is over.
+    Ended(Hangup),
+}
+
+/// How a held connection ended, as its socket told it. Kept typed so that the watch can
+/// tell a silent peer from a closed connection without reading text.
+#[derive(Debug)]
+pub enum Hangup {
+    /// An orderly close: a read returned no bytes.
+    ClosedByPeer,
+    /// The peer reset the connection.
+    Reset,
     /// The kernel gave up on a silent peer (keepalive or `TCP_USER_TIMEOUT`).
-    TimedOut(String),
+    KeepaliveTimeout,
+    /// Any other socket error, worded by [`describe`].
+    Io(io::Error),
+}
+
+impl Hangup {
+    /// Whether the peer went silent rather than closing: an outage, where a
+    /// reconnect would only wait for the same silence again.
+    pub fn is_silence(&self) -> bool {
+        matches!(self, Hangup::KeepaliveTimeout)
+    }
+}
+
+impl From<io::Error> for Hangup {
+    fn from(e: io::Error) -> Hangup {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset => Hangup::Reset,
+            io::ErrorKind::TimedOut => Hangup::KeepaliveTimeout,
+            _ => Hangup::Io(e),
+        }
+    }
+}
+
+impl fmt::Display for Hangup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hangup::ClosedByPeer => f.write_str("connection closed by peer"),
+            Hangup::Reset => f.write_str("connection reset by peer"),
+            Hangup::KeepaliveTimeout => f.write_str("timed out (keepalive or user timeout)"),
+            Hangup::Io(e) => f.write_str(&describe(e)),
+        }
+    }
 }
 
 /// Reads whatever is pending on a held connection without blocking. A scratch buffer
@@ -179,12 +221,11 @@ pub enum Readiness {
 pub fn drain(stream: &TcpStream) -> Readiness {
     let mut scratch = [0u8; 512];
     match stream.try_read(&mut scratch) {
-        Ok(0) => Readiness::Closed("connection closed by peer".to_owned()),
+        Ok(0) => Readiness::Ended(Hangup::ClosedByPeer),
         Ok(n) => Readiness::Data(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Readiness::Nothing,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Readiness::Nothing,
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Readiness::TimedOut(describe(&e)),
-        Err(e) => Readiness::Closed(describe(&e)),
+        Err(e) => Readiness::Ended(Hangup::from(e)),
     }
 }
 
@@ -222,5 +263,32 @@ pub(crate) mod tests {
             Some(Duration::from_secs(19))
         );
         assert!(sock.tcp_nodelay().unwrap());
+    }
+
+    #[test]
+    fn each_hangup_reads_as_the_socket_error_it_stands_for() {
+        use io::ErrorKind::{BrokenPipe, ConnectionReset, TimedOut};
+        assert_eq!(
+            Hangup::ClosedByPeer.to_string(),
+            "connection closed by peer"
+        );
+        for kind in [ConnectionReset, TimedOut, BrokenPipe] {
+            let e = io::Error::from(kind);
+            assert_eq!(
+                Hangup::from(io::Error::from(kind)).to_string(),
+                describe(&e)
+            );
+        }
+        assert_eq!(Hangup::Reset.to_string(), "connection reset by peer");
+        assert_eq!(
+            Hangup::KeepaliveTimeout.to_string(),
+            "timed out (keepalive or user timeout)"
+        );
+        assert_eq!(
+            Hangup::from(io::Error::from(BrokenPipe)).to_string(),
+            "broken pipe"
+        );
+        assert!(Hangup::from(io::Error::from(TimedOut)).is_silence());
+        assert!(!Hangup::Reset.is_silence());
     }
 }

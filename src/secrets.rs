@@ -5,7 +5,7 @@
 //! echo what it was sent (Redis answers an unknown `AUTH` with the command's first
 //! argument), and that reply becomes `last_error`, which reaches `/status`, the state
 //! file, logs, metrics-free hook variables and `tether status`. Every error text from the
-//! wire passes through [`mask`] before it is kept.
+//! wire passes through [`mask`] before it is shown.
 //!
 //! Values are never forgotten: a rotated secret stays masked for the life of the
 //! process, so an old one cannot leak from a late reply either.

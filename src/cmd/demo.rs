@@ -215,7 +215,7 @@ impl Observer for Printer {
     fn transition(&self, _target: &Arc<Target>, t: &Transition) {
         let error = t
             .last_error
-            .as_deref()
+            .as_ref()
             .map(|e| format!("  ({e})"))
             .unwrap_or_default();
         let error = if matches!(t.event, Event::Connect | Event::Recover) {

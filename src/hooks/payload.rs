@@ -39,7 +39,7 @@ impl Payload {
             state: t.state,
             previous_state: t.previous,
             failures: t.failures,
-            last_error: t.last_error.as_deref().map(str::to_owned),
+            last_error: t.last_error.as_ref().map(ToString::to_string),
             timestamp: rfc3339(t.at),
         }
     }
@@ -80,6 +80,7 @@ pub fn rfc3339(at: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::watch::loss::Loss;
     use std::time::Duration;
 
     #[test]
@@ -95,7 +96,7 @@ mod tests {
             previous: State::Down,
             state: State::Failed,
             failures: 5,
-            last_error: Some("connect 10.0.0.1:5432: connection refused".into()),
+            last_error: Some(Loss::said("connect 10.0.0.1:5432: connection refused")),
             at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
         };
         let p = Payload::new(&config.targets[0], &t);

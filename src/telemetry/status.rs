@@ -407,6 +407,7 @@ impl Observer for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::loss::Loss;
 
     fn config(targets: &str) -> Config {
         Config::parse(targets, "test.toml".as_ref()).unwrap()
@@ -434,7 +435,7 @@ mod tests {
             previous,
             state,
             failures: if state == State::Up { 0 } else { 3 },
-            last_error: (state != State::Up).then(|| "connection refused".into()),
+            last_error: (state != State::Up).then(|| Loss::said("connection refused")),
             at: SystemTime::now(),
         }
     }

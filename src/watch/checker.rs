@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
 use crate::connect::{self, AttemptError, Connection, Limits};
-use crate::net::{self, Readiness};
+use crate::net::{self, Hangup, Readiness};
 use crate::probe::Prober;
 use crate::secrets;
+use crate::watch::loss::Loss;
 use crate::watch::machine::{Input, Machine, Next, Snapshot};
 use crate::watch::observe::Observer;
 
@@ -116,7 +117,7 @@ impl Checker {
             }
             Next::Hold { until } => match held {
                 Some(link) => self.hold(link, until).await,
-                None => Input::Lost("no connection held".into()),
+                None => Input::Lost(Arc::new(Loss::NoConnectionHeld)),
             },
         }
     }
@@ -136,7 +137,7 @@ impl Checker {
                 *held = Some(self.link(conn));
                 Input::Connected
             }
-            Err(e) => Input::ConnectFailed(secrets::mask(&e.to_string()).into()),
+            Err(e) => Input::ConnectFailed(Arc::new(Loss::Attempt(e))),
         }
     }
 
@@ -169,16 +170,17 @@ impl Checker {
             };
             match woke {
                 Wake::Readable(ready) => {
-                    return match ready {
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            self.failed(net::describe(&e))
-                        }
-                        Err(e) => self.lost(net::describe(&e)),
+                    let hangup = match ready {
+                        Err(e) => Hangup::from(e),
                         Ok(()) => match link.conn.stream.as_ref().map(net::drain) {
-                            Some(Readiness::Closed(reason)) => self.lost(reason),
-                            Some(Readiness::TimedOut(reason)) => self.failed(reason),
+                            Some(Readiness::Ended(hangup)) => hangup,
                             _ => continue,
                         },
+                    };
+                    return if hangup.is_silence() {
+                        self.failed(hangup.into())
+                    } else {
+                        self.lost(hangup.into())
                     };
                 }
                 Wake::Timer => {
@@ -191,9 +193,9 @@ impl Checker {
                     if link.next_check.is_some_and(|at| now >= at) {
                         if let Err(e) = Box::pin(self.recheck(link)).await {
                             return if closed_under_us(&e) {
-                                self.lost(e.to_string())
+                                self.lost(e.into())
                             } else {
-                                self.failed(e.to_string())
+                                self.failed(e.into())
                             };
                         }
                     }
@@ -205,18 +207,18 @@ impl Checker {
         }
     }
 
-    /// Every reason comes through here, [`failed`](Self::failed) or the failed attempt
-    /// above, masked: a server's words may echo a credential it was sent.
-    fn lost(&self, reason: String) -> Input {
-        let reason: Arc<str> = secrets::mask(&reason).into();
-        self.observer.lost(&self.target, &reason);
+    /// The held connection was closed under us; observers hear of it even when the
+    /// reconnect that follows succeeds and no transition shows it.
+    fn lost(&self, reason: Loss) -> Input {
+        let reason = Arc::new(reason);
+        self.observer.lost(&self.target, &reason.to_string());
         Input::Lost(reason)
     }
 
     /// The held connection's server stopped answering or answered wrong.
-    fn failed(&self, reason: String) -> Input {
-        let reason: Arc<str> = secrets::mask(&reason).into();
-        self.observer.lost(&self.target, &reason);
+    fn failed(&self, reason: Loss) -> Input {
+        let reason = Arc::new(reason);
+        self.observer.lost(&self.target, &reason.to_string());
         Input::Failed(reason)
     }
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config;
 use crate::watch::backoff::ReconnectBackoff;
+use crate::watch::loss::Loss;
 
 /// The state of a target as users see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,19 +100,19 @@ impl fmt::Display for Event {
 }
 
 /// What the checker observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Input {
     /// A connect attempt (and its probe) succeeded.
     Connected,
     /// A connect attempt failed.
-    ConnectFailed(Arc<str>),
+    ConnectFailed(Arc<Loss>),
     /// The held connection was closed or reset by the peer: it is replaced at once, and
     /// only if that fails is the target down (servers close idle sessions).
-    Lost(Arc<str>),
+    Lost(Arc<Loss>),
     /// The held connection's server stopped answering (a check timed out, a keepalive
     /// or user timeout) or answered wrong: the target is down at once. Reconnecting
     /// first would only wait for the same silence again.
-    Failed(Arc<str>),
+    Failed(Arc<Loss>),
     /// The deadline of the last [`Next::Hold`] has passed.
     Tick,
 }
@@ -128,7 +129,7 @@ pub enum Next {
 }
 
 /// One published state change: the record hooks, the status API and metrics consume.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Transition {
     /// Increases by one per event of this target for the life of the process.
     pub seq: u64,
@@ -137,7 +138,7 @@ pub struct Transition {
     pub state: State,
     /// Consecutive failed attempts at the time of the event.
     pub failures: u32,
-    pub last_error: Option<Arc<str>>,
+    pub last_error: Option<Arc<Loss>>,
     /// Wall-clock time of the observation that caused the event.
     pub at: SystemTime,
 }
@@ -150,7 +151,7 @@ impl Transition {
 }
 
 /// The result of feeding one input.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Step {
     /// At most two: `disconnect` + `failure` when the first failure reaches a threshold
     /// of 1, or `connect` + `recover` when `recover_after` is zero.
@@ -160,13 +161,23 @@ pub struct Step {
 
 /// Where the machine is; finer than [`State`] because a lost connection being replaced
 /// is still `up` to users.
+///
+/// The `on_recover` deadline lives in the phases that hold (or are replacing) a
+/// connection: leaving them drops it, so no stale deadline outlives the connection
+/// that started it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Connecting,
-    Up,
+    /// `recover_at`: when `on_recover` is due, while up after an outage.
+    Up {
+        recover_at: Option<Instant>,
+    },
     /// The held connection was lost and an immediate reconnect is under way. Shown as
-    /// `up`: servers that close idle sessions must not raise a false alarm.
-    Reconnecting,
+    /// `up`: servers that close idle sessions must not raise a false alarm. The recover
+    /// deadline is kept, so a quick reconnect does not start the wait over.
+    Reconnecting {
+        recover_at: Option<Instant>,
+    },
     Down,
     Failed,
 }
@@ -182,9 +193,7 @@ pub struct Machine {
     /// `on_failure` has fired and `on_recover` has not: the application is on its
     /// fallback, whatever the connection does meanwhile.
     outage: bool,
-    /// When `on_recover` is due, while up after an outage.
-    recover_at: Option<Instant>,
-    last_error: Option<Arc<str>>,
+    last_error: Option<Arc<Loss>>,
     next_seq: u64,
     backoff: ReconnectBackoff,
 }
@@ -192,14 +201,14 @@ pub struct Machine {
 /// What must survive a restart of a target's actor, so that the new incarnation
 /// neither repeats nor skips an event: the numbering, and what the application was
 /// last told.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     pub next_seq: u64,
     pub state: State,
     /// `on_failure` fired and `on_recover` has not.
     pub outage: bool,
     pub failures: u32,
-    pub last_error: Option<Arc<str>>,
+    pub last_error: Option<Arc<Loss>>,
 }
 
 impl Default for Snapshot {
@@ -234,7 +243,7 @@ impl Machine {
         Machine {
             phase: match from.state {
                 State::Connecting => Phase::Connecting,
-                State::Up => Phase::Reconnecting,
+                State::Up => Phase::Reconnecting { recover_at: None },
                 State::Down => Phase::Down,
                 State::Failed => Phase::Failed,
             },
@@ -242,7 +251,6 @@ impl Machine {
             threshold: target.failure_threshold,
             recover_after: target.recover_after.get(),
             outage: from.outage,
-            recover_at: None,
             last_error: from.last_error.clone(),
             next_seq: from.next_seq,
             backoff: ReconnectBackoff::new(&target.backoff),
@@ -261,18 +269,17 @@ impl Machine {
 
     /// The supervisor gave up on the target's actor (it crashed too often): the target
     /// is `failed` until the actor is tried again, and the application is told once.
-    pub fn give_up(&mut self, reason: Arc<str>, wall: SystemTime) -> Vec<Transition> {
+    pub fn give_up(&mut self, reason: Loss, wall: SystemTime) -> Vec<Transition> {
         let mut out = Emitter {
             transitions: Vec::new(),
             wall,
         };
-        self.last_error = Some(reason);
+        self.last_error = Some(Arc::new(reason));
         self.failures = self.failures.saturating_add(1).max(self.threshold);
-        self.recover_at = None;
         let previous = self.state();
         if matches!(
             self.phase,
-            Phase::Connecting | Phase::Up | Phase::Reconnecting
+            Phase::Connecting | Phase::Up { .. } | Phase::Reconnecting { .. }
         ) {
             self.phase = if self.outage {
                 Phase::Failed
@@ -293,7 +300,7 @@ impl Machine {
     pub fn state(&self) -> State {
         match self.phase {
             Phase::Connecting => State::Connecting,
-            Phase::Up | Phase::Reconnecting => State::Up,
+            Phase::Up { .. } | Phase::Reconnecting { .. } => State::Up,
             Phase::Down => State::Down,
             Phase::Failed => State::Failed,
         }
@@ -303,7 +310,7 @@ impl Machine {
         self.failures
     }
 
-    pub fn last_error(&self) -> Option<&Arc<str>> {
+    pub fn last_error(&self) -> Option<&Arc<Loss>> {
         self.last_error.as_ref()
     }
 
@@ -329,9 +336,9 @@ impl Machine {
                 self.attempt_failed(error, &mut out)
             }
             Input::Lost(error) => match self.phase {
-                Phase::Up => {
+                Phase::Up { recover_at } => {
                     self.last_error = Some(error);
-                    self.phase = Phase::Reconnecting;
+                    self.phase = Phase::Reconnecting { recover_at };
                     Next::ConnectNow
                 }
                 // Only a held connection can be lost; anything else is a failed attempt.
@@ -349,37 +356,39 @@ impl Machine {
         let previous = self.state();
         self.backoff.reset();
         self.failures = 0;
+        // An outage without a deadline (a new connection, or one replaced after a
+        // restart, whose pending recovery was not kept) starts its wait now.
+        let due = |recover_at: Option<Instant>| match recover_at {
+            None if self.outage => Some(later(now, self.recover_after)),
+            kept => kept,
+        };
         match self.phase {
-            Phase::Up => {}
-            // The replaced connection was never reported lost: nothing to announce. A
-            // recovery pending before a restart starts its wait over.
-            Phase::Reconnecting => {
-                self.phase = Phase::Up;
-                if self.outage && self.recover_at.is_none() {
-                    self.recover_at = Some(later(now, self.recover_after));
-                }
+            Phase::Up { .. } => {}
+            // The replaced connection was never reported lost: nothing to announce.
+            Phase::Reconnecting { recover_at } => {
+                self.phase = Phase::Up {
+                    recover_at: due(recover_at),
+                };
             }
             Phase::Connecting | Phase::Down | Phase::Failed => {
-                self.phase = Phase::Up;
+                self.phase = Phase::Up {
+                    recover_at: due(None),
+                };
                 self.emit(out, Event::Connect, previous);
-                if self.outage && self.recover_at.is_none() {
-                    self.recover_at = Some(later(now, self.recover_after));
-                }
             }
         }
         self.tick(now, out)
     }
 
-    fn attempt_failed(&mut self, error: Arc<str>, out: &mut Emitter) -> Next {
+    fn attempt_failed(&mut self, error: Arc<Loss>, out: &mut Emitter) -> Next {
         self.last_error = Some(error);
         self.failures = self.failures.saturating_add(1);
         let previous = self.state();
         match self.phase {
-            Phase::Connecting | Phase::Reconnecting | Phase::Up => {
+            Phase::Connecting | Phase::Reconnecting { .. } | Phase::Up { .. } => {
                 // A drop before `recover_after` passed continues the outage: the
                 // application is still on its fallback, so the target is `failed`
                 // again, without a second `on_failure`.
-                self.recover_at = None;
                 self.phase = if self.outage {
                     Phase::Failed
                 } else {
@@ -402,19 +411,16 @@ impl Machine {
 
     fn tick(&mut self, now: Instant, out: &mut Emitter) -> Next {
         match self.phase {
-            Phase::Up => {
-                if let Some(at) = self.recover_at {
-                    if now >= at {
-                        self.recover_at = None;
-                        self.outage = false;
-                        self.emit(out, Event::Recover, State::Up);
-                    }
-                }
-                Next::Hold {
-                    until: self.recover_at,
-                }
+            Phase::Up {
+                recover_at: Some(at),
+            } if now >= at => {
+                self.phase = Phase::Up { recover_at: None };
+                self.outage = false;
+                self.emit(out, Event::Recover, State::Up);
+                Next::Hold { until: None }
             }
-            Phase::Reconnecting => Next::ConnectNow,
+            Phase::Up { recover_at } => Next::Hold { until: recover_at },
+            Phase::Reconnecting { .. } => Next::ConnectNow,
             // A tick while not holding is stale; the pending attempt stands.
             Phase::Connecting | Phase::Down | Phase::Failed => Next::ConnectNow,
         }

@@ -183,7 +183,6 @@ pub struct LogObserver;
 
 impl Observer for LogObserver {
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
-        let error = t.last_error.as_deref().unwrap_or("");
         match t.event {
             Event::Connect | Event::Recover => tracing::info!(
                 target: "tether::transition",
@@ -196,7 +195,10 @@ impl Observer for LogObserver {
                 event_id = %t.event_id(&target.name),
                 "{} is {} ({})", target.name, t.state, t.event,
             ),
-            _ => tracing::warn!(
+            _ => {
+                let error = t.last_error.as_ref().map(ToString::to_string);
+                let error = error.as_deref().unwrap_or("");
+                tracing::warn!(
                 target: "tether::transition",
                 target_name = %target.name,
                 address = %target.address,
@@ -207,7 +209,8 @@ impl Observer for LogObserver {
                 error = %error,
                 event_id = %t.event_id(&target.name),
                 "{} is {} ({}): {}", target.name, t.state, t.event, error,
-            ),
+                )
+            }
         }
     }
 }

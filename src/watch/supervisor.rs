@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Supervision, Target};
 use crate::watch::checker::Checker;
+use crate::watch::loss::Loss;
 use crate::watch::machine::{Machine, Snapshot};
 use crate::watch::observe::{ActorId, Observer, panic_message};
 
@@ -331,10 +332,12 @@ fn give_up(
 ) {
     let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
     let mut machine = Machine::resume(target, &memory);
-    let transitions = machine.give_up(
-        format!("checker crashed {crashes} times within {window:?}: {reason}").into(),
-        SystemTime::now(),
-    );
+    let reason = Loss::GaveUp {
+        crashes,
+        window,
+        panic: reason.to_owned(),
+    };
+    let transitions = machine.give_up(reason, SystemTime::now());
     *memory = machine.snapshot();
     drop(memory);
     for t in &transitions {

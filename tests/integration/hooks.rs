@@ -91,7 +91,7 @@ async fn a_killed_and_restored_target_runs_its_four_hooks_in_order_with_environm
         (
             "TETHER_LAST_ERROR",
             "last_error",
-            failure.last_error.as_deref().unwrap().to_owned(),
+            failure.last_error.as_ref().unwrap().to_string(),
         ),
     ];
     for (var, field, value) in expected {

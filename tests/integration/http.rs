@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tether::config::Config;
+use tether::net::Hangup;
 use tether::telemetry::Telemetry;
 use tether::telemetry::http::{App, HttpServer, Limits};
 use tether::telemetry::metrics::Metrics;
 use tether::telemetry::status::Status;
+use tether::watch::loss::Loss;
 use tether::watch::machine::{Event, State, Transition};
 use tether::watch::observe::Observer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -639,7 +641,8 @@ async fn the_endpoints_stay_responsive_while_two_thousand_targets_change_state()
                             previous,
                             state,
                             failures: u32::from(state != State::Up),
-                            last_error: (state != State::Up).then(|| "connection reset".into()),
+                            last_error: (state != State::Up)
+                                .then(|| Arc::new(Loss::from(Hangup::Reset))),
                             at: SystemTime::now(),
                         },
                     );

@@ -190,7 +190,11 @@ async fn a_peer_that_goes_silent_is_detected_within_keepalive_idle_plus_interval
         .nth_event("remote", Event::Disconnect, 1, Duration::from_secs(10))
         .await;
     assert!(
-        down.last_error.as_deref().unwrap().contains("timed out"),
+        down.last_error
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("timed out"),
         "{down:?}"
     );
     sup.shutdown().await;

@@ -378,7 +378,12 @@ async fn an_http_service_that_starts_answering_503_is_detected_within_an_interva
         let (down, _) = rec
             .nth_event("web", Event::Disconnect, run + 1, LIMIT)
             .await;
-        assert!(down.last_error.unwrap().contains("answered 503"));
+        assert!(
+            down.last_error
+                .unwrap()
+                .to_string()
+                .contains("answered 503")
+        );
 
         http.answer(200);
         rec.nth_event("web", Event::Connect, run + 2, LIMIT).await;
@@ -514,7 +519,11 @@ async fn a_loading_redis_is_unhealthy_until_its_dataset_is_in_memory() {
     );
     let (down, _) = rec.nth_event("replica", Event::Disconnect, 1, LIMIT).await;
     assert!(
-        down.last_error.as_deref().unwrap().contains("-LOADING"),
+        down.last_error
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("-LOADING"),
         "{down:?}"
     );
     let (_, up_at) = rec.nth_event("replica", Event::Connect, 2, LIMIT).await;

@@ -511,7 +511,7 @@ mod faults {
         );
         let (failed, _) = rec.nth_event("crash-loop", Event::Failure, 1, LIMIT).await;
         assert_eq!(failed.state, State::Failed);
-        let error = failed.last_error.as_deref().unwrap();
+        let error = failed.last_error.as_ref().unwrap().to_string();
         assert!(
             error.contains("crashed 4 times") && error.contains("injected fault"),
             "{error}"

@@ -96,8 +96,9 @@ async fn a_target_that_was_never_reached_goes_down_from_connecting_with_the_reas
     );
     assert!(
         down.last_error
-            .as_deref()
+            .as_ref()
             .unwrap()
+            .to_string()
             .contains("connection refused"),
         "{down:?}"
     );

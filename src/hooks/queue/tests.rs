@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::config::Config;
+use crate::watch::loss::Loss;
 use crate::watch::machine::{Input, Machine, Transition};
 
 impl Queued for Transition {
@@ -39,7 +40,7 @@ fn announced(outcomes: &[bool], threshold: u32) -> Vec<Transition> {
             let input = if ok {
                 Input::Connected
             } else {
-                Input::ConnectFailed("refused".into())
+                Input::ConnectFailed(Loss::said("refused"))
             };
             machine.on(input, now, SystemTime::UNIX_EPOCH).transitions
         })
@@ -146,8 +147,8 @@ proptest! {
             now += Duration::from_millis(wait);
             let input = match kind {
                 0 => Input::Connected,
-                1 => Input::ConnectFailed("refused".into()),
-                2 => Input::Lost("reset".into()),
+                1 => Input::ConnectFailed(Loss::said("refused")),
+                2 => Input::Lost(Loss::said("reset")),
                 _ => Input::Tick,
             };
             announced.extend(machine.on(input, now, SystemTime::UNIX_EPOCH).transitions);
