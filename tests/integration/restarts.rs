@@ -12,7 +12,7 @@ use tether::watch::machine::{Event, Transition};
 use tether::watch::observe::{Observer, Observers};
 use tether::watch::supervisor::Supervisor;
 
-use crate::support::harness::{Behaviour, Listener, Record, Recorder, Sidecar};
+use crate::support::harness::{Behaviour, Listener, Record, Recorder};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -140,7 +140,7 @@ async fn a_panic_while_running_hooks_is_contained_and_the_next_events_hooks_stil
 
     let mut listener = Listener::start(Behaviour::Hold).await;
     tether::fault::panic_in_hooks("hooky", 1);
-    let (sidecar, recorder) = Sidecar::with_target(
+    let (sidecar, recorder) = crate::support::harness::Sidecar::with_target(
         "hooky",
         &listener.address(),
         "[targets.hooks]\n\
