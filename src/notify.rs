@@ -65,7 +65,12 @@ struct Inner {
     quiet: CancellationToken,
     /// Cancelled once stopped: ends the watchdog task.
     end: CancellationToken,
+    /// Where messages go: systemd's socket, or a test's recorder.
+    sink: Sink,
 }
+
+/// Sends one notification (its lines as one datagram).
+type Sink = Box<dyn Fn(&[NotifyState<'_>]) -> io::Result<()> + Send + Sync>;
 
 impl Notifier {
     /// Starts the status task (and the watchdog task, when `WATCHDOG_USEC` asks for
@@ -79,6 +84,13 @@ impl Notifier {
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
             crate::secrets::withhold(var);
         }
+        // `WATCHDOG_USEC=0` asks for nothing; a period of a microsecond gets the
+        // shortest interval tokio keeps.
+        let watchdog = sd_notify::watchdog_enabled().filter(|period| !period.is_zero());
+        Notifier::with_sink(status, watchdog, Box::new(sd_notify::notify))
+    }
+
+    fn with_sink(status: Arc<Status>, watchdog: Option<Duration>, sink: Sink) -> Notifier {
         let inner = Arc::new(Inner {
             status,
             changed: Notify::new(),
@@ -86,9 +98,10 @@ impl Notifier {
             failed: AtomicBool::new(false),
             quiet: CancellationToken::new(),
             end: CancellationToken::new(),
+            sink,
         });
         tokio::spawn(inner.clone().report_status());
-        if let Some(period) = sd_notify::watchdog_enabled() {
+        if let Some(period) = watchdog {
             tokio::spawn(inner.clone().feed_watchdog(period));
         }
         // Startup may be over already (a config with no targets).
@@ -200,7 +213,7 @@ impl Inner {
 
     /// Pings every half period, as `sd_watchdog_enabled(3)` advises, until tether exits.
     async fn feed_watchdog(self: Arc<Self>, period: Duration) {
-        let mut ticks = tokio::time::interval(period / 2);
+        let mut ticks = tokio::time::interval((period / 2).max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Shutdown ends the status line, not the pings: hooks may still be draining.
         loop {
@@ -212,7 +225,7 @@ impl Inner {
     }
 
     fn send(&self, what: &'static str, states: &[NotifyState<'_>]) {
-        if let Err(source) = sd_notify::notify(states) {
+        if let Err(source) = (self.sink)(states) {
             self.report(NotifyError { what, source });
         }
     }
@@ -263,7 +276,119 @@ fn line(total: usize, up: usize, not_up: &[(String, State)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::config::Config;
+    use crate::watch::machine::Event;
+
+    /// Every message sent, with when, as its lines.
+    type Sent = Arc<Mutex<Vec<(Instant, String)>>>;
+
+    fn recorder() -> (Sent, Sink) {
+        let sent = Sent::default();
+        let sink = Box::new({
+            let sent = sent.clone();
+            move |states: &[NotifyState<'_>]| {
+                let text: Vec<String> = states.iter().map(ToString::to_string).collect();
+                sent.lock().unwrap().push((Instant::now(), text.join("\n")));
+                Ok(())
+            }
+        });
+        (sent, sink)
+    }
+
+    fn flip(seq: u64, previous: State, state: State) -> Transition {
+        Transition {
+            seq,
+            event: if state == State::Up {
+                Event::Connect
+            } else {
+                Event::Disconnect
+            },
+            previous,
+            state,
+            failures: u32::from(state != State::Up),
+            last_error: None,
+            at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_is_not_held_back_by_the_rate_limit() {
+        let config = Config::parse(
+            "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\
+             [[targets]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n",
+            "test.toml".as_ref(),
+        )
+        .unwrap();
+        let (a, b) = (
+            Arc::new(config.targets[0].clone()),
+            Arc::new(config.targets[1].clone()),
+        );
+        let status = Arc::new(Status::new(&config));
+        let (sent, sink) = recorder();
+        let start = Instant::now();
+        let notifier = Notifier::with_sink(status.clone(), None, sink);
+        for (target, after) in [(&a, 1), (&b, 5)] {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            let t = flip(0, State::Connecting, State::Up);
+            status.transition(target, &t);
+            notifier.transition(target, &t);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let sent = sent.lock().unwrap().clone();
+        let (at, ready) = sent.last().unwrap();
+        assert_eq!(ready, "READY=1\nSTATUS=2/2 targets up", "{sent:?}");
+        assert!(
+            *at - start < STATUS_INTERVAL,
+            "READY=1 after {:?}",
+            *at - start
+        );
+        notifier.stopped();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_target_is_reported_at_most_every_interval_and_its_last_state_always() {
+        let config = Config::parse(
+            "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\n",
+            "test.toml".as_ref(),
+        )
+        .unwrap();
+        let db = Arc::new(config.targets[0].clone());
+        let status = Arc::new(Status::new(&config));
+        let (sent, sink) = recorder();
+        let notifier = Notifier::with_sink(status.clone(), None, sink);
+        let mut state = State::Connecting;
+        for seq in 0..300 {
+            let next = if seq % 2 == 0 { State::Up } else { State::Down };
+            let t = flip(seq, state, next);
+            status.transition(&db, &t);
+            notifier.transition(&db, &t);
+            state = next;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(STATUS_INTERVAL * 3).await;
+        let sent = sent.lock().unwrap();
+        let ready: Vec<_> = sent.iter().filter(|(_, m)| m.contains("READY=1")).collect();
+        assert_eq!(ready.len(), 1, "{sent:?}");
+        let lines: Vec<_> = sent
+            .iter()
+            .filter(|(_, m)| !m.contains("READY=1"))
+            .collect();
+        // 300 changes over 300 ms: the first line, then at most one per interval.
+        assert!(lines.len() <= 6, "{} status lines: {sent:?}", lines.len());
+        for pair in lines.windows(2) {
+            assert!(pair[1].0 - pair[0].0 >= STATUS_INTERVAL, "{sent:?}");
+        }
+        assert_eq!(
+            sent.last().unwrap().1,
+            "STATUS=0/1 targets up; db down",
+            "the newest state is always sent: {sent:?}"
+        );
+        notifier.stopped();
+    }
 
     fn not_up(entries: &[(&str, State)]) -> Vec<(String, State)> {
         entries.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect()
