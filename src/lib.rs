@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod instance;
 pub mod logging;
 pub mod net;
+pub mod notify;
 pub mod probe;
 pub mod resolve;
 pub mod secrets;

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError};
 use crate::hooks::{self, HookRunner, HooksError, reaper};
+use crate::notify::Notifier;
 use crate::telemetry::{Telemetry, TelemetryError};
 use crate::watch::observe::{LogObserver, Observer, Observers};
 use crate::watch::supervisor::Supervisor;
@@ -53,10 +54,13 @@ pub async fn run(
     let loaded = withhold_secrets(&config);
     hooks::check_environment(&config, &loaded)?;
     let telemetry = Telemetry::start(&config).await?;
+    let notifier = Notifier::start(telemetry.status().clone());
     // The caller's listeners (the demo, tests) come last: when they hear of a change,
     // the registry and the metrics have recorded it, so what they read back shows it.
+    // So does the service manager's status line, read from the registry.
     let listeners = Observers::new()
         .with(Arc::new(telemetry.observers()))
+        .with(Arc::new(notifier.clone()))
         .with(Arc::new(LogObserver))
         .with(Arc::new(extra));
     // Hook results go to the listeners (metrics, logs), never back into the runner.
@@ -83,6 +87,7 @@ pub async fn run(
         hooks,
         supervisor,
         report,
+        notifier,
     };
     while let Some(Control::Reload(loaded)) = control.recv().await {
         running.reload(*loaded);
@@ -100,12 +105,20 @@ struct Running {
     supervisor: Supervisor,
     /// Where reload outcomes are counted (the listeners, not the hook runner).
     report: Arc<dyn Observer>,
+    /// Tells systemd of reloads and shutdown.
+    notifier: Notifier,
 }
 
 impl Running {
     /// A config that failed to load or that the hook runner refuses leaves the running
-    /// one in force.
+    /// one in force; either way systemd hears that the reload is over.
     fn reload(&mut self, loaded: Result<Config, ConfigError>) {
+        self.notifier.reloading();
+        self.reload_config(loaded);
+        self.notifier.reloaded();
+    }
+
+    fn reload_config(&mut self, loaded: Result<Config, ConfigError>) {
         match loaded {
             Ok(new) => {
                 let loaded = withhold_secrets(&new);
@@ -150,6 +163,7 @@ impl Running {
     /// Stops every actor, then lets hooks in flight finish within the shutdown grace.
     async fn stop(self) {
         tracing::info!("shutting down");
+        self.notifier.stopping();
         self.telemetry.stopping();
         self.supervisor.shutdown().await;
         let grace = self.current.supervisor.shutdown_grace.get();
@@ -162,6 +176,7 @@ impl Running {
             );
         }
         self.telemetry.stop().await;
+        self.notifier.stopped();
         tracing::info!("stopped");
     }
 }

@@ -16,6 +16,7 @@ mod http;
 mod metrics;
 mod moves;
 mod netns;
+mod notify;
 mod probes;
 mod restarts;
 mod secrets;

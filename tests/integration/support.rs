@@ -8,6 +8,7 @@
 pub mod harness;
 pub mod http;
 pub mod mariadb;
+pub mod notify_socket;
 pub mod postgres;
 pub mod process;
 pub mod receiver;
