@@ -162,37 +162,50 @@ pub struct Step {
 /// Where the machine is; finer than [`State`] because a lost connection being replaced
 /// is still `up` to users.
 ///
-/// The `on_recover` deadline lives in the phases that hold (or are replacing) a
-/// connection: leaving them drops it, so no stale deadline outlives the connection
-/// that started it.
+/// Each phase carries what only it has: the failure count lives in the phases that are
+/// failing, and the pending recovery in the phases that hold (or are replacing) a
+/// connection. Leaving a phase drops its data, so no stale deadline or count outlives
+/// the situation that made it, and a state the machine cannot be in (`down` on the
+/// fallback, `up` with failures) cannot be written down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Before the first attempt has ended.
     Connecting,
-    /// `recover_at`: when `on_recover` is due, while up after an outage.
     Up {
-        recover_at: Option<Instant>,
+        recovery: Recovery,
     },
     /// The held connection was lost and an immediate reconnect is under way. Shown as
-    /// `up`: servers that close idle sessions must not raise a false alarm. The recover
-    /// deadline is kept, so a quick reconnect does not start the wait over.
+    /// `up`: servers that close idle sessions must not raise a false alarm. A pending
+    /// recovery is kept, so a quick reconnect does not start the wait over.
     Reconnecting {
-        recover_at: Option<Instant>,
+        recovery: Recovery,
     },
-    Down,
-    Failed,
+    /// Failing, `failures` attempts in a row, not yet `failure_threshold`.
+    Down {
+        failures: u32,
+    },
+    /// On the fallback: `on_failure` has run and `on_recover` has not.
+    Failed {
+        failures: u32,
+    },
+}
+
+/// Whether a connected target still has its application on the fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    /// Not on the fallback.
+    None,
+    /// On the fallback since an outage; `on_recover` is due at `at` (set once the
+    /// connection that will end the outage is made).
+    Pending { at: Option<Instant> },
 }
 
 /// The state machine of one target.
 #[derive(Debug)]
 pub struct Machine {
     phase: Phase,
-    /// Consecutive failed attempts; 0 while up.
-    failures: u32,
     threshold: u32,
     recover_after: Duration,
-    /// `on_failure` has fired and `on_recover` has not: the application is on its
-    /// fallback, whatever the connection does meanwhile.
-    outage: bool,
     last_error: Option<Arc<Loss>>,
     next_seq: u64,
     backoff: ReconnectBackoff,
@@ -240,17 +253,22 @@ impl Machine {
     /// anew; a target that was `up` is treated like a lost connection being replaced,
     /// so a quick reconnect announces nothing and a failed one announces the outage.
     pub fn resume(target: &config::Target, from: &Snapshot) -> Machine {
+        let recovery = if from.outage {
+            Recovery::Pending { at: None }
+        } else {
+            Recovery::None
+        };
+        let failures = from.failures;
         Machine {
             phase: match from.state {
                 State::Connecting => Phase::Connecting,
-                State::Up => Phase::Reconnecting { recover_at: None },
-                State::Down => Phase::Down,
-                State::Failed => Phase::Failed,
+                State::Up => Phase::Reconnecting { recovery },
+                State::Down if from.outage => Phase::Failed { failures },
+                State::Down => Phase::Down { failures },
+                State::Failed => Phase::Failed { failures },
             },
-            failures: from.failures,
             threshold: target.failure_threshold,
             recover_after: target.recover_after.get(),
-            outage: from.outage,
             last_error: from.last_error.clone(),
             next_seq: from.next_seq,
             backoff: ReconnectBackoff::new(&target.backoff),
@@ -261,8 +279,8 @@ impl Machine {
         Snapshot {
             next_seq: self.next_seq,
             state: self.state(),
-            outage: self.outage,
-            failures: self.failures,
+            outage: self.in_outage(),
+            failures: self.failures(),
             last_error: self.last_error.clone(),
         }
     }
@@ -275,23 +293,23 @@ impl Machine {
             wall,
         };
         self.last_error = Some(Arc::new(reason));
-        self.failures = self.failures.saturating_add(1).max(self.threshold);
+        let failures = self.failures().saturating_add(1).max(self.threshold);
         let previous = self.state();
-        if matches!(
-            self.phase,
-            Phase::Connecting | Phase::Up { .. } | Phase::Reconnecting { .. }
-        ) {
-            self.phase = if self.outage {
-                Phase::Failed
-            } else {
-                Phase::Down
-            };
-            self.emit(&mut out, Event::Disconnect, previous);
+        let was_in_outage = self.in_outage();
+        match self.phase {
+            Phase::Connecting | Phase::Up { .. } | Phase::Reconnecting { .. } => {
+                self.phase = if was_in_outage {
+                    Phase::Failed { failures }
+                } else {
+                    Phase::Down { failures }
+                };
+                self.emit(&mut out, Event::Disconnect, previous);
+            }
+            Phase::Down { .. } | Phase::Failed { .. } => {}
         }
         let previous = self.state();
-        self.phase = Phase::Failed;
-        if !self.outage {
-            self.outage = true;
+        self.phase = Phase::Failed { failures };
+        if !was_in_outage {
             self.emit(&mut out, Event::Failure, previous);
         }
         out.transitions
@@ -301,13 +319,17 @@ impl Machine {
         match self.phase {
             Phase::Connecting => State::Connecting,
             Phase::Up { .. } | Phase::Reconnecting { .. } => State::Up,
-            Phase::Down => State::Down,
-            Phase::Failed => State::Failed,
+            Phase::Down { .. } => State::Down,
+            Phase::Failed { .. } => State::Failed,
         }
     }
 
+    /// Consecutive failed attempts; 0 while up or before the first attempt.
     pub fn failures(&self) -> u32 {
-        self.failures
+        match self.phase {
+            Phase::Down { failures } | Phase::Failed { failures } => failures,
+            Phase::Connecting | Phase::Up { .. } | Phase::Reconnecting { .. } => 0,
+        }
     }
 
     pub fn last_error(&self) -> Option<&Arc<Loss>> {
@@ -321,7 +343,11 @@ impl Machine {
 
     /// Whether the application is on its fallback (between `on_failure` and `on_recover`).
     pub fn in_outage(&self) -> bool {
-        self.outage
+        match self.phase {
+            Phase::Failed { .. } => true,
+            Phase::Up { recovery } | Phase::Reconnecting { recovery } => recovery != Recovery::None,
+            Phase::Connecting | Phase::Down { .. } => false,
+        }
     }
 
     /// Feeds one observation made at `now` (monotonic) / `wall` (for the record).
@@ -336,9 +362,9 @@ impl Machine {
                 self.attempt_failed(error, &mut out)
             }
             Input::Lost(error) => match self.phase {
-                Phase::Up { recover_at } => {
+                Phase::Up { recovery } => {
                     self.last_error = Some(error);
-                    self.phase = Phase::Reconnecting { recover_at };
+                    self.phase = Phase::Reconnecting { recovery };
                     Next::ConnectNow
                 }
                 // Only a held connection can be lost; anything else is a failed attempt.
@@ -355,24 +381,30 @@ impl Machine {
     fn connected(&mut self, now: Instant, out: &mut Emitter) -> Next {
         let previous = self.state();
         self.backoff.reset();
-        self.failures = 0;
         // An outage without a deadline (a new connection, or one replaced after a
         // restart, whose pending recovery was not kept) starts its wait now.
-        let due = |recover_at: Option<Instant>| match recover_at {
-            None if self.outage => Some(later(now, self.recover_after)),
+        let due = |recovery: Recovery| match recovery {
+            Recovery::Pending { at: None } => Recovery::Pending {
+                at: Some(later(now, self.recover_after)),
+            },
             kept => kept,
         };
         match self.phase {
             Phase::Up { .. } => {}
             // The replaced connection was never reported lost: nothing to announce.
-            Phase::Reconnecting { recover_at } => {
+            Phase::Reconnecting { recovery } => {
                 self.phase = Phase::Up {
-                    recover_at: due(recover_at),
+                    recovery: due(recovery),
                 };
             }
-            Phase::Connecting | Phase::Down | Phase::Failed => {
+            Phase::Connecting | Phase::Down { .. } | Phase::Failed { .. } => {
+                let recovery = if self.in_outage() {
+                    Recovery::Pending { at: None }
+                } else {
+                    Recovery::None
+                };
                 self.phase = Phase::Up {
-                    recover_at: due(None),
+                    recovery: due(recovery),
                 };
                 self.emit(out, Event::Connect, previous);
             }
@@ -382,27 +414,30 @@ impl Machine {
 
     fn attempt_failed(&mut self, error: Arc<Loss>, out: &mut Emitter) -> Next {
         self.last_error = Some(error);
-        self.failures = self.failures.saturating_add(1);
+        let failures = self.failures().saturating_add(1);
         let previous = self.state();
         match self.phase {
             Phase::Connecting | Phase::Reconnecting { .. } | Phase::Up { .. } => {
                 // A drop before `recover_after` passed continues the outage: the
                 // application is still on its fallback, so the target is `failed`
                 // again, without a second `on_failure`.
-                self.phase = if self.outage {
-                    Phase::Failed
+                self.phase = if self.in_outage() {
+                    Phase::Failed { failures }
                 } else {
-                    Phase::Down
+                    Phase::Down { failures }
                 };
                 self.emit(out, Event::Disconnect, previous);
             }
-            Phase::Down | Phase::Failed => {}
+            Phase::Down { .. } => self.phase = Phase::Down { failures },
+            Phase::Failed { .. } => self.phase = Phase::Failed { failures },
         }
-        if self.phase == Phase::Down && self.failures >= self.threshold {
-            let previous = self.state();
-            self.phase = Phase::Failed;
-            self.outage = true;
-            self.emit(out, Event::Failure, previous);
+        match self.phase {
+            Phase::Down { failures } if failures >= self.threshold => {
+                let previous = self.state();
+                self.phase = Phase::Failed { failures };
+                self.emit(out, Event::Failure, previous);
+            }
+            _ => {}
         }
         // The schedule keeps growing through the whole outage, `failed` or not: a
         // dependency that restarts in seconds is announced back within seconds.
@@ -412,17 +447,25 @@ impl Machine {
     fn tick(&mut self, now: Instant, out: &mut Emitter) -> Next {
         match self.phase {
             Phase::Up {
-                recover_at: Some(at),
+                recovery: Recovery::Pending { at: Some(at) },
             } if now >= at => {
-                self.phase = Phase::Up { recover_at: None };
-                self.outage = false;
+                self.phase = Phase::Up {
+                    recovery: Recovery::None,
+                };
                 self.emit(out, Event::Recover, State::Up);
                 Next::Hold { until: None }
             }
-            Phase::Up { recover_at } => Next::Hold { until: recover_at },
+            Phase::Up {
+                recovery: Recovery::Pending { at },
+            } => Next::Hold { until: at },
+            Phase::Up {
+                recovery: Recovery::None,
+            } => Next::Hold { until: None },
             Phase::Reconnecting { .. } => Next::ConnectNow,
-            // A tick while not holding is stale; the pending attempt stands.
-            Phase::Connecting | Phase::Down | Phase::Failed => Next::ConnectNow,
+            // Only a held connection has timers; a tick in any other phase is stale
+            // (the actor only ticks while holding), and the attempt it would find
+            // pending stands.
+            Phase::Connecting | Phase::Down { .. } | Phase::Failed { .. } => Next::ConnectNow,
         }
     }
 
@@ -434,7 +477,7 @@ impl Machine {
             event,
             previous,
             state: self.state(),
-            failures: self.failures,
+            failures: self.failures(),
             last_error: self.last_error.clone(),
             at: out.wall,
         });
