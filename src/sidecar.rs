@@ -144,6 +144,8 @@ impl Running {
     fn apply(&mut self, new: Config) {
         self.telemetry.status().apply(&new);
         let summary = self.supervisor.reload(&new);
+        self.telemetry
+            .targets_changed(summary.added.len(), summary.removed.len());
         tracing::info!(
             added = ?summary.added,
             removed = ?summary.removed,

@@ -111,6 +111,12 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// A reload has been applied: the targets it added and removed are events of the
+    /// stream, after the status registry shows the new set.
+    pub fn targets_changed(&self, added: usize, removed: usize) {
+        self.events.targets_changed(added, removed);
+    }
+
     /// The sidecar is stopping: `/readyz` turns 503 while the endpoints keep serving.
     pub fn stopping(&self) {
         self.status.set_stopping();

@@ -1,5 +1,5 @@
-//! The position of tether's event stream: every transition it announces moves it on by
-//! one, process-wide, so a client that has seen position N knows whether anything
+//! The position of tether's event stream: every transition it announces, and every
+//! target a reload adds or removes, moves it on by one, process-wide, so a client that has seen position N knows whether anything
 //! happened since. Positions are only comparable within one run of tether, so they
 //! travel as an [`Index`]: the instance id with the position.
 //!
@@ -40,6 +40,15 @@ impl Events {
         Index {
             instance: crate::instance::id().to_owned(),
             position: *self.position.borrow(),
+        }
+    }
+
+    /// A reload added and removed targets: one event each (`target_added`,
+    /// `target_removed`), after the status registry took the new set of targets.
+    pub fn targets_changed(&self, added: usize, removed: usize) {
+        let events = u64::try_from(added + removed).unwrap_or(u64::MAX);
+        if events > 0 {
+            self.position.send_modify(|p| *p = p.saturating_add(events));
         }
     }
 

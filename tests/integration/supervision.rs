@@ -647,3 +647,55 @@ async fn a_hook_outliving_the_shutdown_grace_is_killed_and_tether_still_exits_0_
                 .is_ok_and(|s| s.contains(") Z "))
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_on_status_returns_when_a_reload_adds_a_target() {
+    let a = Listener::start(Behaviour::Hold).await;
+    let b = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(&path, format!("{server}{}", target("a", &a.address(), ""))).unwrap();
+    let tether = TetherProcess::run(&path, &[]);
+    let addr = tether.http_addr(LIMIT);
+    let up = eventually(LIMIT, "a up", || async {
+        let r = crate::endpoint::get(addr, "/status").await;
+        r.body.contains("\"up\"").then_some(r)
+    })
+    .await;
+    let index = up.header("x-tether-index").unwrap().to_owned();
+    let poll = tokio::spawn(async move {
+        crate::endpoint::get(addr, &format!("/status?index={index}&wait=30s")).await
+    });
+
+    // b's first attempt lasts its check_timeout (the listener never answers PING): no
+    // transition of b can end the wait before that, only the reload itself.
+    let slow = "probe = \"redis\"\ncheck_interval = \"10s\"\ncheck_timeout = \"3s\"\n";
+    std::fs::write(
+        &path,
+        format!(
+            "{server}{}{}",
+            target("a", &a.address(), ""),
+            target("b", &b.address(), slow)
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    tether.signal(Signal::SIGHUP);
+    let reply = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long-poll answered")
+        .unwrap();
+    println!(
+        "the long-poll answered {:?} after SIGHUP",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "answered by b's first attempt, not by the reload"
+    );
+    assert!(reply.body.contains("\"connecting\""), "{}", reply.body);
+    assert!(reply.body.contains("\"name\": \"b\""), "{}", reply.body);
+    assert_ne!(reply.header("x-tether-index"), up.header("x-tether-index"));
+    drop(tether);
+}
