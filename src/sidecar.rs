@@ -51,6 +51,7 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
+    warn_if_probes_may_overflow_the_input_backlog(config.targets.len());
     let loaded = withhold_secrets(&config);
     hooks::check_environment(&config, &loaded)?;
     let telemetry = Telemetry::start(&config).await?;
@@ -225,6 +226,32 @@ pub fn adopt_orphans() {
     }
 }
 
+/// Connections made together send their keepalive probes together, every
+/// `keepalive.idle`; over loopback and veth every packet passes a per-CPU input queue of
+/// `net.core.netdev_max_backlog` packets (1,000 by default). Thousands of probes at once
+/// overflow it, and a connection whose probes are all dropped is declared dead: its
+/// target goes `down` though its server is fine. Measured at 10,000 targets.
+fn warn_if_probes_may_overflow_the_input_backlog(targets: usize) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog") else {
+        return;
+    };
+    if let Some(backlog) = backlog_too_small(targets, &text) {
+        tracing::warn!(
+            targets,
+            netdev_max_backlog = backlog,
+            "keepalive probes of this many targets may overflow the kernel's input queue on \
+             loopback or veth and raise false outages; raise net.core.netdev_max_backlog to at \
+             least the number of targets"
+        );
+    }
+}
+
+/// The backlog `text` (the sysctl's file) holds, if it is below `targets`.
+fn backlog_too_small(targets: usize, text: &str) -> Option<u64> {
+    let backlog: u64 = text.trim().parse().ok()?;
+    (backlog < targets as u64).then_some(backlog)
+}
+
 /// Each target holds a socket and a few more may be open while reconnecting; the
 /// default soft limit (often 1024) is too small for large fleets, the hard limit
 /// rarely is.
@@ -249,5 +276,18 @@ fn raise_open_files_limit(targets: usize) {
             targets,
             "the open-files limit may be too small for this many targets; raise `ulimit -n`"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_backlog_warning_fires_only_below_the_number_of_targets() {
+        assert_eq!(backlog_too_small(10_000, "1000\n"), Some(1000));
+        assert_eq!(backlog_too_small(1_000, "1000\n"), None);
+        assert_eq!(backlog_too_small(10_000, "16384\n"), None);
+        assert_eq!(backlog_too_small(10_000, "garbage"), None);
     }
 }
