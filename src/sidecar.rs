@@ -146,7 +146,7 @@ impl Running {
         self.telemetry.status().apply(&new);
         let summary = self.supervisor.reload(&new);
         self.telemetry
-            .targets_changed(summary.added.len(), summary.removed.len());
+            .targets_changed(&summary.added, &summary.removed);
         tracing::info!(
             added = ?summary.added,
             removed = ?summary.removed,

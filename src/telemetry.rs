@@ -8,6 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod state_file;
 pub mod status;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,7 +114,7 @@ impl Telemetry {
 
     /// A reload has been applied: the targets it added and removed are events of the
     /// stream, after the status registry shows the new set.
-    pub fn targets_changed(&self, added: usize, removed: usize) {
+    pub fn targets_changed(&self, added: &[String], removed: &[String]) {
         self.events.targets_changed(added, removed);
     }
 
@@ -125,6 +126,7 @@ impl Telemetry {
     /// Writes the state file a last time and closes the HTTP server.
     pub async fn stop(self) {
         self.status.set_stopping();
+        self.events.close();
         self.stop.cancel();
         self.tasks.wait().await;
     }

@@ -6,12 +6,14 @@
 //! `GET /status?index=I&wait=D` waits here until the position passes I (see
 //! [`Events::wait_past`]).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
 use crate::watch::machine::Transition;
@@ -21,16 +23,140 @@ use crate::watch::observe::Observer;
 /// so a waiting request is never cut by it.
 pub const MAX_WAIT: Duration = Duration::from_secs(55);
 
-/// The stream's position.
+/// Events kept for subscribers that reconnect: a resume from further back gets `reset`
+/// and a fresh snapshot instead.
+pub const HISTORY: usize = 4096;
+/// Events a subscriber may fall behind by before it gets `reset` and a snapshot.
+const BUFFER: usize = 256;
+
+/// The stream: its position, the recent events, and the live feed.
 pub struct Events {
     position: watch::Sender<u64>,
+    /// Taken to number, record and send an event as one step, and to subscribe: a
+    /// subscriber sees every event after the history it was given, once.
+    history: Mutex<VecDeque<Arc<Entry>>>,
+    feed: broadcast::Sender<Arc<Entry>>,
+    /// Cancelled when the sidecar stops: every stream ends.
+    closed: CancellationToken,
+    /// Streams open at once (`server.max_subscribers`); past it a newcomer gets 503
+    /// and displaces nobody.
+    subscribers: Arc<Semaphore>,
 }
+
+/// Subscribers at once.
+pub const MAX_SUBSCRIBERS: usize = 1024;
 
 impl Default for Events {
     fn default() -> Events {
         Events {
             position: watch::Sender::new(0),
+            history: Mutex::new(VecDeque::new()),
+            feed: broadcast::Sender::new(BUFFER),
+            closed: CancellationToken::new(),
+            subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
         }
+    }
+}
+
+/// One event of the stream, rendered once for every subscriber.
+#[derive(Debug)]
+pub struct Entry {
+    pub position: u64,
+    /// The SSE event name: `transition`, `target_added` or `target_removed`.
+    pub kind: &'static str,
+    pub target: String,
+    /// The JSON: a transition's is the hook payload with its `position`.
+    pub data: String,
+}
+
+/// Where a new subscriber starts.
+pub enum Start {
+    /// From a snapshot: a fresh subscriber, or one that asked for nothing.
+    Snapshot,
+    /// After the events it missed, here in order.
+    Replay(Vec<Arc<Entry>>),
+    /// Its position is gone from the history, or from another run: `reset`, then a
+    /// snapshot.
+    Reset,
+}
+
+/// A subscriber: where it starts and its live feed.
+pub struct Subscription {
+    pub start: Start,
+    /// The position when it subscribed: a snapshot it is sent is current to at least
+    /// this, and its feed starts after it.
+    pub position: u64,
+    pub feed: broadcast::Receiver<Arc<Entry>>,
+}
+
+impl Events {
+    /// Subscribes, resuming after `since` when given.
+    pub fn subscribe(&self, since: Option<&Index>) -> Subscription {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let feed = self.feed.subscribe();
+        let now = *self.position.borrow();
+        let start = match since {
+            None => Start::Snapshot,
+            Some(seen) if seen.instance != crate::instance::id() || seen.position > now => {
+                Start::Reset
+            }
+            Some(seen) => {
+                let oldest = history.front().map_or(now + 1, |e| e.position);
+                if seen.position + 1 < oldest && seen.position < now {
+                    Start::Reset
+                } else {
+                    Start::Replay(
+                        history
+                            .iter()
+                            .filter(|e| e.position > seen.position)
+                            .cloned()
+                            .collect(),
+                    )
+                }
+            }
+        };
+        Subscription {
+            start,
+            position: now,
+            feed,
+        }
+    }
+
+    /// Numbers, records and sends one event.
+    fn publish(&self, kind: &'static str, target: &str, data: impl FnOnce(&Index) -> String) {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let position = *self.position.borrow() + 1;
+        let index = Index {
+            instance: crate::instance::id().to_owned(),
+            position,
+        };
+        let entry = Arc::new(Entry {
+            position,
+            kind,
+            target: target.to_owned(),
+            data: data(&index),
+        });
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(entry.clone());
+        // No subscriber is no error.
+        let _ = self.feed.send(entry);
+        self.position.send_replace(position);
+    }
+
+    /// A place for one more subscriber, held for as long as its stream lasts.
+    pub fn subscriber_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.subscribers.clone().try_acquire_owned().ok()
+    }
+
+    /// Ends every stream: the sidecar is stopping.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
     }
 }
 
@@ -45,10 +171,19 @@ impl Events {
 
     /// A reload added and removed targets: one event each (`target_added`,
     /// `target_removed`), after the status registry took the new set of targets.
-    pub fn targets_changed(&self, added: usize, removed: usize) {
-        let events = u64::try_from(added + removed).unwrap_or(u64::MAX);
-        if events > 0 {
-            self.position.send_modify(|p| *p = p.saturating_add(events));
+    pub fn targets_changed(&self, added: &[String], removed: &[String]) {
+        for (kind, names) in [("target_added", added), ("target_removed", removed)] {
+            for name in names {
+                self.publish(kind, name, |index| {
+                    serde_json::json!({
+                        "event": kind,
+                        "target": name,
+                        "instance": crate::instance::id(),
+                        "position": index.to_string(),
+                    })
+                    .to_string()
+                });
+            }
         }
     }
 
@@ -67,8 +202,16 @@ impl Events {
 /// Called after the status registry has recorded the transition: a client that reads
 /// the index first and the document second never misses the change in between.
 impl Observer for Events {
-    fn transition(&self, _target: &Arc<Target>, _t: &Transition) {
-        self.position.send_modify(|p| *p += 1);
+    fn transition(&self, target: &Arc<Target>, t: &Transition) {
+        let payload = crate::hooks::Payload::new(target, t);
+        self.publish("transition", &target.name, |index| {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&payload.to_json()).unwrap_or_default();
+            if let Some(fields) = json.as_object_mut() {
+                fields.insert("position".into(), index.to_string().into());
+            }
+            json.to_string()
+        });
     }
 }
 

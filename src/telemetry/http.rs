@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Incoming};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -79,6 +80,9 @@ const MAX_HEADERS: usize = 32;
 const READYZ_NAMES: usize = 10;
 /// Connections the kernel may queue before the server accepts them.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// Every answer's body: a whole document, or the event stream as it is written.
+pub type Body = BoxBody<Bytes, Infallible>;
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -267,23 +271,37 @@ async fn serve(
     builder: Arc<http1::Builder>,
     app: App,
     limits: Limits,
-    _guard: Guard,
+    guard: Guard,
     evicted: CancellationToken,
     closing: CancellationToken,
 ) {
     // Responses are small and written at once; do not hold them back for Nagle.
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(respond(app, req).await) }
+    // Cancelled once the connection carries an event stream: from then on it is
+    // exempt from the connection age and leaves the connection cap (streams count
+    // against their own bound), so it is neither cut nor displaced.
+    let streaming = CancellationToken::new();
+    let service = service_fn({
+        let streaming = streaming.clone();
+        move |req| {
+            let app = app.clone();
+            let streaming = streaming.clone();
+            async move { Ok::<_, Infallible>(respond(app, req, &streaming).await) }
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => return log_end(result),
-        () = evicted.cancelled() => return,
-        () = closing.cancelled() => {}
-        () = sleep(limits.max_connection_age) => {}
+    let age = sleep(limits.max_connection_age);
+    tokio::pin!(age);
+    let mut guard = Some(guard);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return log_end(result),
+            () = evicted.cancelled(), if guard.is_some() => return,
+            () = closing.cancelled() => break,
+            () = &mut age, if !streaming.is_cancelled() => break,
+            () = streaming.cancelled(), if guard.is_some() => guard = None,
+        }
     }
     // Let the in-flight response go out, then close. A connection in this phase still
     // holds a slot, so it still yields it to a newcomer when evicted.
@@ -307,7 +325,11 @@ fn log_end(result: Result<(), hyper::Error>) {
 /// Answers one request. Every answer comes from memory; only the two documents that
 /// grow with the number of targets are built on the blocking pool, so that encoding
 /// thousands of series never holds up a runtime thread that checkers need.
-async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    app: App,
+    req: Request<Incoming>,
+    streaming: &CancellationToken,
+) -> Response<Body> {
     if req.method() != Method::GET {
         let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
         res.headers_mut()
@@ -317,10 +339,11 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.body().size_hint().exact() != Some(0) {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "a GET carries no body\n");
     }
-    let document: fn(&App) -> Response<Full<Bytes>> = match req.uri().path() {
+    let document: fn(&App) -> Response<Body> = match req.uri().path() {
         "/healthz" => return text(StatusCode::OK, "ok\n"),
         "/readyz" => return readyz(&app.status),
         "/startupz" => return startupz(&app.status),
+        "/events" => return crate::telemetry::stream::respond(&app, &req, streaming),
         "/status" => {
             if let Some(query) = req.uri().query() {
                 match long_poll(query) {
@@ -334,7 +357,7 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz, /startupz or /status\n",
+                "not found; try /metrics, /healthz, /readyz, /startupz, /status or /events\n",
             );
         }
     };
@@ -346,7 +369,7 @@ async fn respond(app: App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         })
 }
 
-fn status_document(app: &App) -> Response<Full<Bytes>> {
+fn status_document(app: &App) -> Response<Body> {
     #[cfg(feature = "fault-injection")]
     crate::fault::check_http();
     // The index first: the document then holds at least every change up to it.
@@ -391,7 +414,7 @@ fn long_poll(query: &str) -> Result<(Index, Duration), String> {
     Ok((index, wait))
 }
 
-fn metrics_exposition(app: &App) -> Response<Full<Bytes>> {
+fn metrics_exposition(app: &App) -> Response<Body> {
     match app.metrics.encode() {
         Ok(out) => body(StatusCode::OK, metrics::CONTENT_TYPE, out),
         Err(e) => {
@@ -401,7 +424,7 @@ fn metrics_exposition(app: &App) -> Response<Full<Bytes>> {
     }
 }
 
-fn readyz(status: &Status) -> Response<Full<Bytes>> {
+fn readyz(status: &Status) -> Response<Body> {
     if status.ready() {
         return text(StatusCode::OK, "ready\n");
     }
@@ -429,7 +452,7 @@ fn names(targets: &[String]) -> String {
     names
 }
 
-fn startupz(status: &Status) -> Response<Full<Bytes>> {
+fn startupz(status: &Status) -> Response<Body> {
     if status.startup_complete() {
         return text(StatusCode::OK, "started\n");
     }
@@ -442,7 +465,7 @@ fn startupz(status: &Status) -> Response<Full<Bytes>> {
     )
 }
 
-fn text(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
+pub fn text(code: StatusCode, message: &str) -> Response<Body> {
     body(
         code,
         "text/plain; charset=utf-8",
@@ -450,8 +473,8 @@ fn text(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
     )
 }
 
-fn body(code: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(bytes)));
+fn body(code: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from(bytes)).boxed());
     *res.status_mut() = code;
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -11,6 +11,7 @@ mod config_examples;
 mod config_fuzz;
 mod dns_outage;
 mod endpoint;
+mod events;
 mod hooks;
 mod http;
 mod metrics;
