@@ -60,6 +60,12 @@ pub struct Server {
     pub listen: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_file: Option<PathBuf>,
+    /// Events `/events` keeps for subscribers that reconnect.
+    pub events_history: usize,
+    /// How often an idle `/events` stream gets a comment, so proxies keep it open.
+    pub events_heartbeat: HumanDuration,
+    /// `/events` streams open at once; past it a newcomer gets 503.
+    pub max_subscribers: usize,
 }
 
 /// The process-wide settings of `[defaults]` that no target can override.

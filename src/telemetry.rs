@@ -57,7 +57,7 @@ impl Telemetry {
     pub async fn start_with(config: &Config, limits: Limits) -> Result<Telemetry, TelemetryError> {
         let status = Arc::new(Status::new(config));
         let metrics = Arc::new(Metrics::new(config)?);
-        let events = Arc::new(Events::default());
+        let events = Arc::new(Events::of(&config.server));
         let app = App {
             status: status.clone(),
             metrics: metrics.clone(),

@@ -40,6 +40,9 @@ pub struct RawSupervisor {
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub state_file: Option<Spanned<String>>,
+    pub events_history: Option<Spanned<i64>>,
+    pub events_heartbeat: Option<Spanned<HumanDuration>>,
+    pub max_subscribers: Option<Spanned<i64>>,
 }
 
 /// `[defaults]`: the settings every target inherits, plus the process-wide ones.

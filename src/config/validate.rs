@@ -48,6 +48,9 @@ pub mod builtin {
     pub const MAX_RESTARTS: u32 = 5;
     pub const MAX_SECONDS: u32 = 60;
     pub const COOLDOWN: Duration = Duration::from_secs(30);
+    pub const EVENTS_HISTORY: usize = 4096;
+    pub const EVENTS_HEARTBEAT: Duration = Duration::from_secs(15);
+    pub const MAX_SUBSCRIBERS: usize = 1024;
 }
 
 /// The kernel takes keepalive times in whole seconds up to this value.
@@ -56,6 +59,9 @@ const MAX_KEEPALIVE_SECS: u64 = 32767;
 const MAX_KEEPALIVE_COUNT: i64 = 127;
 const MAX_NAME_LEN: usize = 128;
 const MAX_CONCURRENT_HOOKS: i64 = 4096;
+/// Bounds of the `/events` settings: a history and a subscriber count that fit memory.
+const MAX_EVENTS_HISTORY: i64 = 1_000_000;
+const MAX_SUBSCRIBERS: i64 = 65_536;
 
 pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
     let mut ctx = Ctx {
@@ -284,7 +290,51 @@ impl Ctx<'_> {
                 Some(v.get_ref().into())
             }
         });
-        Server { listen, state_file }
+        let s = &raw.server;
+        let events_history = self.count(
+            s.events_history.as_ref(),
+            "server.events_history",
+            builtin::EVENTS_HISTORY,
+            MAX_EVENTS_HISTORY,
+        );
+        let max_subscribers = self.count(
+            s.max_subscribers.as_ref(),
+            "server.max_subscribers",
+            builtin::MAX_SUBSCRIBERS,
+            MAX_SUBSCRIBERS,
+        );
+        let events_heartbeat = self.duration(
+            s.events_heartbeat.as_ref().map(|v| At {
+                value: *v.get_ref(),
+                span: v.span(),
+                key: "server.events_heartbeat".to_owned(),
+            }),
+            builtin::EVENTS_HEARTBEAT,
+            false,
+        );
+        Server {
+            listen,
+            state_file,
+            events_history,
+            events_heartbeat,
+            max_subscribers,
+        }
+    }
+
+    /// A whole number from 1 to `max`, `default` when unset.
+    fn count(&mut self, v: Option<&Spanned<i64>>, key: &str, default: usize, max: i64) -> usize {
+        let Some(v) = v else {
+            return default;
+        };
+        let n = *v.get_ref();
+        if !(1..=max).contains(&n) {
+            self.err(
+                Some(v.span()),
+                key,
+                format!("must be between 1 and {max}, got {n}"),
+            );
+        }
+        usize::try_from(n.clamp(1, max)).unwrap_or(default)
     }
 
     fn target(&mut self, i: usize, t: &RawTarget, d: &RawDefaults) -> Target {

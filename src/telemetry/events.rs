@@ -23,9 +23,6 @@ use crate::watch::observe::Observer;
 /// so a waiting request is never cut by it.
 pub const MAX_WAIT: Duration = Duration::from_secs(55);
 
-/// Events kept for subscribers that reconnect: a resume from further back gets `reset`
-/// and a fresh snapshot instead.
-pub const HISTORY: usize = 4096;
 /// Events a subscriber may fall behind by before it gets `reset` and a snapshot.
 const BUFFER: usize = 256;
 
@@ -41,20 +38,21 @@ pub struct Events {
     /// Streams open at once (`server.max_subscribers`); past it a newcomer gets 503
     /// and displaces nobody.
     subscribers: Arc<Semaphore>,
+    /// Events kept for subscribers that reconnect (`server.events_history`): a resume
+    /// from further back gets `reset` and a fresh snapshot instead.
+    keep: usize,
+    /// How often an idle stream gets a comment (`server.events_heartbeat`).
+    heartbeat: Duration,
 }
-
-/// Subscribers at once.
-pub const MAX_SUBSCRIBERS: usize = 1024;
 
 impl Default for Events {
     fn default() -> Events {
-        Events {
-            position: watch::Sender::new(0),
-            history: Mutex::new(VecDeque::new()),
-            feed: broadcast::Sender::new(BUFFER),
-            closed: CancellationToken::new(),
-            subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
-        }
+        use crate::config::builtin;
+        Events::new(
+            builtin::EVENTS_HISTORY,
+            builtin::EVENTS_HEARTBEAT,
+            builtin::MAX_SUBSCRIBERS,
+        )
     }
 }
 
@@ -90,6 +88,32 @@ pub struct Subscription {
 }
 
 impl Events {
+    pub fn new(keep: usize, heartbeat: Duration, max_subscribers: usize) -> Events {
+        Events {
+            position: watch::Sender::new(0),
+            history: Mutex::new(VecDeque::new()),
+            feed: broadcast::Sender::new(BUFFER),
+            closed: CancellationToken::new(),
+            subscribers: Arc::new(Semaphore::new(max_subscribers)),
+            keep: keep.max(1),
+            heartbeat,
+        }
+    }
+
+    /// The stream's settings of `[server]`.
+    pub fn of(server: &crate::config::Server) -> Events {
+        Events::new(
+            server.events_history,
+            server.events_heartbeat.get(),
+            server.max_subscribers,
+        )
+    }
+
+    /// How often an idle stream gets a comment.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
     /// Subscribes, resuming after `since` when given.
     pub fn subscribe(&self, since: Option<&Index>) -> Subscription {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,7 +160,7 @@ impl Events {
             target: target.to_owned(),
             data: data(&index),
         });
-        if history.len() == HISTORY {
+        if history.len() >= self.keep {
             history.pop_front();
         }
         history.push_back(entry.clone());

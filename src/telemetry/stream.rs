@@ -12,7 +12,6 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -25,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::events::{Entry, Index, Start, Subscription};
 use crate::telemetry::http::{App, Body, text};
 
-/// A comment line this often keeps proxies from cutting an idle stream.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Messages written to a subscriber's socket but not yet taken by it.
 const QUEUE: usize = 16;
 
@@ -110,8 +107,9 @@ async fn feed(
             return;
         }
     }
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    // A comment line keeps proxies from cutting an idle stream.
+    let every = app.events.heartbeat();
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         let message = tokio::select! {
             () = closed.cancelled() => return,

@@ -325,3 +325,72 @@ async fn a_subscriber_that_never_reads_holds_back_nobody_and_gets_reset_when_it_
     assert_eq!(stalled.next().await.event, "snapshot");
     drop(stop);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_and_heartbeat_follow_their_settings() {
+    let db = Listener::start(Behaviour::Hold).await;
+    let sidecar = Sidecar::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nevents_history = 2\nevents_heartbeat = \"200ms\"\n{}",
+        target("db", &db.address(), "")
+    ))
+    .await;
+    let mut client = Client::connect(sidecar.addr(), "/events", "").await;
+    assert_eq!(client.next().await.event, "snapshot");
+    // An idle stream gets a comment at the configured interval.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let mut line = String::new();
+            client.lines.read_line(&mut line).await.unwrap();
+            if line.starts_with(": heartbeat") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a heartbeat");
+    println!("first heartbeat after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Three events with a history of two: a resume from before them is told `reset`.
+    let before = sidecar
+        .get("/status")
+        .await
+        .header("x-tether-index")
+        .unwrap()
+        .to_owned();
+    let mut db = db;
+    for _ in 0..2 {
+        db.kill().await;
+        eventually(LIMIT, "db down", || async {
+            sidecar
+                .get("/status")
+                .await
+                .body
+                .contains("\"down\"")
+                .then_some(())
+        })
+        .await;
+        db.restore(Behaviour::Hold).await;
+        eventually(LIMIT, "db up", || async {
+            sidecar
+                .get("/status")
+                .await
+                .body
+                .contains("\"up\"")
+                .then_some(())
+        })
+        .await;
+    }
+    let now = sidecar.get("/status").await;
+    assert!(position(now.header("x-tether-index").unwrap()) >= position(&before) + 4);
+    let mut late = Client::connect(
+        sidecar.addr(),
+        "/events",
+        &format!("Last-Event-ID: {before}\r\n"),
+    )
+    .await;
+    assert_eq!(late.next().await.event, "reset");
+    assert_eq!(late.next().await.event, "snapshot");
+    sidecar.stop().await;
+}
