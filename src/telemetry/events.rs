@@ -150,10 +150,7 @@ impl Events {
     fn publish(&self, kind: &'static str, target: &str, data: impl FnOnce(&Index) -> String) {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let position = *self.position.borrow() + 1;
-        let index = Index {
-            instance: crate::instance::id().to_owned(),
-            position,
-        };
+        let index = Index::here(position);
         let entry = Arc::new(Entry {
             position,
             kind,
@@ -187,10 +184,7 @@ impl Events {
 impl Events {
     /// Where the stream stands now, in this run of tether.
     pub fn index(&self) -> Index {
-        Index {
-            instance: crate::instance::id().to_owned(),
-            position: *self.position.borrow(),
-        }
+        Index::here(*self.position.borrow())
     }
 
     /// A reload added and removed targets: one event each (`target_added`,
@@ -229,14 +223,21 @@ impl Observer for Events {
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
         let payload = crate::hooks::Payload::new(target, t);
         self.publish("transition", &target.name, |index| {
-            let mut json: serde_json::Value =
-                serde_json::from_slice(&payload.to_json()).unwrap_or_default();
-            if let Some(fields) = json.as_object_mut() {
-                fields.insert("position".into(), index.to_string().into());
-            }
-            json.to_string()
+            serde_json::to_string(&Positioned {
+                payload: &payload,
+                position: index.to_string(),
+            })
+            .expect("a payload always serializes")
         });
     }
+}
+
+/// A transition's data on the stream: the hook payload and where it stands.
+#[derive(serde::Serialize)]
+struct Positioned<'a> {
+    #[serde(flatten)]
+    payload: &'a crate::hooks::Payload,
+    position: String,
 }
 
 /// A position of one run of tether: `<instance>:<position>`, as `X-Tether-Index` carries
@@ -245,6 +246,16 @@ impl Observer for Events {
 pub struct Index {
     pub instance: String,
     pub position: u64,
+}
+
+impl Index {
+    /// `position` in this run of tether.
+    pub fn here(position: u64) -> Index {
+        Index {
+            instance: crate::instance::id().to_owned(),
+            position,
+        }
+    }
 }
 
 impl fmt::Display for Index {

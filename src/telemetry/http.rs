@@ -385,6 +385,20 @@ fn status_document(app: &App) -> Response<Body> {
     res
 }
 
+/// The `key=value` pairs of a query, with the escapes the endpoints' values can carry
+/// (`:` in an index, `,` in a list) decoded.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, String)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = value
+            .replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%2C", ",")
+            .replace("%2c", ",");
+        (key, value)
+    })
+}
+
 /// The stream position a `/status` answer is current to.
 const INDEX_HEADER: &str = "x-tether-index";
 
@@ -394,15 +408,11 @@ const INDEX_HEADER: &str = "x-tether-index";
 fn long_poll(query: &str) -> Result<(Index, Duration), String> {
     let mut index = None;
     let mut wait = Duration::from_secs(30);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(query) {
         match key {
-            "index" => {
-                let value = value.replace("%3A", ":").replace("%3a", ":");
-                index = Some(value.parse().map_err(|e| format!("index: {e}"))?);
-            }
+            "index" => index = Some(value.parse().map_err(|e| format!("index: {e}"))?),
             "wait" => {
-                wait = crate::config::duration::parse(value).map_err(|e| format!("wait: {e}"))?;
+                wait = crate::config::duration::parse(&value).map_err(|e| format!("wait: {e}"))?;
                 if wait > events::MAX_WAIT {
                     return Err(format!("wait: at most {:?}", events::MAX_WAIT));
                 }

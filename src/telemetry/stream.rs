@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::events::{Entry, Index, Start, Subscription};
-use crate::telemetry::http::{App, Body, text};
+use crate::telemetry::http::{App, Body, query_pairs, text};
 
 /// Messages written to a subscriber's socket but not yet taken by it.
 const QUEUE: usize = 16;
@@ -58,18 +58,7 @@ fn parse(req: &Request<Incoming>) -> Result<(Option<Index>, Option<HashSet<Strin
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("").to_owned());
     let mut targets = None;
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = value
-            .replace("%3A", ":")
-            .replace("%3a", ":")
-            .replace("%2C", ",");
+    for (key, value) in query_pairs(req.uri().query().unwrap_or("")) {
         match key {
             "since" => since = Some(value),
             "target" => targets = Some(value.split(',').map(str::to_owned).collect()),
@@ -135,10 +124,7 @@ async fn feed(
 }
 
 fn event(entry: &Arc<Entry>) -> Bytes {
-    let id = Index {
-        instance: crate::instance::id().to_owned(),
-        position: entry.position,
-    };
+    let id = Index::here(entry.position);
     Bytes::from(format!(
         "id: {id}\nevent: {}\ndata: {}\n\n",
         entry.kind, entry.data
@@ -147,10 +133,7 @@ fn event(entry: &Arc<Entry>) -> Bytes {
 
 /// The status document, current to at least `position`.
 fn snapshot(app: &App, position: u64) -> Bytes {
-    let id = Index {
-        instance: crate::instance::id().to_owned(),
-        position,
-    };
+    let id = Index::here(position);
     let data = serde_json::json!({
         "position": id.to_string(),
         "status": app.status.document(),

@@ -96,6 +96,28 @@ impl Client {
     }
 }
 
+/// The endpoints alone, without actors, so a test can publish events itself; the
+/// server stops when the returned sender is dropped.
+async fn serve(
+    config: &Config,
+    limits: Limits,
+) -> (App, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let app = App {
+        status: Arc::new(Status::new(config)),
+        metrics: Arc::new(Metrics::new(config).unwrap()),
+        events: Arc::default(),
+    };
+    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app.clone(), limits)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (app, addr, stop)
+}
+
 fn position(id: &str) -> u64 {
     id.rsplit_once(':').unwrap().1.parse().unwrap()
 }
@@ -188,24 +210,12 @@ async fn a_stream_outlives_the_connection_age_and_a_filter_keeps_its_targets() {
         "test.toml".as_ref(),
     )
     .unwrap();
-    let app = App {
-        status: Arc::new(Status::new(&config)),
-        metrics: Arc::new(Metrics::new(&config).unwrap()),
-        events: Arc::default(),
-    };
     let limits = Limits {
         max_connection_age: Duration::from_millis(200),
         close_grace: Duration::from_millis(100),
         ..Limits::default()
     };
-    let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app.clone(), limits)
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (app, addr, stop) = serve(&config, limits).await;
 
     let mut client = Client::connect(addr, "/events?target=b", "").await;
     assert_eq!(client.next().await.event, "snapshot");
@@ -238,23 +248,7 @@ async fn a_stream_outlives_the_connection_age_and_a_filter_keeps_its_targets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscriber_that_never_reads_holds_back_nobody_and_gets_reset_when_it_reads_again() {
     let config = Config::parse(&target("a", "127.0.0.1:1", ""), "test.toml".as_ref()).unwrap();
-    let app = App {
-        status: Arc::new(Status::new(&config)),
-        metrics: Arc::new(Metrics::new(&config).unwrap()),
-        events: Arc::default(),
-    };
-    let server = HttpServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        app.clone(),
-        Limits::default(),
-    )
-    .await
-    .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let (app, addr, stop) = serve(&config, Limits::default()).await;
     let mut stalled = Client::connect(addr, "/events", "").await;
     assert_eq!(stalled.next().await.event, "snapshot");
     let mut reader = Client::connect(addr, "/events", "").await;
