@@ -226,11 +226,16 @@ impl Status {
         if self.started.load(Ordering::Acquire) {
             return true;
         }
-        if self.starting().is_empty() {
+        // Stops at the first target still connecting: cheap while startup lasts,
+        // when the notifier asks after every transition.
+        let pending = self
+            .read_slots()
+            .values()
+            .any(|slot| lock(&slot.entry).state == State::Connecting);
+        if !pending {
             self.started.store(true, Ordering::Release);
-            return true;
         }
-        false
+        !pending
     }
 
     /// The targets whose first attempt has not ended yet, for the body of a 503.
