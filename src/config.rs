@@ -6,6 +6,7 @@
 
 mod address;
 pub mod duration;
+mod group;
 pub mod kinds;
 mod raw;
 mod validate;
@@ -24,6 +25,7 @@ use crate::secrets::Source;
 
 pub use address::{Address, AddressError};
 pub use duration::HumanDuration;
+pub use group::{Failback, Group, GroupHooks, Role};
 pub use validate::{builtin, check_http_path};
 
 /// The largest config file read. Ten thousand targets take about 1 MiB.
@@ -39,6 +41,8 @@ pub struct Config {
     pub defaults: Globals,
     pub supervisor: Supervision,
     pub targets: Vec<Target>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
 }
 
 /// `[supervisor]`: how crashed actors are restarted, and how long shutdown may take.
@@ -185,6 +189,12 @@ impl Probe {
     }
 
     /// The kind of this probe, as registered in [`kinds`].
+    /// Whether each check learns the server's replication role, so the target can be
+    /// a member of a group with a `role`.
+    pub fn learns_roles(&self) -> bool {
+        matches!(self, Probe::Redis { .. })
+    }
+
     pub fn kind(&self) -> &'static kinds::Kind {
         match self {
             Probe::Tcp => &kinds::TCP,
@@ -382,18 +392,27 @@ impl Config {
 
     /// Every source this config reads a secret from.
     pub fn secret_sources(&self) -> impl Iterator<Item = Source> + '_ {
-        self.targets.iter().flat_map(|t| {
+        let targets = self.targets.iter().flat_map(|t| {
             let password = t.probe.password();
             let keys = crate::watch::machine::Event::ALL
                 .into_iter()
                 .flat_map(|e| t.hooks.for_event(e))
                 .filter_map(HookAction::key);
             password.into_iter().chain(keys)
-        })
+        });
+        let groups = self
+            .groups
+            .iter()
+            .flat_map(|g| g.hooks.all().filter_map(HookAction::key));
+        targets.chain(groups)
     }
 
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
     }
 }
 

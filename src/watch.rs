@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod checker;
+pub mod group;
 pub mod loss;
 pub mod machine;
 pub mod observe;

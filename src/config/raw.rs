@@ -23,6 +23,31 @@ pub struct RawConfig {
     /// and a growing `Vec` of them would reserve room for thousands more at once.
     #[serde(default)]
     pub targets: Vec<Spanned<Box<RawTarget>>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<RawGroup>>,
+}
+
+/// `[[groups]]`: members in order of preference and how to choose among them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub name: Spanned<String>,
+    pub members: Spanned<Vec<Spanned<String>>>,
+    pub role: Option<Spanned<String>>,
+    pub fallback: Option<Spanned<String>>,
+    pub failback: Option<Spanned<String>>,
+    pub failback_after: Option<Spanned<HumanDuration>>,
+    pub required: Option<bool>,
+    pub hook_timeout: Option<Spanned<HumanDuration>>,
+    pub hooks: Option<RawGroupHooks>,
+}
+
+/// `[groups.hooks]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroupHooks {
+    pub on_change: Option<Spanned<RawActions>>,
+    pub on_conflict: Option<Spanned<RawActions>>,
 }
 
 /// `[supervisor]`: restart intensity of crashed actors, and shutdown.

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+mod groups;
+
 use super::raw::{
     RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawProbe,
     RawProbeTable, RawTarget,
@@ -51,6 +53,8 @@ pub mod builtin {
     pub const EVENTS_HISTORY: usize = 4096;
     pub const EVENTS_HEARTBEAT: Duration = Duration::from_secs(15);
     pub const MAX_SUBSCRIBERS: usize = 1024;
+    pub const FAILBACK_AFTER: Duration = Duration::from_secs(30);
+    pub const GROUP_FALLBACK: &str = "fallback";
 }
 
 /// The kernel takes keepalive times in whole seconds up to this value.
@@ -210,6 +214,7 @@ impl Ctx<'_> {
             targets.push(self.target(i, t.get_ref(), defaults));
         }
         let supervisor = self.supervision(&raw, &targets);
+        let groups = self.groups(&raw.groups, &targets, defaults);
         Config {
             server,
             defaults: Globals {
@@ -217,6 +222,7 @@ impl Ctx<'_> {
             },
             supervisor,
             targets,
+            groups,
         }
     }
 
