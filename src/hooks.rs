@@ -22,21 +22,24 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, HookAction, Target};
+use crate::config::{Config, Group, HookAction, Target};
 use crate::secrets;
-use crate::watch::machine::{Event, State, Transition};
+use crate::watch::group::Active;
+use crate::watch::groups::{GroupEvent, GroupEventKind};
+use crate::watch::machine::{Event, Transition};
 use crate::watch::observe::{HookResult, Observer};
 
 pub use descendants::kill_everything;
-pub use payload::Payload;
+pub use payload::{GroupPayload, Payload};
 pub use webhook::{Secret, signature};
 
 /// A problem found before any hook runs.
 #[derive(Debug, thiserror::Error)]
 pub enum HooksError {
-    #[error("target \"{target}\": {event} webhook {url}: no signing key: {error}")]
+    #[error("{owner}: {event} webhook {url}: no signing key: {error}")]
     MissingSecret {
-        target: String,
+        /// `target "name"` or `group "name"`.
+        owner: String,
         event: &'static str,
         url: String,
         error: secrets::ReadError,
@@ -50,7 +53,8 @@ pub struct HookRunner {
 }
 
 struct Inner {
-    /// One queue per target that has hooks, created on its first event.
+    /// One queue per target or group that has hooks (their names never clash),
+    /// created on its first event.
     queues: RwLock<HashMap<String, Arc<Mutex<TargetQueue>>>>,
     /// Bounds hook runs in flight across all targets.
     limit: Arc<Semaphore>,
@@ -84,28 +88,142 @@ struct TargetQueue {
 
 /// One event to run, with the config (and so the actions) it happened under.
 struct Job {
-    event: Event,
-    payload: Payload,
-    /// The config its actor runs with, shared rather than copied: thousands of targets
-    /// that lose their connection at once queue thousands of events, and each must stay
-    /// small.
-    config: Arc<Target>,
+    what: What,
     /// The webhook keys when the event was queued.
     keys: Arc<Keys>,
+}
+
+/// A target's event or a group's.
+enum What {
+    Target {
+        event: Event,
+        payload: Payload,
+        /// The config its actor runs with, shared rather than copied: thousands of
+        /// targets that lose their connection at once queue thousands of events, and
+        /// each must stay small.
+        config: Arc<Target>,
+    },
+    Group {
+        event: GroupEventKind,
+        payload: Box<GroupPayload>,
+        config: Arc<Group>,
+        /// What the application used before and after, and whether members disagreed.
+        story: (GroupView, GroupView),
+    },
+}
+
+/// What a group's hooks told the application last: the member in use, and whether a
+/// conflict was announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GroupView {
+    active: Option<Active>,
+    conflict: bool,
+}
+
+/// What the application believes after a hook, of a target or of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Told {
+    Target(queue::View),
+    Group(GroupView),
 }
 
 /// Webhook keys by where they were read from.
 type Keys = HashMap<secrets::Source, Secret>;
 
 impl queue::Queued for Job {
-    fn event(&self) -> Event {
-        self.event
+    type View = Told;
+
+    fn step(&self) -> (Told, Told) {
+        match &self.what {
+            What::Target { event, payload, .. } => {
+                let (from, to) = queue::target_step(*event, payload.previous_state, payload.state);
+                (Told::Target(from), Told::Target(to))
+            }
+            What::Group { story, .. } => (Told::Group(story.0), Told::Group(story.1)),
+        }
     }
-    fn previous(&self) -> State {
-        self.payload.previous_state
+}
+
+impl Job {
+    fn name(&self) -> &str {
+        match &self.what {
+            What::Target { config, .. } => &config.name,
+            What::Group { config, .. } => &config.name,
+        }
     }
-    fn state(&self) -> State {
-        self.payload.state
+
+    fn hook_key(&self) -> &'static str {
+        match &self.what {
+            What::Target { event, .. } => event.hook_key(),
+            What::Group { event, .. } => event.hook_key(),
+        }
+    }
+
+    fn event_id(&self) -> &str {
+        match &self.what {
+            What::Target { payload, .. } => &payload.event_id,
+            What::Group { payload, .. } => &payload.event_id,
+        }
+    }
+
+    fn actions(&self) -> &[HookAction] {
+        match &self.what {
+            What::Target { event, config, .. } => config.hooks.for_event(*event),
+            What::Group { event, config, .. } => match event {
+                GroupEventKind::Change => &config.hooks.on_change,
+                GroupEventKind::Conflict | GroupEventKind::ConflictResolved => {
+                    &config.hooks.on_conflict
+                }
+            },
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match &self.what {
+            What::Target { config, .. } => config.hook_timeout.get(),
+            What::Group { config, .. } => config.hook_timeout.get(),
+        }
+    }
+
+    fn env(&self) -> Vec<command::Var> {
+        match &self.what {
+            What::Target { payload, .. } => payload.env().into(),
+            What::Group { payload, .. } => payload.env().into(),
+        }
+    }
+
+    fn json(&self) -> Vec<u8> {
+        match &self.what {
+            What::Target { payload, .. } => payload.to_json(),
+            What::Group { payload, .. } => payload.to_json(),
+        }
+    }
+
+    /// Counts one action's result where it belongs.
+    fn report(&self, to: &dyn Observer, result: HookResult, elapsed: Duration) {
+        self.reporter().report(to, result, elapsed);
+    }
+
+    fn reporter(&self) -> Reporter {
+        match &self.what {
+            What::Target { event, config, .. } => Reporter::Target(config.clone(), *event),
+            What::Group { event, config, .. } => Reporter::Group(config.clone(), *event),
+        }
+    }
+}
+
+/// Whose hook a result is counted for.
+enum Reporter {
+    Target(Arc<Target>, Event),
+    Group(Arc<Group>, GroupEventKind),
+}
+
+impl Reporter {
+    fn report(&self, to: &dyn Observer, result: HookResult, elapsed: Duration) {
+        match self {
+            Reporter::Target(config, event) => to.hook_run(config, *event, result, elapsed),
+            Reporter::Group(config, event) => to.group_hook_run(config, *event, result, elapsed),
+        }
     }
 }
 
@@ -150,6 +268,13 @@ impl HookRunner {
             .iter()
             .filter(|t| !t.hooks.is_empty())
             .map(|t| t.name.as_str())
+            .chain(
+                config
+                    .groups
+                    .iter()
+                    .filter(|g| !g.hooks.is_empty())
+                    .map(|g| g.name.as_str()),
+            )
             .collect();
         self.inner
             .queues
@@ -168,14 +293,14 @@ impl HookRunner {
             .is_ok()
     }
 
-    fn enqueue(&self, target: &Arc<Target>, t: &Transition) {
+    fn enqueue(&self, name: &str, what: What) {
         let inner = &self.inner;
         let queue = {
             let existing = inner
                 .queues
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(&target.name)
+                .get(name)
                 .cloned();
             match existing {
                 Some(q) => q,
@@ -183,37 +308,36 @@ impl HookRunner {
                     .queues
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .entry(target.name.clone())
+                    .entry(name.to_owned())
                     .or_default()
                     .clone(),
             }
         };
-        let payload = Payload::new(target, t);
         let keys = inner
             .secrets
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let target = match &what {
+            What::Target { config, .. } => Some(config.clone()),
+            What::Group { .. } => None,
+        };
         let (dropped, start) = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-            let job = Job {
-                event: t.event,
-                payload,
-                config: target.clone(),
-                keys,
-            };
-            let dropped = q.pending.push(job);
+            let dropped = q.pending.push(Job { what, keys });
             let start = !q.running;
             q.running = true;
             (dropped, start)
         };
         if dropped > 0 {
             tracing::warn!(
-                target_name = %target.name,
+                target_name = %name,
                 dropped,
-                "hooks are slower than the target's changes: coalesced pending events (the latest is kept)"
+                "hooks are slower than the changes they announce: coalesced pending events (the latest is kept)"
             );
-            inner.report.hooks_coalesced(target, dropped);
+            if let Some(target) = target {
+                inner.report.hooks_coalesced(&target, dropped);
+            }
         }
         if start {
             inner.busy.fetch_add(1, Ordering::AcqRel);
@@ -248,7 +372,9 @@ impl HookRunner {
 
     /// Runs one event in `permit`'s slot, then hands the slot on.
     fn start(&self, queue: Arc<Mutex<TargetQueue>>, job: Job, permit: OwnedSemaphorePermit) {
-        let (config, event) = (job.config.clone(), job.event);
+        let name = job.name().to_owned();
+        let hook = job.hook_key();
+        let report = job.reporter();
         let runner = self.clone();
         self.inner.tracker.spawn(async move {
             let started = Instant::now();
@@ -260,15 +386,12 @@ impl HookRunner {
             });
             if let Err(e) = run.await {
                 tracing::error!(
-                    target_name = %config.name,
-                    event = %event,
+                    target_name = %name,
+                    hook,
                     error = %e,
                     "running hooks failed; the next events' hooks will still run"
                 );
-                runner
-                    .inner
-                    .report
-                    .hook_run(&config, event, HookResult::Error, started.elapsed());
+                report.report(&*runner.inner.report, HookResult::Error, started.elapsed());
             }
             drop(permit);
             // The target's next event waits behind those already in line: one slot
@@ -306,21 +429,20 @@ impl HookRunner {
     /// `max_concurrent_hooks` actions run at once.
     async fn run(&self, job: Job) {
         #[cfg(feature = "fault-injection")]
-        crate::fault::check_hook(&job.config.name);
-        let json = job.payload.to_json();
-        for (i, action) in actions(&job.config, job.event).iter().enumerate() {
+        crate::fault::check_hook(job.name());
+        let json = job.json();
+        let env = job.env();
+        for (i, action) in job.actions().iter().enumerate() {
             let started = Instant::now();
-            let (result, status, output) = self.run_action(action, &job, &json).await;
+            let (result, status, output) = self.run_action(action, &job, &env, &json).await;
             let elapsed = started.elapsed();
-            self.inner
-                .report
-                .hook_run(&job.config, job.event, result, elapsed);
+            job.report(&*self.inner.report, result, elapsed);
             let kind = kind(action);
             if result == HookResult::Ok {
                 tracing::info!(
-                    target_name = %job.config.name,
-                    event_id = %job.payload.event_id,
-                    hook = %job.event.hook_key(),
+                    target_name = %job.name(),
+                    event_id = %job.event_id(),
+                    hook = %job.hook_key(),
                     action = i,
                     kind,
                     elapsed = ?elapsed,
@@ -328,9 +450,9 @@ impl HookRunner {
                 );
             } else {
                 tracing::warn!(
-                    target_name = %job.config.name,
-                    event_id = %job.payload.event_id,
-                    hook = %job.event.hook_key(),
+                    target_name = %job.name(),
+                    event_id = %job.event_id(),
+                    hook = %job.hook_key(),
                     action = i,
                     kind,
                     result = result.as_str(),
@@ -347,19 +469,16 @@ impl HookRunner {
         &self,
         action: &HookAction,
         job: &Job,
+        env: &[command::Var],
         json: &[u8],
     ) -> (HookResult, String, String) {
         match action {
             HookAction::Command { command } => {
-                let o =
-                    command::run_argv(command, &job.payload, json, job.config.hook_timeout.get())
-                        .await;
+                let o = command::run_argv(command, env, json, job.timeout()).await;
                 (o.result, o.status.clone(), o.output())
             }
             HookAction::Shell { shell } => {
-                let o =
-                    command::run_shell(shell, &job.payload, json, job.config.hook_timeout.get())
-                        .await;
+                let o = command::run_shell(shell, env, json, job.timeout()).await;
                 (o.result, o.status.clone(), o.output())
             }
             HookAction::Webhook {
@@ -386,9 +505,9 @@ impl HookRunner {
                     webhook,
                     headers,
                     secret,
-                    &job.payload.event_id,
+                    job.event_id(),
                     json.to_vec(),
-                    job.config.hook_timeout.get(),
+                    job.timeout(),
                 )
                 .await;
                 let status = format!("{} after {} attempt(s)", o.status, o.attempts);
@@ -403,7 +522,57 @@ impl Observer for HookRunner {
         if target.hooks.is_empty() || self.inner.tracker.is_closed() {
             return;
         }
-        self.enqueue(target, transition);
+        self.enqueue(
+            &target.name,
+            What::Target {
+                event: transition.event,
+                payload: Payload::new(target, transition),
+                config: target.clone(),
+            },
+        );
+    }
+
+    fn group_event(&self, group: &Arc<Group>, e: &GroupEvent) {
+        if group.hooks.is_empty() || self.inner.tracker.is_closed() {
+            return;
+        }
+        let active = |name: &str, fallback: bool| {
+            if fallback {
+                Some(Active::Fallback)
+            } else {
+                group
+                    .members
+                    .iter()
+                    .position(|m| m == name)
+                    .map(Active::Member)
+            }
+        };
+        let after = GroupView {
+            active: active(&e.active, e.fallback),
+            conflict: e.conflict,
+        };
+        let before = match e.kind {
+            GroupEventKind::Change => GroupView {
+                active: e
+                    .previous_active
+                    .as_deref()
+                    .and_then(|p| active(p, p == group.fallback)),
+                conflict: e.conflict,
+            },
+            GroupEventKind::Conflict | GroupEventKind::ConflictResolved => GroupView {
+                active: after.active,
+                conflict: !e.conflict,
+            },
+        };
+        self.enqueue(
+            &group.name,
+            What::Group {
+                event: e.kind,
+                payload: Box::new(GroupPayload::new(group, e)),
+                config: group.clone(),
+                story: (before, after),
+            },
+        );
     }
 }
 
@@ -411,11 +580,19 @@ impl Observer for HookRunner {
 /// than one by one amid the first burst of events, where each would pin a page of the
 /// burst's memory.
 fn queues(config: &Config) -> HashMap<String, Arc<Mutex<TargetQueue>>> {
-    config
+    let targets = config
         .targets
         .iter()
         .filter(|t| !t.hooks.is_empty())
-        .map(|t| (t.name.clone(), Arc::default()))
+        .map(|t| t.name.clone());
+    let groups = config
+        .groups
+        .iter()
+        .filter(|g| !g.hooks.is_empty())
+        .map(|g| g.name.clone());
+    targets
+        .chain(groups)
+        .map(|name| (name, Arc::default()))
         .collect()
 }
 
@@ -428,33 +605,51 @@ pub fn check_environment(config: &Config, loaded: &secrets::Loaded) -> Result<()
 /// key is taken up by SIGHUP). A key the load could not read stops the start or
 /// refuses the reload.
 fn keys(config: &Config, loaded: &secrets::Loaded) -> Result<Keys, HooksError> {
+    let targets = config.targets.iter().flat_map(|t| {
+        Event::ALL.into_iter().flat_map(move |event| {
+            t.hooks
+                .for_event(event)
+                .iter()
+                .map(move |a| (format!("target \"{}\"", t.name), event.hook_key(), a))
+        })
+    });
+    let groups = config.groups.iter().flat_map(|g| {
+        let owner = format!("group \"{}\"", g.name);
+        let change = g
+            .hooks
+            .on_change
+            .iter()
+            .map(move |a| (owner.clone(), "on_change", a));
+        let owner = format!("group \"{}\"", g.name);
+        let conflict = g
+            .hooks
+            .on_conflict
+            .iter()
+            .map(move |a| (owner.clone(), "on_conflict", a));
+        change.chain(conflict)
+    });
     let mut keys = HashMap::new();
-    for target in &config.targets {
-        for event in Event::ALL {
-            for action in actions(target, event) {
-                let (HookAction::Webhook { webhook, .. }, Some(source)) = (action, action.key())
-                else {
-                    continue;
-                };
-                if keys.contains_key(&source) {
-                    continue;
-                }
-                let missing = |error| HooksError::MissingSecret {
-                    target: target.name.clone(),
-                    event: event.hook_key(),
-                    url: webhook.clone(),
-                    error,
-                };
-                let value = match loaded.get(&source) {
-                    Some(Ok(value)) => value.clone(),
-                    Some(Err(error)) => return Err(missing(error.clone())),
-                    // Not part of the load (a caller that loaded another config's
-                    // sources): read it now rather than run unsigned.
-                    None => secrets::read(&source).map_err(missing)?,
-                };
-                keys.insert(source, Secret::new(value.to_vec()));
-            }
+    for (owner, event, action) in targets.chain(groups) {
+        let (HookAction::Webhook { webhook, .. }, Some(source)) = (action, action.key()) else {
+            continue;
+        };
+        if keys.contains_key(&source) {
+            continue;
         }
+        let missing = |error| HooksError::MissingSecret {
+            owner: owner.clone(),
+            event,
+            url: webhook.clone(),
+            error,
+        };
+        let value = match loaded.get(&source) {
+            Some(Ok(value)) => value.clone(),
+            Some(Err(error)) => return Err(missing(error.clone())),
+            // Not part of the load (a caller that loaded another config's
+            // sources): read it now rather than run unsigned.
+            None => secrets::read(&source).map_err(missing)?,
+        };
+        keys.insert(source, Secret::new(value.to_vec()));
     }
     Ok(keys)
 }
@@ -463,10 +658,6 @@ fn keys(config: &Config, loaded: &secrets::Loaded) -> Result<Keys, HooksError> {
 /// single step, so a lock poisoned by a panic still guards consistent data.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn actions(target: &Target, event: Event) -> &[HookAction] {
-    target.hooks.for_event(event)
 }
 
 fn kind(action: &HookAction) -> &'static str {

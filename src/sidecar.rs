@@ -8,7 +8,9 @@ use tokio::sync::mpsc;
 use crate::config::{Config, ConfigError};
 use crate::hooks::{self, HookRunner, HooksError, reaper};
 use crate::notify::Notifier;
+use crate::telemetry::status::Status;
 use crate::telemetry::{Telemetry, TelemetryError};
+use crate::watch::groups::{Groups, MemberNow};
 use crate::watch::observe::{LogObserver, Observer, Observers};
 use crate::watch::supervisor::Supervisor;
 
@@ -68,7 +70,14 @@ pub async fn run(
     let report: Arc<dyn Observer> = Arc::new(listeners.clone());
     let hooks = HookRunner::new(&config, &loaded, report.clone())?;
     drop(loaded);
-    let observers = listeners.with(Arc::new(hooks.clone()));
+    let decisions = listeners.with(Arc::new(hooks.clone()));
+    // Groups decide on what the members' checkers report, after the registry and the
+    // members' own hooks have heard it, and announce to the same listeners.
+    let status = telemetry.status().clone();
+    let groups = Groups::start(&config, Arc::new(decisions.clone()), |name| {
+        member_now(&status, name)
+    });
+    let observers = decisions.with(Arc::new(groups.clone()));
     // The targets move into the actors that watch them rather than staying here as
     // well: the sidecar keeps nothing per target beyond what its actor needs.
     let targets = std::mem::take(&mut config.targets);
@@ -86,6 +95,7 @@ pub async fn run(
         current: config,
         telemetry,
         hooks,
+        groups,
         supervisor,
         report,
         notifier,
@@ -97,12 +107,21 @@ pub async fn run(
     Ok(())
 }
 
+/// What a group member's checker last reported, read back from the registry.
+fn member_now(status: &Status, name: &str) -> Option<MemberNow> {
+    status.target(name).map(|t| MemberNow {
+        state: t.state,
+        role: None,
+    })
+}
+
 /// A started sidecar: what a reload changes and what stopping has to wind down.
 struct Running {
     /// The process-wide settings in force; the actors hold the targets.
     current: Config,
     telemetry: Telemetry,
     hooks: HookRunner,
+    groups: Groups,
     supervisor: Supervisor,
     /// Where reload outcomes are counted (the listeners, not the hook runner).
     report: Arc<dyn Observer>,
@@ -145,6 +164,8 @@ impl Running {
     fn apply(&mut self, new: Config) {
         self.telemetry.status().apply(&new);
         let summary = self.supervisor.reload(&new);
+        let status = self.telemetry.status().clone();
+        self.groups.apply(&new, |name| member_now(&status, name));
         self.telemetry
             .targets_changed(&summary.added, &summary.removed);
         tracing::info!(
@@ -169,6 +190,7 @@ impl Running {
         self.notifier.stopping();
         self.telemetry.stopping();
         self.supervisor.shutdown().await;
+        self.groups.stop();
         let grace = self.current.supervisor.shutdown_grace.get();
         if !self.hooks.drain(grace).await {
             let killed = hooks::kill_everything();

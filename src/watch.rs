@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod checker;
 pub mod group;
+pub mod groups;
 pub mod loss;
 pub mod machine;
 pub mod observe;

@@ -14,7 +14,6 @@ use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::payload::Payload;
 use super::{descendants, reaper};
 use crate::secrets;
 use crate::watch::observe::HookResult;
@@ -57,25 +56,28 @@ impl Outcome {
 }
 
 /// Runs `argv` directly: no shell ever sees target data.
-pub async fn run_argv(argv: &[String], payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+pub async fn run_argv(argv: &[String], env: &[Var], json: &[u8], limit: Duration) -> Outcome {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    run(cmd, payload, json, limit).await
+    run(cmd, env, json, limit).await
 }
 
 /// Runs the user's shell text with `sh -c`; target data arrives only as variables.
-pub async fn run_shell(script: &str, payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+pub async fn run_shell(script: &str, env: &[Var], json: &[u8], limit: Duration) -> Outcome {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(script);
-    run(cmd, payload, json, limit).await
+    run(cmd, env, json, limit).await
 }
 
-async fn run(mut cmd: Command, payload: &Payload, json: &[u8], limit: Duration) -> Outcome {
+/// One variable a hook is given.
+pub type Var = (&'static str, String);
+
+async fn run(mut cmd: Command, env: &[Var], json: &[u8], limit: Duration) -> Outcome {
     for var in secrets::variables() {
         cmd.env_remove(&*var);
     }
     let run_id = descendants::new_run();
-    cmd.envs(payload.env())
+    cmd.envs(env.iter().map(|(k, v)| (*k, v)))
         .env(descendants::RUN_VAR, &run_id)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

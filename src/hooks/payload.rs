@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::Target;
+use crate::config::{Group, Target};
+use crate::watch::groups::GroupEvent;
 use crate::watch::machine::{Event, State, Transition};
 
 /// The JSON document of one event, as documented in the README.
@@ -67,6 +68,67 @@ impl Payload {
                 "TETHER_LAST_ERROR",
                 self.last_error.clone().unwrap_or_default(),
             ),
+            ("TETHER_TIMESTAMP", self.timestamp.clone()),
+        ]
+    }
+}
+
+/// The JSON document of one group event, as documented in the README.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupPayload {
+    /// `<group>:<sequence>`.
+    pub event_id: String,
+    pub instance: &'static str,
+    pub group: String,
+    /// `change`, `conflict` or `conflict_resolved`.
+    pub event: &'static str,
+    /// The member in use after the event, or the fallback's name.
+    pub active: String,
+    /// Whether `active` is the fallback.
+    pub fallback: bool,
+    /// What was in use before; empty for the group's first decision.
+    pub previous_active: String,
+    pub reason: &'static str,
+    /// The members claiming `primary`, when a conflict starts.
+    pub claimants: Vec<String>,
+    /// Whether members disagree on the primary after the event.
+    pub conflict: bool,
+    pub timestamp: String,
+}
+
+impl GroupPayload {
+    pub fn new(group: &Group, e: &GroupEvent) -> GroupPayload {
+        GroupPayload {
+            event_id: e.event_id(&group.name),
+            instance: crate::instance::id(),
+            group: group.name.clone(),
+            event: e.kind.as_str(),
+            active: e.active.clone(),
+            fallback: e.fallback,
+            previous_active: e.previous_active.clone().unwrap_or_default(),
+            reason: e.reason.as_str(),
+            claimants: e.claimants.clone(),
+            conflict: e.conflict,
+            timestamp: rfc3339(e.at),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a payload always serializes")
+    }
+
+    /// The variables given to a group's command and shell hooks.
+    pub fn env(&self) -> [(&'static str, String); 10] {
+        [
+            ("TETHER_INSTANCE", self.instance.to_owned()),
+            ("TETHER_GROUP", self.group.clone()),
+            ("TETHER_EVENT", self.event.to_owned()),
+            ("TETHER_EVENT_ID", self.event_id.clone()),
+            ("TETHER_ACTIVE", self.active.clone()),
+            ("TETHER_PREVIOUS_ACTIVE", self.previous_active.clone()),
+            ("TETHER_FALLBACK", u8::from(self.fallback).to_string()),
+            ("TETHER_REASON", self.reason.to_owned()),
+            ("TETHER_CLAIMANTS", self.claimants.join(",")),
             ("TETHER_TIMESTAMP", self.timestamp.clone()),
         ]
     }

@@ -22,51 +22,51 @@ pub struct View {
     pub fallback: bool,
 }
 
-/// Anything queued for a target's hooks, known by the transition it announces.
+/// Anything queued for hooks, known by the views it leads from and to.
 pub trait Queued {
-    fn event(&self) -> Event;
-    fn previous(&self) -> State;
-    fn state(&self) -> State;
+    /// What the application believes between two events.
+    type View: Copy + PartialEq;
 
-    /// The view this event leaves and the one it leads to. The machine enters `failed`
-    /// only on its fallback, so a `connect` from `failed` starts on the fallback and a
-    /// `disconnect` into `failed` continues it.
-    fn step(&self) -> (View, View) {
-        let (event, previous, state) = (self.event(), self.previous(), self.state());
-        let before = match event {
-            Event::Failure => false,
-            Event::Recover => true,
-            Event::Connect => previous == State::Failed,
-            Event::Disconnect => state == State::Failed,
-        };
-        let after = match event {
-            Event::Failure => true,
-            Event::Recover => false,
-            Event::Connect | Event::Disconnect => before,
-        };
-        (
-            View {
-                state: previous,
-                fallback: before,
-            },
-            View {
-                state,
-                fallback: after,
-            },
-        )
-    }
+    /// The view this event leaves and the one it leads to.
+    fn step(&self) -> (Self::View, Self::View);
+}
+
+/// The step of a target's event. The machine enters `failed` only on its fallback, so a
+/// `connect` from `failed` starts on the fallback and a `disconnect` into `failed`
+/// continues it.
+pub fn target_step(event: Event, previous: State, state: State) -> (View, View) {
+    let before = match event {
+        Event::Failure => false,
+        Event::Recover => true,
+        Event::Connect => previous == State::Failed,
+        Event::Disconnect => state == State::Failed,
+    };
+    let after = match event {
+        Event::Failure => true,
+        Event::Recover => false,
+        Event::Connect | Event::Disconnect => before,
+    };
+    (
+        View {
+            state: previous,
+            fallback: before,
+        },
+        View {
+            state,
+            fallback: after,
+        },
+    )
 }
 
 /// Events waiting for the target's hook worker.
-#[derive(Debug)]
-pub struct Pending<T> {
+pub struct Pending<T: Queued> {
     items: VecDeque<T>,
     /// What the hooks told last: the view after the last event handed to the worker.
     /// `None` until the first event, whose own starting view stands in for it.
-    told: Option<View>,
+    told: Option<T::View>,
 }
 
-impl<T> Default for Pending<T> {
+impl<T: Queued> Default for Pending<T> {
     fn default() -> Self {
         Pending {
             items: VecDeque::new(),
@@ -85,7 +85,7 @@ impl<T: Queued> Pending<T> {
         });
         // Erase the loops of the path through the events before the newest: each time
         // it comes back to a view it passed, the detour since then goes.
-        let mut path: Vec<(View, T)> = Vec::with_capacity(self.items.len());
+        let mut path: Vec<(T::View, T)> = Vec::with_capacity(self.items.len());
         for it in self.items.drain(..) {
             let to = it.step().1;
             if to == start {

@@ -195,6 +195,19 @@ impl Group {
         self.eligible_since(i).is_some_and(|since| since <= now)
     }
 
+    /// Takes `active` as the decision already announced, when it is still right: a
+    /// group rebuilt by a reload keeps the member the application uses instead of
+    /// announcing it again. Ignored when that member is not eligible.
+    pub fn assume(&mut self, active: Active, now: Instant) {
+        let fits = match active {
+            Active::Member(i) => i < self.members.len() && self.is_eligible(i, now),
+            Active::Fallback => false,
+        };
+        if fits {
+            self.active = Some(active);
+        }
+    }
+
     /// Records what member `i` reported at `now` and decides.
     pub fn report(&mut self, i: usize, report: Report, now: Instant) -> Vec<Decision> {
         let member = &mut self.members[i];

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::Target;
+use crate::config::{Group, Target};
+use crate::watch::groups::{GroupEvent, GroupEventKind};
 use crate::watch::machine::{Event, Transition};
 
 /// One incarnation of a target's actor: its start, or the start that replaced it when
@@ -62,6 +63,20 @@ pub trait Observer: Send + Sync + 'static {
 
     /// The actor for `target` stopped for good (removed, or the sidecar is stopping).
     fn stopped(&self, _target: &Target, _actor: ActorId) {}
+
+    /// A group changed its active member, or its members started or stopped
+    /// disagreeing on the primary; in the order the group decided.
+    fn group_event(&self, _group: &Arc<Group>, _event: &GroupEvent) {}
+
+    /// One action of a group's hook finished (or was given up on).
+    fn group_hook_run(
+        &self,
+        _group: &Group,
+        _event: GroupEventKind,
+        _result: HookResult,
+        _elapsed: Duration,
+    ) {
+    }
 }
 
 /// How a hook action ended, as counted by `tether_hook_runs_total{result}`.
@@ -176,12 +191,64 @@ impl Observer for Observers {
     fn stopped(&self, target: &Target, actor: ActorId) {
         self.each("stopped", |o| o.stopped(target, actor));
     }
+
+    fn group_event(&self, group: &Arc<Group>, event: &GroupEvent) {
+        self.each("group_event", |o| o.group_event(group, event));
+    }
+
+    fn group_hook_run(
+        &self,
+        group: &Group,
+        event: GroupEventKind,
+        result: HookResult,
+        elapsed: Duration,
+    ) {
+        self.each("group_hook_run", |o| {
+            o.group_hook_run(group, event, result, elapsed)
+        });
+    }
 }
 
 /// Logs every transition as one structured event.
 pub struct LogObserver;
 
 impl Observer for LogObserver {
+    fn group_event(&self, group: &Arc<Group>, e: &GroupEvent) {
+        let previous = e.previous_active.as_deref().unwrap_or("");
+        let event_id = e.event_id(&group.name);
+        match e.kind {
+            GroupEventKind::Change => tracing::warn!(
+                target: "tether::group",
+                group = %group.name,
+                event = e.kind.as_str(),
+                active = %e.active,
+                previous_active = %previous,
+                reason = %e.reason,
+                event_id = %event_id,
+                "group {} now uses {} (was {}): {}", group.name, e.active,
+                if previous.is_empty() { "undecided" } else { previous }, e.reason,
+            ),
+            GroupEventKind::Conflict => tracing::error!(
+                target: "tether::group",
+                group = %group.name,
+                event = e.kind.as_str(),
+                active = %e.active,
+                claimants = ?e.claimants,
+                event_id = %event_id,
+                "group {}: {} all claim to be primary; staying on {}",
+                group.name, e.claimants.join(", "), e.active,
+            ),
+            GroupEventKind::ConflictResolved => tracing::warn!(
+                target: "tether::group",
+                group = %group.name,
+                event = e.kind.as_str(),
+                active = %e.active,
+                event_id = %event_id,
+                "group {}: the conflict is over; using {}", group.name, e.active,
+            ),
+        }
+    }
+
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
         match t.event {
             Event::Connect | Event::Recover => tracing::info!(

@@ -12,14 +12,10 @@ use crate::watch::loss::Loss;
 use crate::watch::machine::{Input, Machine, Transition};
 
 impl Queued for Transition {
-    fn event(&self) -> Event {
-        self.event
-    }
-    fn previous(&self) -> State {
-        self.previous
-    }
-    fn state(&self) -> State {
-        self.state
+    type View = View;
+
+    fn step(&self) -> (View, View) {
+        target_step(self.event, self.previous, self.state)
     }
 }
 
