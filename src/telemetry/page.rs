@@ -199,12 +199,17 @@ fn event_row(out: &mut String, entry: &Entry) {
         return;
     };
     let what = match entry.kind {
-        "transition" => format!(
-            "{} \u{2192} {} ({})",
-            data.previous_state.as_deref().unwrap_or("?"),
-            data.state.as_deref().unwrap_or("?"),
-            data.event.as_deref().unwrap_or("?"),
-        ),
+        // `up → down (disconnect)`; `up (recover)` when the state stays.
+        "transition" => {
+            let state = data.state.as_deref().unwrap_or("?");
+            let event = data.event.as_deref().unwrap_or("?");
+            match data.previous_state.as_deref() {
+                Some(previous) if previous != state => {
+                    format!("{previous} \u{2192} {state} ({event})")
+                }
+                _ => format!("{state} ({event})"),
+            }
+        }
         "target_added" => "added".to_owned(),
         "target_removed" => "removed".to_owned(),
         other => other.to_owned(),
@@ -301,6 +306,35 @@ mod tests {
         assert!(!policy.contains("unsafe"), "{policy}");
         assert!(!SCRIPT.contains("</script"));
         assert!(!STYLE.contains("</style"));
+    }
+
+    #[test]
+    fn events_read_as_transitions_newest_first_and_a_recover_names_one_state() {
+        let entry = |position, data: &str| {
+            Arc::new(Entry {
+                position,
+                kind: "transition",
+                target: "db".into(),
+                data: data.into(),
+            })
+        };
+        let events = [
+            entry(
+                2,
+                r#"{"event":"recover","state":"up","previous_state":"up","event_id":"db:4","timestamp":"2025-01-31T10:15:02.114Z"}"#,
+            ),
+            entry(
+                1,
+                r#"{"event":"disconnect","state":"down","previous_state":"up","event_id":"db:3","timestamp":"2025-01-31T10:14:40.007Z"}"#,
+            ),
+        ];
+        let doc = doc_with_error("db", "");
+        let html = render(&doc, &Index::here(2), &events);
+        let recover = html.find("<td class=\"what\">up (recover)</td>").unwrap();
+        let down = html.find("up \u{2192} down (disconnect)").unwrap();
+        assert!(recover < down, "newest first");
+        assert!(html.contains(">10:15:02</time>"), "{html}");
+        assert!(html.contains("<td class=\"id\">db:3</td>"), "{html}");
     }
 
     #[test]

@@ -6,7 +6,10 @@ Talks to the test in lines. On stdout: `up-seen STATE NAVIGATIONS` once the page
 and shows the target `cache` up; then, after the test writes `killed` on stdin,
 `down-seen STATE`, `kept MARK NAVIGATIONS` (a value set on `window` at load, still
 there if the page never reloaded), `event TEXT` (the row of cache's disconnect),
-`console-errors JSON`, `screenshot PATH` and `done`. Any failure: `error WHY`, exit 1.
+`console-errors JSON` and `screenshot PATH`; after `reloaded` (a reload added `search`
+and removed `sessions`), `added ADDRESS PROBE` and `listed ADDED REMOVED`; after
+`restored`, `up-again STATE`, `dark PATH` (a screenshot in the dark theme), `kept MARK
+NAVIGATIONS` again, and `done`. Any failure: `error WHY`, exit 1.
 Every wait is bounded.
 """
 
@@ -39,6 +42,24 @@ def state_of(driver, target):
     )
 
 
+def row_cells(driver, target):
+    """The texts of the target's cells, or an empty list while it has no row."""
+    return driver.execute_script(
+        """
+        for (const tr of document.querySelectorAll('#targets tbody tr'))
+          if (tr.dataset.target === arguments[0]) return [...tr.cells].map(c => c.textContent);
+        return [];
+        """,
+        target,
+    ) or [None] * 7
+
+
+def expect(word):
+    line = sys.stdin.readline().strip()
+    if line != word:
+        raise RuntimeError(f"expected {word!r} from the test, got {line!r}")
+
+
 def navigations(driver):
     return driver.execute_script("return performance.getEntriesByType('navigation').length")
 
@@ -62,9 +83,7 @@ def main():
         driver.execute_script("window.tetherMark = 'loaded-once'")
         say("up-seen", state_of(driver, "cache"), navigations(driver))
 
-        line = sys.stdin.readline().strip()
-        if line != "killed":
-            raise RuntimeError(f"expected 'killed' from the test, got {line!r}")
+        expect("killed")
         wait.until(lambda d: state_of(d, "cache") in ("down", "failed"))
         say("down-seen", state_of(driver, "cache"))
         say("kept", driver.execute_script("return window.tetherMark || 'gone'"), navigations(driver))
@@ -82,6 +101,28 @@ def main():
         say("console-errors", json.dumps(severe))
         driver.save_screenshot(screenshot)
         say("screenshot", screenshot)
+
+        expect("reloaded")
+        wait.until(lambda d: state_of(d, "sessions") is None and row_cells(d, "search")[6])
+        cells = row_cells(driver, "search")
+        say("added", cells[5], cells[6])
+        listed = wait.until(lambda d: d.execute_script(
+            """
+            const seen = (who, what) => [...document.querySelectorAll('#events tbody tr')]
+              .some(tr => tr.cells[1].textContent === who && tr.cells[2].textContent === what);
+            return seen('search', 'added') && seen('sessions', 'removed') ? 'true true' : null;
+            """))
+        say("listed", listed)
+
+        expect("restored")
+        wait.until(lambda d: state_of(d, "cache") == "up")
+        say("up-again", state_of(driver, "cache"))
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+            "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        dark = screenshot.replace(".png", "-dark.png")
+        driver.save_screenshot(dark)
+        say("dark", dark)
+        say("kept", driver.execute_script("return window.tetherMark || 'gone'"), navigations(driver))
         say("done")
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
         say("error", f"{type(e).__name__}: {e}".replace("\n", " "))

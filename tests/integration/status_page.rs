@@ -1,7 +1,7 @@
 //! `GET /`, the status page: as a plain HTTP client reads it (rows rendered by the
 //! server, a refresh for browsers without scripts, a policy that lets only its own
 //! script run), and as a person sees it in a real headless Chromium that follows a
-//! Redis outage live, without reloading.
+//! Redis outage, a reload and the recovery live, without reloading.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 use tether::config::Config;
 use tether::telemetry::http::{App, HttpServer, Limits};
@@ -288,22 +289,24 @@ impl Drop for Browser {
     }
 }
 
+/// The page in Chromium, in step with the test: live and up, then down within moments
+/// of redis-server being killed, with the disconnect listed; a reload's added and
+/// removed targets; redis back up; and all along the page first loaded.
 #[test]
 fn a_browser_shows_redis_going_down_live_without_reloading_the_page() {
     let mut redis = RedisServer::start();
     let dir = workdir("status-page");
     let config = dir.path().join("tether.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let cache = redis.addr();
+    let write = |other: &str, port: u16| {
+        let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n\
-             [[targets]]\nname = \"cache\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\n\
-             [[targets]]\nname = \"sessions\"\naddress = \"127.0.0.1:{}\"\nrequired = false\n{FAST}",
-            redis.addr(),
-            dead_port()
-        ),
-    )
-    .unwrap();
+             [[targets]]\nname = \"cache\"\naddress = \"{cache}\"\nprobe = \"redis\"\n{FAST}\n\
+             [[targets]]\nname = \"{other}\"\naddress = \"127.0.0.1:{port}\"\nrequired = false\n{FAST}",
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("sessions", dead_port());
     let tether = TetherProcess::run(&config, &[]);
     let url = format!("http://{}/", tether.http_addr(LIMIT));
     tether.wait_for("cache is up", LIMIT);
@@ -346,8 +349,32 @@ fn a_browser_shows_redis_going_down_live_without_reloading_the_page() {
         browser.expect("screenshot", Duration::from_secs(30)),
         screenshot.display().to_string()
     );
-    browser.expect("done", LIMIT);
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000);
     println!("screenshot: {}", screenshot.display());
+
+    // A reload swaps one target for another: the page takes both events.
+    let port = dead_port();
+    write("search", port);
+    tether.signal(Signal::SIGHUP);
+    tether.wait_for("config reloaded", LIMIT);
+    browser.say("reloaded");
+    assert_eq!(
+        browser.expect("added", LIMIT),
+        format!("127.0.0.1:{port} tcp"),
+        "the added target's address and probe, from /status"
+    );
+    assert_eq!(browser.expect("listed", LIMIT), "true true");
+
+    redis.restart();
+    browser.say("restored");
+    assert_eq!(browser.expect("up-again", Duration::from_secs(30)), "up");
+    let dark = browser.expect("dark", Duration::from_secs(30));
+    println!("dark theme: {dark}");
+    assert_eq!(
+        browser.expect("kept", LIMIT),
+        format!("loaded-once {navigations}"),
+        "still the page first loaded"
+    );
+    browser.expect("done", LIMIT);
     tether.stop();
 }

@@ -110,7 +110,8 @@
       t.failures = d.failures;
       if (d.last_error !== null && d.last_error !== undefined) t.last_error = d.last_error;
       show(t);
-      note(d.timestamp, d.target, d.previous_state + ' \u2192 ' + d.state + ' (' + d.event + ')', d.event_id);
+      note(d.timestamp, d.target, (d.previous_state === d.state ? '' : d.previous_state + ' \u2192 ') +
+        d.state + ' (' + d.event + ')', d.event_id);
     },
     target_added: function (d) {
       show({ name: d.target, address: '', probe: '', required: true, state: 'connecting',
@@ -120,7 +121,9 @@
       fetch('status', { cache: 'no-store' }).then(function (r) { return r.json(); }).then(function (doc) {
         doc.targets.forEach(function (t) {
           var o = targets.get(t.name);
-          if (t.name === d.target && o && o.t.state === 'connecting') show(t);
+          if (t.name !== d.target || !o) return;
+          // The stream may already have moved its state on: keep that, take the settings.
+          show(Object.assign({}, o.t, { address: t.address, probe: t.probe, required: t.required }));
         });
         tally();
       }).catch(function () {});
