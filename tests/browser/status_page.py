@@ -8,8 +8,9 @@ and shows the target `cache` up; then, after the test writes `killed` on stdin,
 there if the page never reloaded), `event TEXT` (the row of cache's disconnect),
 `console-errors JSON` and `screenshot PATH`; after `reloaded` (a reload added `search`
 and removed `sessions`), `added ADDRESS PROBE` and `listed ADDED REMOVED`; after
-`restored`, `up-again STATE`, `dark PATH` (a screenshot in the dark theme), `kept MARK
-NAVIGATIONS` again, and `done`. Any failure: `error WHY`, exit 1.
+`restored`, `up-again STATE`, `dark PATH` (a screenshot in the dark theme), `phone
+PAGE-WIDTH WINDOW-WIDTH PATH` (at a phone's width), `kept MARK NAVIGATIONS` again,
+and `done`. Any failure: `error WHY`, exit 1.
 Every wait is bounded.
 """
 
@@ -122,6 +123,11 @@ def main():
         dark = screenshot.replace(".png", "-dark.png")
         driver.save_screenshot(dark)
         say("dark", dark)
+        driver.set_window_size(390, 844)
+        phone = screenshot.replace(".png", "-phone.png")
+        driver.save_screenshot(phone)
+        say("phone", driver.execute_script(
+            "return document.documentElement.scrollWidth + ' ' + window.innerWidth"), phone)
         say("kept", driver.execute_script("return window.tetherMark || 'gone'"), navigations(driver))
         say("done")
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it

@@ -99,6 +99,10 @@ async fn the_page_renders_each_target_and_its_last_events_and_lets_only_its_own_
         "a relative stream URL"
     );
     assert!(html.len() < 16 * 1024, "{} bytes", html.len());
+    println!(
+        "the page of two targets and their events: {} bytes",
+        html.len()
+    );
 
     redis.kill();
     let html = eventually(LIMIT, "the disconnect listed", || async {
@@ -291,7 +295,8 @@ impl Drop for Browser {
 
 /// The page in Chromium, in step with the test: live and up, then down within moments
 /// of redis-server being killed, with the disconnect listed; a reload's added and
-/// removed targets; redis back up; and all along the page first loaded.
+/// removed targets; redis back up; the page at a phone's width; and all along the page
+/// first loaded.
 #[test]
 fn a_browser_shows_redis_going_down_live_without_reloading_the_page() {
     let mut redis = RedisServer::start();
@@ -370,6 +375,15 @@ fn a_browser_shows_redis_going_down_live_without_reloading_the_page() {
     assert_eq!(browser.expect("up-again", Duration::from_secs(30)), "up");
     let dark = browser.expect("dark", Duration::from_secs(30));
     println!("dark theme: {dark}");
+    let phone = browser.expect("phone", LIMIT);
+    let mut words = phone.split(' ');
+    let page: u32 = words.next().unwrap().parse().unwrap();
+    let window: u32 = words.next().unwrap().parse().unwrap();
+    assert!(
+        page <= window,
+        "at a phone's width only the tables scroll sideways: {phone}"
+    );
+    println!("phone width: {phone}");
     assert_eq!(
         browser.expect("kept", LIMIT),
         format!("loaded-once {navigations}"),
