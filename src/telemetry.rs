@@ -6,6 +6,7 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod state_file;
 pub mod status;
 pub mod stream;

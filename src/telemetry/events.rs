@@ -166,6 +166,14 @@ impl Events {
         self.position.send_replace(position);
     }
 
+    /// The newest `n` events, newest first, and the position they end at, taken
+    /// together: a page rendered from them resumes the stream right after them.
+    pub fn recent(&self, n: usize) -> (Vec<Arc<Entry>>, Index) {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = history.iter().rev().take(n).cloned().collect();
+        (entries, Index::here(*self.position.borrow()))
+    }
+
     /// A place for one more subscriber, held for as long as its stream lasts.
     pub fn subscriber_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.subscribers.clone().try_acquire_owned().ok()

@@ -1,5 +1,5 @@
-//! The HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/startupz`, `/status`) on
-//! `[server] listen`.
+//! The HTTP endpoints (`/`, `/metrics`, `/healthz`, `/readyz`, `/startupz`, `/status`,
+//! `/events`) on `[server] listen`.
 //!
 //! Every answer is built from shared state that checkers update synchronously, so
 //! nothing on the request path waits on a checker or a hook. The server defends itself
@@ -322,8 +322,8 @@ fn log_end(result: Result<(), hyper::Error>) {
 
 // === the endpoints ===
 
-/// Answers one request. Every answer comes from memory; only the two documents that
-/// grow with the number of targets are built on the blocking pool, so that encoding
+/// Answers one request. Every answer comes from memory; only the documents that grow
+/// with the number of targets are built on the blocking pool, so that encoding
 /// thousands of series never holds up a runtime thread that checkers need.
 async fn respond(
     app: App,
@@ -354,10 +354,11 @@ async fn respond(
             status_document
         }
         "/metrics" => metrics_exposition,
+        "/" => crate::telemetry::page::respond,
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz, /startupz, /status or /events\n",
+                "not found; try /, /metrics, /healthz, /readyz, /startupz, /status or /events\n",
             );
         }
     };

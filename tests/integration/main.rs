@@ -23,6 +23,7 @@ mod restarts;
 mod secrets;
 mod servers;
 mod status_cmd;
+mod status_page;
 mod supervision;
 mod support;
 mod watcher;
