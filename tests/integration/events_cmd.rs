@@ -402,3 +402,33 @@ fn events_resumes_across_cut_connections_printing_every_event_once() {
         .collect();
     assert_eq!(positions.len(), ids.len());
 }
+
+#[test]
+fn events_ends_quietly_with_0_when_its_reader_goes_away() {
+    let mut redis = RedisServer::start();
+    let dir = workdir("events-pipe");
+    let config = write_config(dir.path(), "127.0.0.1:0", &[("cache", redis.addr())]);
+    let (sidecar, addr) = start_sidecar(&config);
+    sidecar.wait_for("cache is up", LIMIT);
+    // `tether events | head -1`.
+    let mut command = tether();
+    command
+        .args(["events", "--url", &format!("http://{addr}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = process::spawn(command).unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("snapshot"), "{first}");
+    // The reader is gone; the next event's line cannot be written.
+    redis.kill();
+    sidecar.wait_for("cache is down", LIMIT);
+    let status = poll_until(LIMIT, || child.try_wait().ok().flatten())
+        .expect("tether events exits once nobody reads it");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

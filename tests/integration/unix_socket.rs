@@ -329,3 +329,31 @@ fn an_unknown_socket_group_stops_tether_at_start_with_exit_1() {
     assert!(log.contains("no group \"no-such-group-here\""), "{log}");
     assert!(!socket.exists());
 }
+
+#[test]
+fn a_reload_that_moves_the_socket_keeps_serving_on_the_old_one_and_says_so() {
+    let dir = workdir("unix-reload");
+    let socket = dir.path().join("tether.sock");
+    let moved = dir.path().join("moved.sock");
+    let target = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        dir.path(),
+        &format!("listen = false\nunix_socket = \"{}\"", socket.display()),
+        &target,
+    );
+    let sidecar = TetherProcess::run(&config, &[]);
+    sidecar.wait_for(SERVING, LIMIT);
+    write_config(
+        dir.path(),
+        &format!("listen = false\nunix_socket = \"{}\"", moved.display()),
+        &target,
+    );
+    sidecar.signal(nix::sys::signal::Signal::SIGHUP);
+    sidecar.wait_for("the listeners stay as they are until the next start", LIMIT);
+    sidecar.wait_for("config reloaded", LIMIT);
+    let (line, _) = get(&socket, "/healthz");
+    assert!(line.contains(" 200 "), "{line}");
+    assert!(!moved.exists());
+    let (stopped, log) = sidecar.stop();
+    assert!(stopped.success(), "{log}");
+}
