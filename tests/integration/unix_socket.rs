@@ -357,3 +357,105 @@ fn a_reload_that_moves_the_socket_keeps_serving_on_the_old_one_and_says_so() {
     let (stopped, log) = sidecar.stop();
     assert!(stopped.success(), "{log}");
 }
+
+/// The server's defences hold on the socket as on TCP: a newcomer at the connection
+/// bound displaces the oldest idle client, a client that sends no request head is
+/// closed after the header timeout, and an event stream outlives the connection age.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_has_the_same_defences_as_the_tcp_listener() {
+    use std::sync::Arc;
+    use tether::config::Config;
+    use tether::telemetry::http::{App, HttpServer, Limits};
+    use tether::telemetry::metrics::Metrics;
+    use tether::telemetry::status::Status;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = workdir("unix-defences");
+    let socket = dir.path().join("tether.sock");
+    let config = Config::parse(
+        "[[targets]]\nname = \"dep\"\naddress = \"127.0.0.1:1\"\n",
+        "test.toml".as_ref(),
+    )
+    .unwrap();
+    let app = App {
+        status: Arc::new(Status::new(&config)),
+        metrics: Arc::new(Metrics::new(&config).unwrap()),
+        events: Arc::default(),
+    };
+    let limits = Limits {
+        max_connections: 2,
+        header_read_timeout: Duration::from_millis(300),
+        max_connection_age: Duration::from_millis(500),
+        close_grace: Duration::from_secs(1),
+    };
+    let server = HttpServer::bind_unix(&socket, None, app, limits)
+        .await
+        .unwrap();
+    assert_eq!(server.local_addr(), None);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let connect = || tokio::net::UnixStream::connect(&socket);
+    let closed_within = |mut s: tokio::net::UnixStream, limit: Duration| async move {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(limit, s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    };
+
+    // A stream, exempt from the age and the bound.
+    let mut stream = connect().await.unwrap();
+    stream
+        .write_all(b"GET /events HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains(" 200 "));
+
+    // Two idle clients fill the bound; a third request displaces the oldest.
+    let oldest = connect().await.unwrap();
+    let _second = connect().await.unwrap();
+    let mut third = connect().await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(LIMIT, third.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.contains(" 200 ") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    assert!(
+        closed_within(oldest, Duration::from_secs(2)).await,
+        "the oldest was displaced"
+    );
+
+    // A client that never sends its head is closed after the header timeout.
+    let silent = connect().await.unwrap();
+    assert!(
+        closed_within(silent, Duration::from_secs(3)).await,
+        "header timeout"
+    );
+
+    // Past the connection age the stream is still open.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let still = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+    assert!(
+        still.is_err() || matches!(still, Ok(Ok(n)) if n > 0),
+        "the stream was cut: {still:?}"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!socket.exists(), "the socket outlived its server");
+}
