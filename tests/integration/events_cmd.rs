@@ -185,6 +185,13 @@ fn events_prints_the_snapshot_and_the_transition_of_a_killed_redis_as_lines_and_
         t["id"].as_str().unwrap().split(':').next(),
         t["instance"].as_str()
     );
+
+    // --since resumes after a position: the events after the snapshot, no snapshot.
+    let since = snapshot["id"].as_str().unwrap();
+    let resumed = Follower::start(&["--url", &url, "--json", "--since", since]);
+    let first = resumed.wait_object("a replayed event", |_| true);
+    assert_eq!(first["type"], "transition", "{first}");
+    assert_eq!(first["event_id"], "cache:1", "{first}");
     drop(sidecar);
 }
 
