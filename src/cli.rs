@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cmd::status::{Url, UrlError};
+use crate::cmd::client::{Url, UrlError};
 use crate::config::{self, Address, duration, kinds};
 
 /// Holds a connection to each dependency of an application, notices the moment it
@@ -109,7 +109,8 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
 
-        /// The sidecar's /status [default: from the config's server.listen]
+        /// The sidecar's /status: http://HOST:PORT[/PATH] or unix:/PATH [default: from
+        /// the config's server.listen, else its server.unix_socket]
         #[arg(long, value_name = "URL", value_parser = parse_url)]
         url: Option<Url>,
 
@@ -120,6 +121,36 @@ pub enum Command {
         /// Refresh every second until interrupted
         #[arg(long)]
         watch: bool,
+    },
+
+    /// Follow a running sidecar's event stream, resuming after a dropped connection
+    ///
+    /// One line per event (time, target, event, state change, event id; a snapshot as
+    /// one line per target), or with --json one JSON object per line, flushed as it
+    /// comes. Reconnects by itself with backoff and resumes after the last event printed.
+    ///
+    /// Exit status: 0 on SIGINT or SIGTERM (or when standard output closes), 2 the
+    /// sidecar cannot be reached at the first attempt.
+    Events {
+        #[command(flatten)]
+        config: ConfigArg,
+
+        /// The sidecar: http://HOST:PORT or unix:/PATH [default: from the config's
+        /// server.listen, else its server.unix_socket]
+        #[arg(long, value_name = "URL", value_parser = parse_url)]
+        url: Option<Url>,
+
+        /// One JSON object per line: the event's data with its `type` and `id`
+        #[arg(long)]
+        json: bool,
+
+        /// Resume after this stream position (an event's id, `<instance>:<position>`)
+        #[arg(long, value_name = "POS")]
+        since: Option<String>,
+
+        /// Only these targets' events (repeatable, or a comma-separated list)
+        #[arg(long = "target", value_name = "NAME", value_delimiter = ',')]
+        targets: Vec<String>,
     },
 
     /// Print a completion script for SHELL to standard output

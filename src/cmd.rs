@@ -4,7 +4,9 @@
 //! reporting an error with the exit status of the CLI contract. `tether run` is the sidecar
 //! itself ([`crate::sidecar`]).
 
+pub mod client;
 pub mod demo;
+pub mod events;
 pub mod probe;
 pub mod shell;
 pub mod status;

@@ -61,7 +61,18 @@ pub struct Supervision {
 /// `[server]`: the HTTP endpoints and the optional state file.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Server {
-    pub listen: SocketAddr,
+    /// The TCP listener; `None` is `listen = false`, printed that way so the effective
+    /// config reads back as the same config.
+    #[serde(serialize_with = "listen_or_false")]
+    pub listen: Option<SocketAddr>,
+    /// The unix-socket listener: the same endpoints, reachable only through file
+    /// permissions, and the only one admin actions are served on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+    /// The socket file's group (a name or a numeric gid), looked up at start: a group
+    /// that does not exist on this host is an error of the host, not of the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket_group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_file: Option<PathBuf>,
     /// Events `/events` keeps for subscribers that reconnect.
@@ -70,6 +81,16 @@ pub struct Server {
     pub events_heartbeat: HumanDuration,
     /// `/events` streams open at once; past it a newcomer gets 503.
     pub max_subscribers: usize,
+}
+
+fn listen_or_false<S: serde::Serializer>(
+    listen: &Option<SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match listen {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_bool(false),
+    }
 }
 
 /// The process-wide settings of `[defaults]` that no target can override.

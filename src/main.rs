@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use tether::cli::{Cli, Command, ConfigArg};
-use tether::cmd::{self, demo, probe, shell, status};
+use tether::cmd::{self, demo, events, probe, shell, status};
 use tether::watch::observe::Observers;
 use tether::{config, exit, logging, sidecar, signals};
 
@@ -42,6 +42,13 @@ fn main() -> ExitCode {
             json,
             watch,
         } => status::command(&config, url, json, watch),
+        Command::Events {
+            config,
+            url,
+            json,
+            since,
+            targets,
+        } => events::command(&config, url, json, since, targets),
         Command::Demo => demo::command(),
         Command::Completions { shell } => {
             shell::completions(shell, &mut std::io::stdout().lock());

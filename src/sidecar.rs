@@ -226,6 +226,15 @@ fn withhold_secrets(config: &Config) -> crate::secrets::Loaded {
 
 /// Settings that a running sidecar cannot change in place.
 fn warn_restart_only(old: &Config, new: &Config) {
+    let listeners =
+        |s: &crate::config::Server| (s.listen, s.unix_socket.clone(), s.unix_socket_group.clone());
+    if listeners(&old.server) != listeners(&new.server) {
+        // Closing a listener on a reload would cut the clients (and the admin socket)
+        // the reload was maybe meant for; the listeners keep serving as they are.
+        tracing::warn!(
+            "server.listen, unix_socket or unix_socket_group changed: the listeners stay as they are until the next start"
+        );
+    }
     if old.server != new.server {
         tracing::warn!("[server] changed: takes effect at the next start");
     }

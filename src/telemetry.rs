@@ -10,6 +10,7 @@ pub mod page;
 pub mod state_file;
 pub mod status;
 pub mod stream;
+pub mod unix_socket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,15 +42,17 @@ pub struct Telemetry {
     status: Arc<Status>,
     metrics: Arc<Metrics>,
     events: Arc<Events>,
-    /// Where the HTTP server listens (the real port when `listen` asked for port 0).
-    http_addr: SocketAddr,
+    /// Where the TCP listener listens (the real port when `listen` asked for port 0);
+    /// `None` with `listen = false`.
+    http_addr: Option<SocketAddr>,
     /// Stops the HTTP server and the state-file writer.
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Telemetry {
-    /// Binds `[server] listen`, writes the state file once, and starts serving.
+    /// Binds `[server] listen` and `unix_socket`, writes the state file once, and
+    /// starts serving.
     pub async fn start(config: &Config) -> Result<Telemetry, TelemetryError> {
         Telemetry::start_with(config, Limits::default()).await
     }
@@ -64,14 +67,32 @@ impl Telemetry {
             metrics: metrics.clone(),
             events: events.clone(),
         };
-        let server = HttpServer::bind(config.server.listen, app, limits).await?;
-        let http_addr = server.local_addr();
+        let tcp = match config.server.listen {
+            Some(addr) => Some(HttpServer::bind(addr, app.clone(), limits).await?),
+            None => None,
+        };
+        let unix = match &config.server.unix_socket {
+            Some(path) => Some(
+                HttpServer::bind_unix(
+                    path,
+                    config.server.unix_socket_group.as_deref(),
+                    app,
+                    limits,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let http_addr = tcp.as_ref().and_then(HttpServer::local_addr);
         if let Some(path) = &config.server.state_file {
             state_file::write_now(path, &status).await?;
         }
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(server.run(stop.clone().cancelled_owned()));
+        log_listeners(tcp.as_ref(), unix.as_ref());
+        for server in tcp.into_iter().chain(unix) {
+            tasks.spawn(server.run(stop.clone().cancelled_owned()));
+        }
         if let Some(path) = &config.server.state_file {
             tasks.spawn(state_file::keep_written(
                 path.clone(),
@@ -80,7 +101,6 @@ impl Telemetry {
             ));
         }
         tasks.close();
-        tracing::info!(address = %http_addr, "listening on {http_addr}");
         Ok(Telemetry {
             status,
             metrics,
@@ -101,7 +121,8 @@ impl Telemetry {
             .with(self.events.clone() as Arc<dyn Observer>)
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
+    /// The TCP listener's address; `None` with `listen = false`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 
@@ -130,5 +151,22 @@ impl Telemetry {
         self.events.close();
         self.stop.cancel();
         self.tasks.wait().await;
+    }
+}
+
+/// What is served where, said once at start: with both listeners off, that nothing is
+/// (hooks and the state file still work).
+fn log_listeners(tcp: Option<&HttpServer>, unix: Option<&HttpServer>) {
+    match tcp.and_then(HttpServer::local_addr) {
+        Some(addr) => tracing::info!(address = %addr, "listening on {addr}"),
+        None => tracing::info!("no TCP listener (server.listen = false)"),
+    }
+    if let Some(path) = unix.and_then(HttpServer::socket_path) {
+        tracing::info!(path = %path.display(), "serving HTTP on unix socket {}", path.display());
+    }
+    if tcp.is_none() && unix.is_none() {
+        tracing::info!(
+            "no HTTP endpoints: listen = false and no unix_socket; hooks and the state file still work"
+        );
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
-use crate::cmd::status;
+use crate::cmd::client;
 use crate::config::{Config, Target};
 use crate::sidecar::{self, Control};
 use crate::watch::machine::{Event, Transition};
@@ -307,8 +307,8 @@ fn relevant(line: &str) -> bool {
 
 /// A GET of the sidecar's own endpoint, whatever its status.
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let authority = addr.to_string();
-    let exchange = status::get(&authority, path, MAX_ANSWER_BYTES);
+    let url = client::Url::from_listen(addr).or_path(path);
+    let exchange = client::get_body(&url, MAX_ANSWER_BYTES);
     let (_, body) = timeout(Duration::from_secs(3), exchange).await.ok()?.ok()?;
     String::from_utf8(body.to_vec()).ok()
 }

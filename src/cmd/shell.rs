@@ -47,7 +47,15 @@ mod tests {
         let mut out = Vec::new();
         completions(Shell::Bash, &mut out);
         let script = String::from_utf8(out).unwrap();
-        for command in ["run", "check-config", "probe", "wait", "status", "demo"] {
+        for command in [
+            "run",
+            "check-config",
+            "probe",
+            "wait",
+            "status",
+            "events",
+            "demo",
+        ] {
             assert!(script.contains(command), "{command} missing");
         }
         assert!(script.contains("--probe"));

@@ -5,21 +5,16 @@
 //! answers "is everything required up?" for shell scripts: 0 yes, 1 no, 2 the sidecar
 //! could not be asked.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::HOST;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::StatusCode;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::timeout;
 
+use crate::cmd::client::{self, ClientError, Url};
 use crate::exit;
 use crate::telemetry::status::Document;
 use crate::watch::machine::State;
@@ -31,9 +26,6 @@ pub const EXIT_NOT_UP: u8 = exit::FAILURE;
 /// The sidecar could not be reached or did not answer with a status document.
 pub const EXIT_UNREACHABLE: u8 = exit::UNREACHABLE;
 
-/// Where `tether status` looks without `--url` or a config: the default `listen`.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:9464/status";
-
 /// How long one fetch of `/status` may take, connect included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `--watch` refreshes.
@@ -41,92 +33,15 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// A status document larger than this is not a status document.
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Where to read the status: `http://HOST:PORT/PATH`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Url {
-    /// `host:port`, as connected to and sent in `Host`.
-    authority: String,
-    /// The request path; `/status` unless the URL named another.
-    path: String,
-}
-
-/// A `--url` that cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UrlError {
-    #[error("\"{0}\": only http:// URLs are supported (tether serves plain HTTP)")]
-    Scheme(String),
-    #[error("\"{0}\": expected http://HOST:PORT[/PATH]")]
-    Malformed(String),
-}
-
-impl FromStr for Url {
-    type Err = UrlError;
-
-    fn from_str(s: &str) -> Result<Url, UrlError> {
-        let rest = match s.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some(_) => return Err(UrlError::Scheme(s.to_owned())),
-            None => s,
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
-            return Err(UrlError::Malformed(s.to_owned()));
-        }
-        // A port is whatever follows the last colon outside IPv6 brackets.
-        let host_end = authority.rfind(']').unwrap_or(0);
-        let authority = match authority[host_end..].rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => authority.to_owned(),
-            Some(_) => return Err(UrlError::Malformed(s.to_owned())),
-            None => format!("{authority}:80"),
-        };
-        let path = match path {
-            "" | "/" => "/status".to_owned(),
-            p => p.to_owned(),
-        };
-        Ok(Url { authority, path })
-    }
-}
-
-impl Url {
-    /// The `/status` of a sidecar listening on `listen`; a wildcard address is reached
-    /// on loopback.
-    pub fn from_listen(listen: SocketAddr) -> Url {
-        let mut addr = listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        Url {
-            authority: addr.to_string(),
-            path: "/status".to_owned(),
-        }
-    }
-}
-
-impl fmt::Display for Url {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
-    }
-}
-
 /// Why the status could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("cannot connect: {0}")]
-    Connect(#[source] std::io::Error),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
     #[error("answered {0}")]
     Status(StatusCode),
-    #[error("cannot read the answer: {0}")]
-    Body(String),
     #[error("the answer is not a status document: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -166,45 +81,12 @@ pub async fn fetch(url: &Url) -> Result<(Document, Bytes), FetchError> {
 }
 
 async fn fetch_inner(url: &Url) -> Result<(Document, Bytes), FetchError> {
-    let (status, body) = get(&url.authority, &url.path, MAX_DOCUMENT_BYTES).await?;
+    let (status, body) = client::get_body(url, MAX_DOCUMENT_BYTES).await?;
     if status != StatusCode::OK {
         return Err(FetchError::Status(status));
     }
     let document = serde_json::from_slice(&body)?;
     Ok((document, body))
-}
-
-/// A GET of `path` from a sidecar's endpoint at `authority` over one HTTP/1.1
-/// connection (hyper's client, the stack webhooks use too); the body is read up to
-/// `limit` bytes. Not bounded in time: callers wrap it in their own timeout.
-pub async fn get(
-    authority: &str,
-    path: &str,
-    limit: usize,
-) -> Result<(StatusCode, Bytes), FetchError> {
-    let stream = TcpStream::connect(authority)
-        .await
-        .map_err(FetchError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection is driven here and dropped with this future.
-    let driver = tokio::spawn(conn);
-    let request = Request::get(path)
-        .header(HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .expect("a path and a host make a valid request");
-    let result = async {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| FetchError::Body(e.to_string()))?
-            .to_bytes();
-        Ok((status, body))
-    }
-    .await;
-    driver.abort();
-    result
 }
 
 /// The exit code for a fetch result.
@@ -419,26 +301,17 @@ pub fn command(
 ) -> std::process::ExitCode {
     let url = match url {
         Some(url) => url,
-        None => match url_from_config(config) {
+        None => match client::url_from_config(config) {
             Ok(url) => url,
             Err(code) => return code,
         },
-    };
+    }
+    .or_path("/status");
     super::block_on(async {
         Ok::<_, std::convert::Infallible>(std::process::ExitCode::from(
             run(&url, Output::detect(json), watch).await,
         ))
     })
-}
-
-/// The `/status` of the sidecar `tether run` would start: the config's `server.listen`,
-/// or the built-in default when no config was named and `./tether.toml` does not exist.
-fn url_from_config(arg: &crate::cli::ConfigArg) -> Result<Url, std::process::ExitCode> {
-    let path = crate::config::resolve_path(arg.path.as_deref());
-    if arg.path.is_none() && !path.exists() {
-        return Ok(DEFAULT_URL.parse().expect("the default URL is valid"));
-    }
-    super::load(arg).map(|c| Url::from_listen(c.server.listen))
 }
 
 #[cfg(test)]
@@ -447,38 +320,6 @@ mod tests {
     use crate::telemetry::status::{TargetStatus, Timestamp};
     use crate::watch::machine::Event;
     use std::time::SystemTime;
-
-    #[test]
-    fn urls_default_to_the_status_path_and_port_80() {
-        let url: Url = "http://127.0.0.1:9464".parse().unwrap();
-        assert_eq!(url.to_string(), "http://127.0.0.1:9464/status");
-        let url: Url = "localhost:9464/".parse().unwrap();
-        assert_eq!(url.to_string(), "http://localhost:9464/status");
-        let url: Url = "http://[::1]:9/tether/status".parse().unwrap();
-        assert_eq!(url.to_string(), "http://[::1]:9/tether/status");
-        let url: Url = "http://sidecar".parse().unwrap();
-        assert_eq!(url.to_string(), "http://sidecar:80/status");
-        assert!(matches!(
-            "https://x:1".parse::<Url>(),
-            Err(UrlError::Scheme(_))
-        ));
-        assert!(matches!(
-            "http://x:port".parse::<Url>(),
-            Err(UrlError::Malformed(_))
-        ));
-        assert!(matches!(
-            "http://".parse::<Url>(),
-            Err(UrlError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn a_wildcard_listen_address_is_reached_on_loopback() {
-        let url = Url::from_listen("0.0.0.0:9464".parse().unwrap());
-        assert_eq!(url.to_string(), "http://127.0.0.1:9464/status");
-        let url = Url::from_listen("[::]:9464".parse().unwrap());
-        assert_eq!(url.to_string(), "http://[::1]:9464/status");
-    }
 
     #[test]
     fn ages_are_coarse() {
@@ -522,7 +363,7 @@ mod tests {
 
     #[test]
     fn the_plain_table_has_one_aligned_row_per_target_and_no_escapes() {
-        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap());
+        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap()).or_path("/status");
         let table = render(&doc(), &url, false);
         assert!(!table.contains('\x1b'), "{table}");
         let lines: Vec<&str> = table.lines().collect();
@@ -544,7 +385,7 @@ mod tests {
 
     #[test]
     fn the_terminal_table_colours_states() {
-        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap());
+        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap()).or_path("/status");
         let table = render(&doc(), &url, true);
         assert!(
             table.contains("\x1b[31mfailed (fallback)\x1b[0m"),

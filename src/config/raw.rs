@@ -63,11 +63,45 @@ pub struct RawSupervisor {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub listen: Option<Spanned<String>>,
+    pub listen: Option<Spanned<RawListen>>,
+    pub unix_socket: Option<Spanned<String>>,
+    pub unix_socket_group: Option<Spanned<String>>,
     pub state_file: Option<Spanned<String>>,
     pub events_history: Option<Spanned<i64>>,
     pub events_heartbeat: Option<Spanned<HumanDuration>>,
     pub max_subscribers: Option<Spanned<i64>>,
+}
+
+/// `listen = "IP:port"`, or `listen = false` for no TCP listener. `true` is kept as
+/// written so validation can say what to write instead.
+#[derive(Debug)]
+pub enum RawListen {
+    Address(String),
+    Enabled(bool),
+}
+
+impl<'de> Deserialize<'de> for RawListen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListenVisitor;
+
+        impl Visitor<'_> for ListenVisitor {
+            type Value = RawListen;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address (\"127.0.0.1:9464\") or false")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawListen, E> {
+                Ok(RawListen::Address(v.to_owned()))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawListen, E> {
+                Ok(RawListen::Enabled(v))
+            }
+        }
+
+        deserializer.deserialize_any(ListenVisitor)
+    }
 }
 
 /// `[defaults]`: the settings every target inherits, plus the process-wide ones.

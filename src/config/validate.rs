@@ -13,8 +13,8 @@ use toml::Spanned;
 mod groups;
 
 use super::raw::{
-    RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawProbe,
-    RawProbeTable, RawTarget,
+    RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawListen,
+    RawProbe, RawProbeTable, RawTarget,
 };
 use super::{
     Address, Backoff, Check, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration,
@@ -270,24 +270,74 @@ impl Ctx<'_> {
     }
 
     fn server(&mut self, raw: &RawConfig) -> Server {
-        let listen = match &raw.server.listen {
-            None => builtin::LISTEN
+        let builtin_listen = || {
+            builtin::LISTEN
                 .parse()
-                .expect("the built-in listen address parses"),
-            Some(v) => v.get_ref().parse().unwrap_or_else(|_| {
+                .expect("the built-in listen address parses")
+        };
+        let listen = match &raw.server.listen {
+            None => Some(builtin_listen()),
+            Some(v) => match v.get_ref() {
+                RawListen::Enabled(false) => None,
+                RawListen::Enabled(true) => {
+                    self.err(
+                        Some(v.span()),
+                        "server.listen",
+                        "listen = true names no address: write an address such as \"127.0.0.1:9464\", or false for no TCP listener",
+                    );
+                    Some(builtin_listen())
+                }
+                RawListen::Address(a) => Some(a.parse().unwrap_or_else(|_| {
+                    self.err(
+                        Some(v.span()),
+                        "server.listen",
+                        format!(
+                            "invalid listen address \"{a}\": expected IP:port, e.g. \"127.0.0.1:9464\", or false"
+                        ),
+                    );
+                    builtin_listen()
+                })),
+            },
+        };
+        let unix_socket = raw.server.unix_socket.as_ref().and_then(|v| {
+            let path = v.get_ref();
+            if path.trim().is_empty() {
+                self.err(Some(v.span()), "server.unix_socket", "must not be empty");
+                None
+            } else if !Path::new(path).is_absolute() {
+                // Relative to whatever directory tether was started in is never where a
+                // client looks for it.
                 self.err(
                     Some(v.span()),
-                    "server.listen",
+                    "server.unix_socket",
                     format!(
-                        "invalid listen address \"{}\": expected IP:port, e.g. \"127.0.0.1:9464\"",
-                        v.get_ref()
+                        "\"{path}\" is a relative path: give an absolute one, e.g. \"/run/tether/tether.sock\""
                     ),
                 );
-                builtin::LISTEN
-                    .parse()
-                    .expect("the built-in listen address parses")
-            }),
-        };
+                None
+            } else {
+                Some(PathBuf::from(path))
+            }
+        });
+        let unix_socket_group = raw.server.unix_socket_group.as_ref().and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                self.err(
+                    Some(v.span()),
+                    "server.unix_socket_group",
+                    "must not be empty",
+                );
+                None
+            } else if raw.server.unix_socket.is_none() {
+                self.err(
+                    Some(v.span()),
+                    "server.unix_socket_group",
+                    "applies to server.unix_socket, which is not set",
+                );
+                None
+            } else {
+                Some(v.get_ref().clone())
+            }
+        });
         let state_file = raw.server.state_file.as_ref().and_then(|v| {
             if v.get_ref().trim().is_empty() {
                 self.err(Some(v.span()), "server.state_file", "must not be empty");
@@ -320,6 +370,8 @@ impl Ctx<'_> {
         );
         Server {
             listen,
+            unix_socket,
+            unix_socket_group,
             state_file,
             events_history,
             events_heartbeat,

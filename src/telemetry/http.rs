@@ -1,5 +1,11 @@
 //! The HTTP endpoints (`/`, `/metrics`, `/healthz`, `/readyz`, `/startupz`, `/status`,
-//! `/events`) on `[server] listen`.
+//! `/events`) on `[server] listen` and `[server] unix_socket`.
+//!
+//! Both listeners serve the same endpoints with the same defences, each with its own
+//! connection bound, so a flood on the TCP port never displaces a client of the socket.
+//! Every request carries the [`Origin`] it came in on: admin routes check it and are
+//! answered on the unix socket only, where file permissions decide who may connect,
+//! never on TCP.
 //!
 //! Every answer is built from shared state that checkers update synchronously, so
 //! nothing on the request path waits on a checker or a hook. The server defends itself
@@ -24,7 +30,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use std::path::Path;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::telemetry::events::{self, Events, Index};
 use crate::telemetry::metrics::{self, Metrics};
 use crate::telemetry::status::Status;
+use crate::telemetry::unix_socket::{self, SocketFile, UnixSocketError};
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,16 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Unix(#[from] UnixSocketError),
+}
+
+/// The listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Tcp,
+    /// Only those the socket file's mode and group admit can connect here.
+    Unix,
 }
 
 /// How much the server gives each client.
@@ -94,9 +114,29 @@ pub struct App {
 
 /// A bound, not yet serving, HTTP server.
 pub struct HttpServer {
-    listener: TcpListener,
+    listener: Listener,
     app: App,
     limits: Limits,
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    /// The file goes when the listener does.
+    Unix(UnixListener, SocketFile),
+}
+
+enum Connection {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Connection> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Connection::Tcp(s)),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Connection::Unix(s)),
+        }
+    }
 }
 
 impl HttpServer {
@@ -117,17 +157,45 @@ impl HttpServer {
         };
         let listener = bind().map_err(|source| HttpError::Bind { addr, source })?;
         Ok(HttpServer {
-            listener,
+            listener: Listener::Tcp(listener),
             app,
             limits,
         })
     }
 
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
+    /// Binds the unix socket `path` (mode 0660, and `group` when given), replacing a
+    /// stale socket of an earlier run; the file is removed when the server stops.
+    pub async fn bind_unix(
+        path: &Path,
+        group: Option<&str>,
+        app: App,
+        limits: Limits,
+    ) -> Result<HttpServer, HttpError> {
+        let (listener, file) = unix_socket::bind(path, group)?;
+        Ok(HttpServer {
+            listener: Listener::Unix(listener, file),
+            app,
+            limits,
+        })
+    }
+
+    /// The TCP address actually bound; `None` for a unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.listener {
+            Listener::Tcp(l) => Some(
+                l.local_addr()
+                    .expect("a bound TCP listener has a local address"),
+            ),
+            Listener::Unix(..) => None,
+        }
+    }
+
+    /// The socket file served on; `None` for TCP.
+    pub fn socket_path(&self) -> Option<&Path> {
+        match &self.listener {
+            Listener::Tcp(_) => None,
+            Listener::Unix(_, file) => Some(file.path()),
+        }
     }
 
     /// Serves until `shutdown` resolves, then asks every connection to close and waits
@@ -158,7 +226,7 @@ impl HttpServer {
             let stream = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(stream) => stream,
                     Err(e) => {
                         // Out of file descriptors, mostly: wait for some to be freed
                         // rather than spin on the error.
@@ -175,16 +243,18 @@ impl HttpServer {
             let (id, evicted) = conns.add();
             tracker.spawn(serve(
                 stream,
-                builder.clone(),
-                app.clone(),
-                limits,
-                Guard {
-                    id,
-                    conns: conns.clone(),
-                    _permit: permit,
+                Conn {
+                    builder: builder.clone(),
+                    app: app.clone(),
+                    limits,
+                    guard: Guard {
+                        id,
+                        conns: conns.clone(),
+                        _permit: permit,
+                    },
+                    evicted,
+                    closing: closing.clone(),
                 },
-                evicted,
-                closing.clone(),
             ));
         }
         drop(listener);
@@ -266,50 +336,74 @@ impl Drop for Guard {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve(stream: Connection, conn: Conn) {
+    match stream {
+        Connection::Tcp(stream) => {
+            // Responses are small and written at once; do not hold them back for Nagle.
+            let _ = stream.set_nodelay(true);
+            conn.serve(stream, Origin::Tcp).await;
+        }
+        Connection::Unix(stream) => conn.serve(stream, Origin::Unix).await,
+    }
+}
+
+/// What serving one connection needs, whichever listener it came from.
+struct Conn {
     builder: Arc<http1::Builder>,
     app: App,
     limits: Limits,
     guard: Guard,
     evicted: CancellationToken,
     closing: CancellationToken,
-) {
-    // Responses are small and written at once; do not hold them back for Nagle.
-    let _ = stream.set_nodelay(true);
-    // Cancelled once the connection carries an event stream: from then on it is
-    // exempt from the connection age and leaves the connection cap (streams count
-    // against their own bound), so it is neither cut nor displaced.
-    let streaming = CancellationToken::new();
-    let service = service_fn({
-        let streaming = streaming.clone();
-        move |req| {
-            let app = app.clone();
+}
+
+impl Conn {
+    async fn serve<S>(self, stream: S, origin: Origin)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            builder,
+            app,
+            limits,
+            guard,
+            evicted,
+            closing,
+        } = self;
+        // Cancelled once the connection carries an event stream: from then on it is
+        // exempt from the connection age and leaves the connection cap (streams count
+        // against their own bound), so it is neither cut nor displaced.
+        let streaming = CancellationToken::new();
+        let service = service_fn({
             let streaming = streaming.clone();
-            async move { Ok::<_, Infallible>(respond(app, req, &streaming).await) }
+            move |req| {
+                let app = app.clone();
+                let streaming = streaming.clone();
+                async move { Ok::<_, Infallible>(respond(app, req, origin, &streaming).await) }
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let age = sleep(limits.max_connection_age);
+        tokio::pin!(age);
+        let mut guard = Some(guard);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => return log_end(result),
+                () = evicted.cancelled(), if guard.is_some() => return,
+                () = closing.cancelled() => break,
+                () = &mut age, if !streaming.is_cancelled() => break,
+                () = streaming.cancelled(), if guard.is_some() => guard = None,
+            }
         }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let age = sleep(limits.max_connection_age);
-    tokio::pin!(age);
-    let mut guard = Some(guard);
-    loop {
+        // Let the in-flight response go out, then close. A connection in this phase still
+        // holds a slot, so it still yields it to a newcomer when evicted.
+        conn.as_mut().graceful_shutdown();
         tokio::select! {
-            result = conn.as_mut() => return log_end(result),
-            () = evicted.cancelled(), if guard.is_some() => return,
-            () = closing.cancelled() => break,
-            () = &mut age, if !streaming.is_cancelled() => break,
-            () = streaming.cancelled(), if guard.is_some() => guard = None,
+            result = conn.as_mut() => log_end(result),
+            () = evicted.cancelled() => {}
+            () = sleep(limits.close_grace) => {}
         }
-    }
-    // Let the in-flight response go out, then close. A connection in this phase still
-    // holds a slot, so it still yields it to a newcomer when evicted.
-    conn.as_mut().graceful_shutdown();
-    tokio::select! {
-        result = conn.as_mut() => log_end(result),
-        () = evicted.cancelled() => {}
-        () = sleep(limits.close_grace) => {}
     }
 }
 
@@ -325,9 +419,13 @@ fn log_end(result: Result<(), hyper::Error>) {
 /// Answers one request. Every answer comes from memory; only the documents that grow
 /// with the number of targets are built on the blocking pool, so that encoding
 /// thousands of series never holds up a runtime thread that checkers need.
+///
+/// The origin is where the request came in; an admin route answers only
+/// [`Origin::Unix`] (there is none yet).
 async fn respond(
     app: App,
     req: Request<Incoming>,
+    _origin: Origin,
     streaming: &CancellationToken,
 ) -> Response<Body> {
     if req.method() != Method::GET {

@@ -54,7 +54,7 @@ impl Sidecar {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.telemetry.http_addr()
+        self.telemetry.http_addr().expect("listen is set")
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -110,7 +110,7 @@ async fn serve(
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app.clone(), limits)
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = server.local_addr().expect("a TCP listener");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;

@@ -473,7 +473,7 @@ async fn the_server_stops_when_its_shutdown_future_resolves() {
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, Limits::default())
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = server.local_addr().expect("a TCP listener");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -604,7 +604,7 @@ async fn the_endpoints_stay_responsive_while_two_thousand_targets_change_state()
     )
     .unwrap();
     let telemetry = Telemetry::start(&config).await.unwrap();
-    let addr = telemetry.http_addr();
+    let addr = telemetry.http_addr().expect("listen is set");
     let observer = Arc::new(telemetry.observers());
     let waiting = get(addr, "/readyz").await;
     assert_eq!(waiting.status, 503);
@@ -698,7 +698,7 @@ async fn server_with(limits: Limits) -> (std::net::SocketAddr, tokio::sync::ones
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, limits)
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = server.local_addr().expect("a TCP listener");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;

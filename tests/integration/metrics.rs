@@ -223,7 +223,7 @@ async fn the_series_of_stopped_targets_are_removed() {
         ..
     } = sidecar;
     supervisor.shutdown().await;
-    let r = crate::endpoint::get(telemetry.http_addr(), "/metrics").await;
+    let r = crate::endpoint::get(telemetry.http_addr().expect("listen is set"), "/metrics").await;
     assert!(!r.body.contains("target=\"db\""), "{}", r.body);
     assert!(r.body.contains("tether_build_info"));
     telemetry.stop().await;

@@ -178,7 +178,7 @@ async fn status_exits_2_when_nothing_answers_and_for_a_bad_url() {
     let out = status(&["--url", "https://127.0.0.1:9464"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("only http:// URLs are supported"),
+        String::from_utf8_lossy(&out.stderr).contains("only http:// and unix: URLs are supported"),
         "{out:?}"
     );
 }

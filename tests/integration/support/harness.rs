@@ -263,7 +263,7 @@ impl Sidecar {
     pub fn start(toml: &str, recorder: &Arc<Recorder>) -> Sidecar {
         let mut config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
         // Tests run side by side: each sidecar gets its own HTTP port.
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.listen = Some("127.0.0.1:0".parse().unwrap());
         let (control, rx) = tokio::sync::mpsc::channel(4);
         let observers = Observers::new().with(recorder.clone());
         let task = tokio::spawn(async move {
@@ -285,7 +285,7 @@ impl Sidecar {
     /// Applies a new config, as SIGHUP would.
     pub async fn reload(&self, toml: &str) {
         let config = Config::parse(toml, "test.toml".as_ref()).map(|mut c| {
-            c.server.listen = "127.0.0.1:0".parse().unwrap();
+            c.server.listen = Some("127.0.0.1:0".parse().unwrap());
             c
         });
         self.control
