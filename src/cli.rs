@@ -153,6 +153,26 @@ pub enum Command {
         targets: Vec<String>,
     },
 
+    /// Return a group with failback = "manual" to its most preferred eligible member
+    ///
+    /// An admin action: sent over the sidecar's unix socket (server.unix_socket) only,
+    /// never over TCP.
+    ///
+    /// Exit status: 0 the group switched, 1 refused (not manual, a conflict, no better
+    /// member eligible, no such group; the message says which), 2 the sidecar cannot
+    /// be reached.
+    Failback {
+        #[command(flatten)]
+        config: ConfigArg,
+
+        /// The sidecar's socket: unix:/PATH [default: the config's server.unix_socket]
+        #[arg(long, value_name = "URL", value_parser = parse_url)]
+        url: Option<Url>,
+
+        /// The group's name
+        group: String,
+    },
+
     /// Print a completion script for SHELL to standard output
     ///
     /// bash: `tether completions bash > /etc/bash_completion.d/tether`;

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod demo;
 pub mod events;
+pub mod failback;
 pub mod probe;
 pub mod shell;
 pub mod status;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use tether::cli::{Cli, Command, ConfigArg};
-use tether::cmd::{self, demo, events, probe, shell, status};
+use tether::cmd::{self, demo, events, failback, probe, shell, status};
 use tether::watch::observe::Observers;
 use tether::{config, exit, logging, sidecar, signals};
 
@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             since,
             targets,
         } => events::command(&config, url, json, since, targets),
+        Command::Failback { config, url, group } => failback::command(&config, url, &group),
         Command::Demo => demo::command(),
         Command::Completions { shell } => {
             shell::completions(shell, &mut std::io::stdout().lock());

@@ -77,6 +77,7 @@ pub async fn run(
     let groups = Groups::start(&config, Arc::new(decisions.clone()), |name| {
         member_now(&status, name)
     });
+    telemetry.serve_groups(groups.clone());
     let observers = decisions.with(Arc::new(groups.clone()));
     // The targets move into the actors that watch them rather than staying here as
     // well: the sidecar keeps nothing per target beyond what its actor needs.

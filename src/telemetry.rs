@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::watch::observe::{Observer, Observers};
 use events::Events;
-use http::{App, HttpError, HttpServer, Limits};
+use http::{Admin, App, HttpError, HttpServer, Limits};
 use metrics::{Metrics, MetricsError};
 use state_file::StateFileError;
 use status::Status;
@@ -42,6 +42,7 @@ pub struct Telemetry {
     status: Arc<Status>,
     metrics: Arc<Metrics>,
     events: Arc<Events>,
+    admin: Arc<Admin>,
     /// Where the TCP listener listens (the real port when `listen` asked for port 0);
     /// `None` with `listen = false`.
     http_addr: Option<SocketAddr>,
@@ -62,10 +63,12 @@ impl Telemetry {
         let status = Arc::new(Status::new(config));
         let metrics = Arc::new(Metrics::new(config)?);
         let events = Arc::new(Events::of(&config.server));
+        let admin = Arc::new(Admin::default());
         let app = App {
             status: status.clone(),
             metrics: metrics.clone(),
             events: events.clone(),
+            admin: admin.clone(),
         };
         let tcp = match config.server.listen {
             Some(addr) => Some(HttpServer::bind(addr, app.clone(), limits).await?),
@@ -105,10 +108,16 @@ impl Telemetry {
             status,
             metrics,
             events,
+            admin,
             http_addr,
             stop,
             tasks,
         })
+    }
+
+    /// Hands the running groups to the admin actions (`tether failback`).
+    pub fn serve_groups(&self, groups: crate::watch::groups::Groups) {
+        let _ = self.admin.groups.set(groups);
     }
 
     /// The listeners the checkers must report to: the status registry first, so

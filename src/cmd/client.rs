@@ -170,6 +170,20 @@ impl Drop for Answer {
 /// A GET of `url` over a connection of its own, with `headers`; returns once the
 /// response head is in. Not bounded in time: callers wrap it in their own timeout.
 pub async fn get(url: &Url, headers: &[(HeaderName, HeaderValue)]) -> Result<Answer, ClientError> {
+    send(hyper::Method::GET, url, headers).await
+}
+
+/// A bodiless POST of `url` (an admin action) with its whole answer, up to `limit` bytes.
+pub async fn post_body(url: &Url, limit: usize) -> Result<(StatusCode, Bytes), ClientError> {
+    let answer = send(hyper::Method::POST, url, &[]).await?;
+    read_whole(answer, limit).await
+}
+
+async fn send(
+    method: hyper::Method,
+    url: &Url,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<Answer, ClientError> {
     let (host, io): (&str, Box<dyn Io>) = match &url.endpoint {
         Endpoint::Tcp(authority) => (
             authority,
@@ -193,7 +207,9 @@ pub async fn get(url: &Url, headers: &[(HeaderName, HeaderValue)]) -> Result<Ans
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut request = Request::get(url.path())
+    let mut request = Request::builder()
+        .method(method)
+        .uri(url.path())
         .header(HOST, host)
         .body(Empty::<Bytes>::new())
         .expect("a path and a host make a valid request");
@@ -211,7 +227,11 @@ pub async fn get(url: &Url, headers: &[(HeaderName, HeaderValue)]) -> Result<Ans
 
 /// A GET of `url` with its whole body, read up to `limit` bytes.
 pub async fn get_body(url: &Url, limit: usize) -> Result<(StatusCode, Bytes), ClientError> {
-    let mut answer = get(url, &[]).await?;
+    let answer = get(url, &[]).await?;
+    read_whole(answer, limit).await
+}
+
+async fn read_whole(mut answer: Answer, limit: usize) -> Result<(StatusCode, Bytes), ClientError> {
     let status = answer.response.status();
     let body = Limited::new(answer.response.body_mut(), limit)
         .collect()

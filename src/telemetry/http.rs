@@ -110,6 +110,15 @@ pub struct App {
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
+    /// What admin actions act on; set once the groups run.
+    pub admin: Arc<Admin>,
+}
+
+/// The running parts admin actions act on. Filled in after the server is bound: the
+/// listeners start before anything they could act on.
+#[derive(Default)]
+pub struct Admin {
+    pub groups: std::sync::OnceLock<crate::watch::groups::Groups>,
 }
 
 /// A bound, not yet serving, HTTP server.
@@ -421,13 +430,16 @@ fn log_end(result: Result<(), hyper::Error>) {
 /// thousands of series never holds up a runtime thread that checkers need.
 ///
 /// The origin is where the request came in; an admin route answers only
-/// [`Origin::Unix`] (there is none yet).
+/// [`Origin::Unix`].
 async fn respond(
     app: App,
     req: Request<Incoming>,
-    _origin: Origin,
+    origin: Origin,
     streaming: &CancellationToken,
 ) -> Response<Body> {
+    if let Some(group) = failback_route(req.uri().path()) {
+        return failback(&app, &req, origin, group);
+    }
     if req.method() != Method::GET {
         let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
         res.headers_mut()
@@ -466,6 +478,64 @@ async fn respond(
             tracing::error!(error = %e, "building an HTTP answer failed");
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         })
+}
+
+// === admin actions ===
+
+/// `POST /groups/<name>/failback`: the group named, if the path is this route.
+fn failback_route(path: &str) -> Option<&str> {
+    path.strip_prefix("/groups/")?
+        .strip_suffix("/failback")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// `tether failback GROUP`: answered on the unix socket only, where the socket file's
+/// mode and group decide who may connect. On TCP anyone who can reach the port could
+/// move the application's writes, so it is refused there whatever the request.
+fn failback(app: &App, req: &Request<Incoming>, origin: Origin, group: &str) -> Response<Body> {
+    if origin != Origin::Unix {
+        return text(
+            StatusCode::FORBIDDEN,
+            "admin actions are served on the unix socket only (server.unix_socket)\n",
+        );
+    }
+    if req.method() != Method::POST {
+        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "failback is a POST\n");
+        res.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    if req.body().size_hint().exact() != Some(0) {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a failback carries no body\n",
+        );
+    }
+    let Some(groups) = app.admin.groups.get() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the groups are not running yet\n",
+        );
+    };
+    use crate::watch::groups::FailbackError;
+    match groups.failback(group) {
+        Ok(event) => {
+            let body = serde_json::json!({
+                "group": group,
+                "event_id": event.event_id(group),
+                "active": event.active,
+                "previous_active": event.previous_active,
+                "reason": event.reason.as_str(),
+            });
+            self::body(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&body).expect("a JSON value serializes"),
+            )
+        }
+        Err(e @ FailbackError::UnknownGroup(_)) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+        Err(e @ FailbackError::Refused { .. }) => text(StatusCode::CONFLICT, &format!("{e}\n")),
+    }
 }
 
 fn status_document(app: &App) -> Response<Body> {
