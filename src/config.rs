@@ -159,8 +159,23 @@ pub enum Probe {
         #[serde(skip_serializing_if = "Option::is_none")]
         password_file: Option<PathBuf>,
     },
-    /// `SSLRequest` answered by `S` or `N`.
-    Postgres,
+    /// Without `user`, an `SSLRequest` answered by `S` or `N`; with it, a session that
+    /// answers `SELECT pg_is_in_recovery()`.
+    Postgres {
+        /// The role the session logs in as; `None`: no session, no credentials.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The database to connect to; `None`: the user's name, as libpq defaults.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        database: Option<String>,
+        /// Environment variable holding the session's password.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_env: Option<String>,
+        /// File holding the session's password; at most one of the two is set, and only
+        /// with `user`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+    },
     /// A protocol-10 initial handshake.
     Mysql,
     /// `GET path` answered with `expect_status`.
@@ -179,6 +194,11 @@ impl Probe {
             Probe::Redis {
                 password_env,
                 password_file,
+            }
+            | Probe::Postgres {
+                password_env,
+                password_file,
+                ..
             } => source(password_env, password_file),
             _ => None,
         }
@@ -189,7 +209,7 @@ impl Probe {
         match self {
             Probe::Tcp => &kinds::TCP,
             Probe::Redis { .. } => &kinds::REDIS,
-            Probe::Postgres => &kinds::POSTGRES,
+            Probe::Postgres { .. } => &kinds::POSTGRES,
             Probe::Mysql => &kinds::MYSQL,
             Probe::Http { .. } => &kinds::HTTP,
         }

@@ -323,6 +323,7 @@ async fn the_status_document_lists_every_target_with_the_documented_fields() {
         "name",
         "probe",
         "required",
+        "role",
         "since",
         "state",
     ]);
@@ -339,6 +340,11 @@ async fn the_status_document_lists_every_target_with_the_documented_fields() {
     assert_eq!(web["last_error"], serde_json::Value::Null);
     assert_eq!(web["event"], "connect");
     assert_eq!(web["event_id"], "web:0");
+    assert_eq!(
+        web["role"],
+        serde_json::Value::Null,
+        "a tcp probe learns no role"
+    );
     assert_eq!(cache["state"], "failed");
     assert_eq!(cache["required"], false);
     assert_eq!(cache["fallback"], true);
