@@ -1264,6 +1264,36 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_session_takes_a_user_a_database_and_a_password() {
+        let t = targets(
+            r#"
+            [[targets]]
+            name = "db"
+            address = "127.0.0.1:5432"
+            probe = { kind = "postgres", user = "tether", password_env = "PGPASS" }
+            [[targets]]
+            name = "trust"
+            address = "127.0.0.1:5432"
+            probe = { kind = "postgres", user = "tether", database = "orders" }
+            "#,
+        );
+        assert_eq!(
+            t[0].probe,
+            Probe::Postgres {
+                user: Some("tether".into()),
+                database: None,
+                password_env: Some("PGPASS".into()),
+                password_file: None,
+            }
+        );
+        assert_eq!(
+            t[0].probe.password(),
+            Some(crate::secrets::Source::Env("PGPASS".into()))
+        );
+        assert!(t[1].probe.password().is_none());
+    }
+
+    #[test]
     fn line_and_column_count_characters_from_one() {
         let text = "a = 1\nbé = 2\n";
         assert_eq!(line_col(text, 0), (1, 1));

@@ -13,6 +13,7 @@ use tether::watch::machine::{Event, State};
 
 use crate::support::TestServer;
 use crate::support::harness::{Record, Recorder, watch};
+use crate::support::postgres::{Pair, PostgresServer};
 use crate::support::redis::{self, RedisServer};
 
 /// Bound on any single wait for a report that must come.
@@ -27,6 +28,10 @@ backoff = { initial = "50ms", max = "200ms", multiplier = 2.0, jitter = 0.1 }"#;
 
 /// A promotion must be seen within one check interval; the margin is for a loaded machine.
 const PROMOTION_BOUND: Duration = Duration::from_secs(3);
+
+/// A frozen session is noticed by the next check: due within one interval, given
+/// `check_timeout` to be answered (900 ms); the margin is for a loaded machine.
+const FROZEN_BOUND: Duration = Duration::from_secs(3);
 
 /// Runs blocking server control (start, signals, commands) without starving the checkers.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -181,4 +186,229 @@ async fn a_lost_redis_connection_turns_the_role_unknown_before_the_target_goes_d
         .position(|r| matches!(r, Record::Transition { t, .. } if t.event == Event::Disconnect))
         .unwrap();
     assert!(unknown < down, "{records:#?}");
+}
+
+// === PostgreSQL sessions ===
+
+/// A `postgres` probe table logging in as `user`, with the password in `file` if any.
+fn session(user: &str, password_file: Option<&std::path::Path>) -> String {
+    match password_file {
+        None => format!("{{ kind = \"postgres\", user = \"{user}\", database = \"postgres\" }}"),
+        Some(f) => format!(
+            "{{ kind = \"postgres\", user = \"{user}\", database = \"postgres\", password_file = \"{}\" }}",
+            f.display()
+        ),
+    }
+}
+
+/// Writes `password` to a file in `dir`, as a mounted Secret would hold it.
+fn password_file(dir: &tempfile::TempDir, name: &str, password: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_session_logs_in_with_trust_cleartext_md5_and_scram_and_reports_primary() {
+    const PASSWORD: &str = "roles-pg-pass-0c41";
+    let pair = blocking(Pair::shared);
+    let pg = &pair.primary;
+    blocking(|| {
+        pg.sql(&format!(
+            "CREATE ROLE auth_trust LOGIN; \
+             CREATE ROLE auth_clear LOGIN PASSWORD '{PASSWORD}'; \
+             CREATE ROLE auth_scram LOGIN PASSWORD '{PASSWORD}'; \
+             SET password_encryption = 'md5'; \
+             CREATE ROLE auth_md5 LOGIN PASSWORD '{PASSWORD}';"
+        ));
+        pg.hba_first(&[
+            "host all auth_trust 127.0.0.1/32 trust",
+            "host all auth_clear 127.0.0.1/32 password",
+            "host all auth_md5 127.0.0.1/32 md5",
+            "host all auth_scram 127.0.0.1/32 scram-sha-256",
+        ]);
+    });
+    let dir = crate::support::workdir("pg-role-pass");
+    let file = password_file(&dir, "password", PASSWORD);
+    let users = ["auth_trust", "auth_clear", "auth_md5", "auth_scram"];
+    let toml: String = users
+        .iter()
+        .map(|u| {
+            let f = (*u != "auth_trust").then_some(file.as_path());
+            target(u, &pg.addr(), &session(u, f))
+        })
+        .collect();
+    let rec = Recorder::new();
+    let start = Instant::now();
+    let _sup = watch(&toml, &rec);
+    for user in users {
+        rec.role_since(user, Some(Role::Primary), start, LIMIT)
+            .await;
+        rec.nth_event(user, Event::Connect, 1, LIMIT).await;
+        role_came_before_up(&rec, user, Role::Primary);
+    }
+    let methods = blocking(|| {
+        pg.sql(
+            "SELECT string_agg(usename, ',' ORDER BY usename) FROM pg_stat_activity \
+             WHERE application_name = 'tether' AND usename LIKE 'auth_%'",
+        )
+    });
+    assert_eq!(
+        methods, "auth_clear,auth_md5,auth_scram,auth_trust",
+        "one session each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_postgres_password_is_a_failed_attempt_that_names_the_failure_and_never_the_password()
+ {
+    const WRONG: &str = "roles-pg-wrong-7d2a";
+    let pair = blocking(Pair::shared);
+    let pg = &pair.primary;
+    blocking(|| {
+        pg.sql("CREATE ROLE wrong_scram LOGIN PASSWORD 'the-right-one'");
+        pg.hba_first(&["host all wrong_scram 127.0.0.1/32 scram-sha-256"]);
+    });
+    let dir = crate::support::workdir("pg-role-wrong");
+    let file = password_file(&dir, "password", WRONG);
+    let rec = Recorder::new();
+    let _sup = watch(
+        &target("db", &pg.addr(), &session("wrong_scram", Some(&file))),
+        &rec,
+    );
+    let error = rec
+        .until("db", LIMIT, "failed attempt", |records| {
+            records.iter().find_map(|r| match r {
+                Record::Transition { t, .. } => t.last_error.as_ref().map(|e| e.to_string()),
+                _ => None,
+            })
+        })
+        .await;
+    assert!(
+        error.contains("login as \"wrong_scram\" to database \"postgres\" refused: FATAL 28P01 password authentication failed"),
+        "{error}"
+    );
+    assert!(!error.contains(WRONG), "{error}");
+    assert!(rec.roles("db").is_empty(), "{:?}", rec.roles("db"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_streaming_replica_reports_replica_and_its_primary_primary() {
+    let pair = blocking(Pair::shared);
+    let toml = [
+        target("primary", &pair.primary.addr(), &session("postgres", None)),
+        target("replica", &pair.replica.addr(), &session("postgres", None)),
+        target("bare", &pair.replica.addr(), "\"postgres\""),
+    ]
+    .concat();
+    let rec = Recorder::new();
+    let start = Instant::now();
+    let _sup = watch(&toml, &rec);
+    rec.role_since("primary", Some(Role::Primary), start, LIMIT)
+        .await;
+    rec.role_since("replica", Some(Role::Replica), start, LIMIT)
+        .await;
+    rec.nth_event("bare", Event::Connect, 1, LIMIT).await;
+    assert!(
+        rec.roles("bare").is_empty(),
+        "without user, no role: {:?}",
+        rec.roles("bare")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_postgres_session_is_a_lost_connection_reconnected_at_once() {
+    let pair = blocking(Pair::shared);
+    let pg = &pair.primary;
+    blocking(|| pg.sql("CREATE ROLE terminated_session LOGIN"));
+    let rec = Recorder::new();
+    let start = Instant::now();
+    let _sup = watch(
+        &target("db", &pg.addr(), &session("terminated_session", None)),
+        &rec,
+    );
+    rec.role_since("db", Some(Role::Primary), start, LIMIT)
+        .await;
+    rec.nth_event("db", Event::Connect, 1, LIMIT).await;
+    let terminated = Instant::now();
+    let done = blocking(|| {
+        pg.sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE usename = 'terminated_session'",
+        )
+    });
+    assert_eq!(done, "1");
+    let (at, error) = rec.lost_since("db", terminated, LIMIT).await;
+    println!(
+        "postgres: pg_terminate_backend noticed after {:?}",
+        at - terminated
+    );
+    assert!(
+        error.contains("server ended the session: FATAL 57P01 terminating connection due to administrator command"),
+        "{error}"
+    );
+    rec.role_since("db", Some(Role::Primary), at, LIMIT).await;
+    assert_eq!(
+        rec.events("db"),
+        [Event::Connect],
+        "reconnected without a down"
+    );
+    assert_eq!(
+        rec.roles("db"),
+        [Some(Role::Primary), None, Some(Role::Primary)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promoted_postgres_replica_reports_primary_within_one_check_interval() {
+    let pair = blocking(Pair::start);
+    let rec = Recorder::new();
+    let start = Instant::now();
+    let _sup = watch(
+        &target("replica", &pair.replica.addr(), &session("postgres", None)),
+        &rec,
+    );
+    rec.role_since("replica", Some(Role::Replica), start, LIMIT)
+        .await;
+    blocking(|| pair.replica.promote());
+    let promoted = Instant::now();
+    let seen = rec
+        .role_since(
+            "replica",
+            Some(Role::Primary),
+            promoted - CHECK_INTERVAL,
+            LIMIT,
+        )
+        .await;
+    let after = seen.saturating_duration_since(promoted);
+    println!(
+        "postgres: promotion seen as primary {after:?} after pg_promote() returned (check interval {CHECK_INTERVAL:?})"
+    );
+    assert!(after < PROMOTION_BOUND, "promotion seen after {after:?}");
+    assert!(
+        !rec.of("replica")
+            .iter()
+            .any(|r| matches!(r, Record::Lost { .. })),
+        "the session outlives the promotion: {:#?}",
+        rec.of("replica")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_postgres_session_is_detected_within_interval_and_timeout() {
+    let mut pg = blocking(PostgresServer::start);
+    let rec = Recorder::new();
+    let start = Instant::now();
+    let _sup = watch(&target("db", &pg.addr(), &session("postgres", None)), &rec);
+    rec.role_since("db", Some(Role::Primary), start, LIMIT)
+        .await;
+    let frozen = Instant::now();
+    blocking(|| pg.stop());
+    let (at, error) = rec.lost_since("db", frozen, LIMIT).await;
+    let after = at - frozen;
+    blocking(|| pg.cont());
+    println!("postgres: frozen session detected after {after:?} (interval 500ms + timeout 400ms)");
+    assert!(after < FROZEN_BOUND, "detected after {after:?}: {error}");
+    assert!(error.contains("no answer within 400ms"), "{error}");
+    rec.role_since("db", None, frozen, LIMIT).await;
 }
