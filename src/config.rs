@@ -184,8 +184,23 @@ pub enum Probe {
         #[serde(skip_serializing_if = "Option::is_none")]
         password_file: Option<PathBuf>,
     },
-    /// `SSLRequest` answered by `S` or `N`.
-    Postgres,
+    /// Without `user`, an `SSLRequest` answered by `S` or `N`; with it, a session that
+    /// answers `SELECT pg_is_in_recovery()`.
+    Postgres {
+        /// The role the session logs in as; `None`: no session, no credentials.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The database to connect to; `None`: the user's name, as libpq defaults.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        database: Option<String>,
+        /// Environment variable holding the session's password.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_env: Option<String>,
+        /// File holding the session's password; at most one of the two is set, and only
+        /// with `user`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+    },
     /// A protocol-10 initial handshake.
     Mysql,
     /// `GET path` answered with `expect_status`.
@@ -204,6 +219,11 @@ impl Probe {
             Probe::Redis {
                 password_env,
                 password_file,
+            }
+            | Probe::Postgres {
+                password_env,
+                password_file,
+                ..
             } => source(password_env, password_file),
             _ => None,
         }
@@ -213,14 +233,17 @@ impl Probe {
     /// Whether each check learns the server's replication role, so the target can be
     /// a member of a group with a `role`.
     pub fn learns_roles(&self) -> bool {
-        matches!(self, Probe::Redis { .. })
+        matches!(
+            self,
+            Probe::Redis { .. } | Probe::Postgres { user: Some(_), .. }
+        )
     }
 
     pub fn kind(&self) -> &'static kinds::Kind {
         match self {
             Probe::Tcp => &kinds::TCP,
             Probe::Redis { .. } => &kinds::REDIS,
-            Probe::Postgres => &kinds::POSTGRES,
+            Probe::Postgres { .. } => &kinds::POSTGRES,
             Probe::Mysql => &kinds::MYSQL,
             Probe::Http { .. } => &kinds::HTTP,
         }

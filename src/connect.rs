@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{self, Address, Keepalive};
 use crate::net::{self, ConnectError};
-use crate::probe::{Afterwards, ProbeError, Prober};
+use crate::probe::{Afterwards, Healthy, ProbeError, Prober, Role};
 
 /// The time each step of an attempt may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,14 +60,18 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// Whether `stream` can carry the next check.
     pub reusable: bool,
+    /// The role the server reported at the last check.
+    pub role: Option<Role>,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, after: Afterwards) -> Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, healthy: Healthy) -> Connection {
+        let after = healthy.afterwards;
         Connection {
             stream: (after != Afterwards::Drop).then_some(stream),
             peer,
             reusable: after == Afterwards::Reuse,
+            role: healthy.role,
         }
     }
 }
@@ -127,7 +131,7 @@ pub async fn connect_one(
 ) -> Result<Connection, AttemptError> {
     let mut stream = net::connect_addr(addr, limits.connect, keepalive).await?;
     match prober.check(&mut stream, true, limits.check).await {
-        Ok(after) => Ok(Connection::new(stream, addr, after)),
+        Ok(healthy) => Ok(Connection::new(stream, addr, healthy)),
         Err(source) => Err(AttemptError::Probe {
             kind: prober.kind(),
             addr,
@@ -148,7 +152,7 @@ pub async fn recheck(
 ) -> Result<(), AttemptError> {
     match conn.stream.as_mut() {
         Some(stream) if conn.reusable => {
-            let after = prober
+            let healthy = prober
                 .check(stream, false, limits.check)
                 .await
                 .map_err(|source| AttemptError::Probe {
@@ -157,7 +161,9 @@ pub async fn recheck(
                     source,
                     others: 0,
                 })?;
+            let after = healthy.afterwards;
             conn.reusable = after == Afterwards::Reuse;
+            conn.role = healthy.role;
             if after == Afterwards::Drop {
                 conn.stream = None;
             }

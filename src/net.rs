@@ -217,10 +217,30 @@ impl fmt::Display for Hangup {
 }
 
 /// Reads whatever is pending on a held connection without blocking. A scratch buffer
-/// is used rather than `peek`, which would spin forever on a peer that sends data.
+/// is used rather than `peek`, which would spin forever on a peer that sends data
+/// (unless something else reads it: see [`peek`]).
 pub fn drain(stream: &TcpStream) -> Readiness {
-    let mut scratch = [0u8; 512];
-    match stream.try_read(&mut scratch) {
+    read_or_peek(stream, false)
+}
+
+/// Like [`drain`], but leaves what is readable in the socket, for a protocol that reads
+/// it whole: only a closed or failed connection is taken to be over. The caller must
+/// then read the data, or the socket stays readable and its watch spins.
+pub fn peek(stream: &TcpStream) -> Readiness {
+    read_or_peek(stream, true)
+}
+
+fn read_or_peek(stream: &TcpStream, peek: bool) -> Readiness {
+    let read = if peek {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        stream.try_io(tokio::io::Interest::READABLE, || {
+            SockRef::from(stream).peek(&mut byte)
+        })
+    } else {
+        let mut scratch = [0u8; 512];
+        stream.try_read(&mut scratch)
+    };
+    match read {
         Ok(0) => Readiness::Ended(Hangup::ClosedByPeer),
         Ok(n) => Readiness::Data(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Readiness::Nothing,

@@ -11,6 +11,7 @@ mod http;
 mod mysql;
 mod postgres;
 mod redis;
+pub mod role;
 mod tcp;
 
 use std::future::Future;
@@ -23,6 +24,8 @@ use tokio::time::timeout;
 
 use crate::config::{self, Address, kinds};
 use crate::net;
+
+pub use role::Role;
 
 /// What a healthy answer leaves of the connection it was given on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +42,25 @@ pub enum Afterwards {
     Drop,
 }
 
+/// What a healthy check learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Healthy {
+    pub afterwards: Afterwards,
+    /// The replication role the server reported; `None` where the probe cannot ask or
+    /// the server would not say.
+    pub role: Option<Role>,
+}
+
+/// Probes that cannot learn a role answer with what the connection is good for alone.
+impl From<Afterwards> for Healthy {
+    fn from(afterwards: Afterwards) -> Healthy {
+        Healthy {
+            afterwards,
+            role: None,
+        }
+    }
+}
+
 /// Why a probe found a server unhealthy, worded for `last_error`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -48,6 +70,10 @@ pub enum ProbeError {
     Io(#[from] io::Error),
     #[error("connection closed before the answer")]
     Closed,
+    /// The server ended an established session and said why (PostgreSQL's FATAL after
+    /// `pg_terminate_backend` or a shutdown): a lost connection, not a sick server.
+    #[error("server ended the session: {0}")]
+    Ended(String),
     /// The server answered, but not with what healthy means for this protocol.
     #[error("{0}")]
     Unhealthy(String),
@@ -68,7 +94,7 @@ pub trait Protocol {
         &self,
         stream: &mut TcpStream,
         fresh: bool,
-    ) -> impl Future<Output = Result<Afterwards, ProbeError>> + Send;
+    ) -> impl Future<Output = Result<Healthy, ProbeError>> + Send;
 }
 
 /// The probe of one target, ready to run: settings resolved (the Redis password read from
@@ -88,7 +114,9 @@ impl Prober {
         match probe {
             config::Probe::Tcp => Prober::Tcp(tcp::Tcp),
             config::Probe::Redis { .. } => Prober::Redis(redis::Redis::new(probe.password())),
-            config::Probe::Postgres => Prober::Postgres(postgres::Postgres),
+            config::Probe::Postgres { user, database, .. } => Prober::Postgres(
+                postgres::Postgres::new(user.as_deref(), database.as_deref(), probe.password()),
+            ),
             config::Probe::Mysql => Prober::Mysql(mysql::Mysql),
             config::Probe::Http {
                 path,
@@ -114,6 +142,14 @@ impl Prober {
         kind.name
     }
 
+    /// Whether the server may speak on the held connection between checks, in messages
+    /// the probe must read whole (a PostgreSQL session's parameter reports, notices and
+    /// `FATAL` goodbye): the checker then runs a check when bytes arrive instead of
+    /// draining them, which would cut a message in two.
+    pub fn hears_between_checks(&self) -> bool {
+        matches!(self, Prober::Postgres(p) if p.is_session())
+    }
+
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the
     /// server `limit` to answer.
     pub async fn check(
@@ -121,7 +157,7 @@ impl Prober {
         stream: &mut TcpStream,
         fresh: bool,
         limit: Duration,
-    ) -> Result<Afterwards, ProbeError> {
+    ) -> Result<Healthy, ProbeError> {
         let check = async {
             match self {
                 Prober::Tcp(p) => p.check(stream, fresh).await,

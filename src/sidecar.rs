@@ -112,7 +112,7 @@ pub async fn run(
 fn member_now(status: &Status, name: &str) -> Option<MemberNow> {
     status.target(name).map(|t| MemberNow {
         state: t.state,
-        role: None,
+        role: t.role,
     })
 }
 

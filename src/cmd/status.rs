@@ -161,7 +161,7 @@ async fn interrupted(interrupt: &mut Option<Signal>) {
     }
 }
 
-/// The columns of the table.
+/// The columns of the table; [`ROLE`] goes after `STATE` when some target has a role.
 const HEADER: [&str; 7] = [
     "TARGET",
     "STATE",
@@ -172,10 +172,14 @@ const HEADER: [&str; 7] = [
     "LAST ERROR",
 ];
 
+/// The column shown only when it says something: most sidecars watch no replicated
+/// servers, or probes that cannot tell roles.
+const ROLE: &str = "ROLE";
+
 /// One line of the table: its cells, and the colour of each on a terminal.
 struct Row {
-    cells: [String; 7],
-    colours: [Option<&'static str>; 7],
+    cells: Vec<String>,
+    colours: Vec<Option<&'static str>>,
 }
 
 /// The table for `doc`, fetched from `url`.
@@ -208,10 +212,15 @@ fn headline(doc: &Document, url: &Url) -> String {
 
 /// The header row, then one row per target.
 fn rows(doc: &Document) -> Vec<Row> {
-    let header = Row {
-        cells: HEADER.map(str::to_owned),
-        colours: [Some("1"); 7],
+    let with_role = doc.targets.iter().any(|t| t.role.is_some());
+    let mut header = Row {
+        cells: HEADER.map(str::to_owned).to_vec(),
+        colours: vec![Some("1"); HEADER.len()],
     };
+    if with_role {
+        header.cells.insert(2, ROLE.to_owned());
+        header.colours.insert(2, Some("1"));
+    }
     let targets = doc.targets.iter().map(|t| {
         let state = if t.fallback {
             format!("{} (fallback)", t.state)
@@ -225,8 +234,8 @@ fn rows(doc: &Document) -> Vec<Row> {
             State::Failed => "31",
         };
         let error_colour = t.last_error.as_ref().and(Some("2"));
-        Row {
-            cells: [
+        let mut row = Row {
+            cells: vec![
                 t.name.clone(),
                 state,
                 format_age(t.since.until(doc.generated_at)),
@@ -235,7 +244,7 @@ fn rows(doc: &Document) -> Vec<Row> {
                 t.address.clone(),
                 t.last_error.clone().unwrap_or_else(|| "-".to_owned()),
             ],
-            colours: [
+            colours: vec![
                 None,
                 Some(state_colour),
                 None,
@@ -244,14 +253,20 @@ fn rows(doc: &Document) -> Vec<Row> {
                 None,
                 error_colour,
             ],
+        };
+        if with_role {
+            row.cells
+                .insert(2, crate::probe::role::name(t.role).replace("unknown", "-"));
+            row.colours.insert(2, None);
         }
+        row
     });
     std::iter::once(header).chain(targets).collect()
 }
 
 /// Writes `rows` in aligned columns, coloured only when `colour`.
 fn print_rows(out: &mut String, rows: &[Row], colour: bool) {
-    let mut widths = [0; 7];
+    let mut widths = vec![0; rows.first().map_or(0, |r| r.cells.len())];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(&row.cells) {
             *w = (*w).max(cell.chars().count());
@@ -347,6 +362,7 @@ mod tests {
             event_id: Some(format!("{name}:1")),
             event: Some(Event::Connect),
             fallback: state == State::Failed,
+            role: None,
         };
         Document {
             version: "0.1.0".to_owned(),
@@ -381,6 +397,24 @@ mod tests {
         assert!(lines[2].contains("1m 15s") && lines[2].ends_with("connection refused"));
         assert_eq!(&lines[3][state_column..state_column + 3], "up ");
         assert!(lines[3].ends_with(" -"), "{table}");
+    }
+
+    #[test]
+    fn a_role_column_appears_only_when_some_target_has_a_role() {
+        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap());
+        let mut d = doc();
+        assert!(!render(&d, &url, false).contains("ROLE"));
+        d.targets[1].role = Some(crate::probe::Role::Primary);
+        let table = render(&d, &url, false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("TARGET  STATE"), "{table}");
+        let role_column = lines[1].find("ROLE").unwrap();
+        assert_eq!(&lines[2][role_column..role_column + 2], "- ", "{table}");
+        assert_eq!(
+            &lines[3][role_column..role_column + 7],
+            "primary",
+            "{table}"
+        );
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! "which store now" rather than "is db up". The decision itself is
 //! [`crate::watch::group`]; this is what the user configured.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
 
 use super::{HookAction, HumanDuration};
+pub use crate::probe::Role;
 
 /// One failover group with every default filled in.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -90,43 +90,6 @@ impl FromStr for Failback {
             "immediate" => Ok(Failback::Immediate),
             "hold" => Ok(Failback::Hold),
             "manual" => Ok(Failback::Manual),
-            _ => Err(()),
-        }
-    }
-}
-
-/// A replication role a member reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Primary,
-    Replica,
-}
-
-impl Role {
-    pub const NAMES: &'static str = "\"primary\" or \"replica\"";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Role, ()> {
-        match s {
-            "primary" => Ok(Role::Primary),
-            "replica" => Ok(Role::Replica),
             _ => Err(()),
         }
     }

@@ -32,8 +32,8 @@ pub const TCP: Kind = Kind {
 
 pub const REDIS: Kind = Kind {
     name: "redis",
-    summary: "PING is answered by +PONG (or -NOAUTH)",
-    healthy: "`PING` answered by `+PONG`; `-NOAUTH` also counts (see below)",
+    summary: "ROLE and PING, PING answered by +PONG (or -NOAUTH); learns the role",
+    healthy: "`ROLE` and `PING` pipelined (one round trip, two O(1) commands): `PING` answered by `+PONG`, `-NOAUTH` also counts (see below); `ROLE` tells the role",
     repeats: "on the held connection",
     settings: &["password_env", "password_file"],
     bare: || Probe::Redis {
@@ -44,11 +44,16 @@ pub const REDIS: Kind = Kind {
 
 pub const POSTGRES: Kind = Kind {
     name: "postgres",
-    summary: "An SSLRequest is answered by S or N",
-    healthy: "an `SSLRequest` answered by `S` or `N` (no credentials)",
-    repeats: "on a fresh connection, which then replaces the held one",
-    settings: &[],
-    bare: || Probe::Postgres,
+    summary: "An SSLRequest is answered by S or N; with a user, SELECT pg_is_in_recovery() in a session",
+    healthy: "without `user`: an `SSLRequest` answered by `S` or `N` (no credentials); with `user`: a logged-in session that answers `SELECT pg_is_in_recovery()` (one backend held, one trivial query per check), which tells the role",
+    repeats: "without `user`: on a fresh connection, which then replaces the held one; with `user`: on the held session",
+    settings: &["user", "database", "password_env", "password_file"],
+    bare: || Probe::Postgres {
+        user: None,
+        database: None,
+        password_env: None,
+        password_file: None,
+    },
 };
 
 pub const MYSQL: Kind = Kind {
@@ -118,7 +123,7 @@ mod tests {
         assert_eq!(taking("path").map(|k| k.name).collect::<Vec<_>>(), ["http"]);
         assert_eq!(
             taking("password_file").map(|k| k.name).collect::<Vec<_>>(),
-            ["redis"]
+            ["redis", "postgres"]
         );
         assert!(find("memcached").is_none());
     }

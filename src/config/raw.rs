@@ -178,6 +178,8 @@ pub struct RawProbeTable {
     pub host: Option<Spanned<String>>,
     pub password_env: Option<Spanned<String>>,
     pub password_file: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub database: Option<Spanned<String>>,
 }
 
 impl<'de> Deserialize<'de> for RawProbe {

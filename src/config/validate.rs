@@ -755,6 +755,8 @@ impl Ctx<'_> {
                 ("host", t.host.as_ref().map(Spanned::span)),
                 ("password_env", t.password_env.as_ref().map(Spanned::span)),
                 ("password_file", t.password_file.as_ref().map(Spanned::span)),
+                ("user", t.user.as_ref().map(Spanned::span)),
+                ("database", t.database.as_ref().map(Spanned::span)),
             ];
             for (name, span) in given {
                 let Some(span) = span else { continue };
@@ -785,6 +787,7 @@ impl Ctx<'_> {
         };
         match (registered.bare)() {
             Probe::Redis { .. } => self.redis_probe(table.map(|t| &**t), key),
+            Probe::Postgres { .. } => self.postgres_probe(table.map(|t| &**t), key),
             Probe::Http { .. } => self.http_probe(table.map(|t| &**t), key),
             bare => bare,
         }
@@ -799,6 +802,58 @@ impl Ctx<'_> {
             "password",
         );
         Probe::Redis {
+            password_env,
+            password_file,
+        }
+    }
+
+    /// `user`, `database` and a password, which only a session (`user`) can send.
+    fn postgres_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
+        let (password_env, password_file) = self.secret_source(
+            table.and_then(|t| t.password_env.as_ref()),
+            table.and_then(|t| t.password_file.as_ref()),
+            key,
+            "password",
+        );
+        let mut name = |field: &str, value: Option<&Spanned<String>>| {
+            value.map(|v| {
+                let text = v.get_ref();
+                if text.is_empty() || text.contains('\0') {
+                    self.err(
+                        Some(v.span()),
+                        format!("{key}.{field}"),
+                        "must be a non-empty name without NUL characters",
+                    );
+                }
+                text.clone()
+            })
+        };
+        let user = name("user", table.and_then(|t| t.user.as_ref()));
+        let database = name("database", table.and_then(|t| t.database.as_ref()));
+        if user.is_none() {
+            let given = table.and_then(|t| {
+                [
+                    ("password_env", t.password_env.as_ref()),
+                    ("password_file", t.password_file.as_ref()),
+                    ("database", t.database.as_ref()),
+                ]
+                .into_iter()
+                .find_map(|(field, v)| v.map(|v| (field, v.span())))
+            });
+            if let Some((field, span)) = given {
+                self.err(
+                    Some(span),
+                    format!("{key}.{field}"),
+                    format!(
+                        "`{field}` needs `user`: only a logged-in session uses it \
+                         (without `user` the probe sends no credentials)"
+                    ),
+                );
+            }
+        }
+        Probe::Postgres {
+            user,
+            database,
             password_env,
             password_file,
         }
@@ -1264,6 +1319,36 @@ mod tests {
         let default = t[1].check.unwrap();
         assert_eq!(default.interval.get(), builtin::CHECK_INTERVAL);
         assert_eq!(default.timeout.get(), builtin::CHECK_TIMEOUT);
+    }
+
+    #[test]
+    fn a_postgres_session_takes_a_user_a_database_and_a_password() {
+        let t = targets(
+            r#"
+            [[targets]]
+            name = "db"
+            address = "127.0.0.1:5432"
+            probe = { kind = "postgres", user = "tether", password_env = "PGPASS" }
+            [[targets]]
+            name = "trust"
+            address = "127.0.0.1:5432"
+            probe = { kind = "postgres", user = "tether", database = "orders" }
+            "#,
+        );
+        assert_eq!(
+            t[0].probe,
+            Probe::Postgres {
+                user: Some("tether".into()),
+                database: None,
+                password_env: Some("PGPASS".into()),
+                password_file: None,
+            }
+        );
+        assert_eq!(
+            t[0].probe.password(),
+            Some(crate::secrets::Source::Env("PGPASS".into()))
+        );
+        assert!(t[1].probe.password().is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Afterwards, ProbeError, Protocol, quote, read_line};
+use super::{Afterwards, Healthy, ProbeError, Protocol, quote, read_line};
 
 /// Bodies up to this size are read and discarded to keep the connection; a larger one
 /// costs the connection instead.
@@ -43,7 +43,7 @@ impl Http {
 }
 
 impl Protocol for Http {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Afterwards, ProbeError> {
+    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
         stream.write_all(&self.request).await?;
         let mut reader = BufReader::new(stream);
         let head = loop {
@@ -76,7 +76,8 @@ impl Protocol for Http {
             Afterwards::Reuse
         } else {
             Afterwards::Drop
-        })
+        }
+        .into())
     }
 }
 

@@ -14,7 +14,7 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::{Afterwards, ProbeError, Protocol, quote};
+use super::{Afterwards, Healthy, ProbeError, Protocol, quote};
 
 /// The first payload byte of the handshake every MySQL since 3.21 and MariaDB sends.
 const PROTOCOL_VERSION: u8 = 10;
@@ -31,7 +31,7 @@ const MAX_PACKET: usize = 16 * 1024;
 pub struct Mysql;
 
 impl Protocol for Mysql {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Afterwards, ProbeError> {
+    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
         // Packet header: 3-byte little-endian payload length, then a sequence number.
         let mut header = [0u8; 4];
         read_exact(stream, &mut header).await?;
@@ -51,7 +51,7 @@ impl Protocol for Mysql {
                 "mysql server has too many connections; it answers, so it counts as healthy"
             );
         }
-        Ok(after)
+        Ok(after.into())
     }
 }
 

@@ -3,14 +3,14 @@
 
 use tokio::net::TcpStream;
 
-use super::{Afterwards, ProbeError, Protocol};
+use super::{Afterwards, Healthy, ProbeError, Protocol};
 
 /// Nothing to say on the wire: the handshake already happened.
 #[derive(Debug)]
 pub struct Tcp;
 
 impl Protocol for Tcp {
-    async fn check(&self, _stream: &mut TcpStream, _fresh: bool) -> Result<Afterwards, ProbeError> {
-        Ok(Afterwards::Reuse)
+    async fn check(&self, _stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+        Ok(Afterwards::Reuse.into())
     }
 }

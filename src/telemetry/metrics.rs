@@ -25,6 +25,7 @@ use prometheus::{
 };
 
 use crate::config::{Config, Target};
+use crate::probe::Role;
 use crate::watch::machine::{Event, State, Transition};
 use crate::watch::observe::{ActorId, HookResult, Observer};
 
@@ -41,6 +42,17 @@ const CONNECT_BUCKETS: &[f64] = &[
 const HOOK_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+/// The values of `tether_target_role{role}`: [`Role::ALL`], then unknown.
+const ROLES: [&str; 3] = ["primary", "replica", "unknown"];
+
+fn role_index(role: Option<Role>) -> usize {
+    match role {
+        Some(Role::Primary) => 0,
+        Some(Role::Replica) => 1,
+        None => 2,
+    }
+}
 
 /// The values of `connect_attempts_total{result}`.
 const ATTEMPT_RESULTS: [&str; 2] = ["ok", "failed"];
@@ -74,6 +86,8 @@ struct TargetSeries {
     owner: AtomicU64,
     /// Index into [`State::ALL`] of the current state.
     state: AtomicUsize,
+    /// Index into [`ROLES`] of the role last reported.
+    role: AtomicUsize,
     consecutive_failures: AtomicU64,
     /// Indexed like [`ATTEMPT_RESULTS`].
     attempts: [AtomicU64; 2],
@@ -253,6 +267,7 @@ impl Metrics {
         let series = Arc::new(TargetSeries {
             owner: AtomicU64::new(owner),
             state: AtomicUsize::new(state_index(State::Connecting)),
+            role: AtomicUsize::new(role_index(None)),
             consecutive_failures: AtomicU64::new(0),
             attempts: Default::default(),
             disconnects: AtomicU64::new(0),
@@ -353,6 +368,18 @@ const FAMILIES: &[Family] = &[
             for (i, state) in State::ALL.iter().enumerate() {
                 let v = u8::from(i == now);
                 let _ = writeln!(out, "{name}{{state=\"{state}\",target=\"{t}\"}} {v}");
+            }
+        }),
+    },
+    Family {
+        name: "tether_target_role",
+        kind: "gauge",
+        help: "1 for the replication role the target reported at its last check (primary, replica, or unknown: not reported, or no connection held), 0 for the others.",
+        samples: Samples::Each(|out, name, t, s| {
+            let now = s.role.load(Ordering::Relaxed);
+            for (i, role) in ROLES.iter().enumerate() {
+                let v = u8::from(i == now);
+                let _ = writeln!(out, "{name}{{role=\"{role}\",target=\"{t}\"}} {v}");
             }
         }),
     },
@@ -502,8 +529,10 @@ impl Observer for Metrics {
         match self.series(target) {
             Some(series) => {
                 // A restarted or replaced actor resumes where the last one stopped:
-                // its series go on as they are.
+                // its series go on as they are, but for the role of a connection it
+                // does not hold yet.
                 series.owner.store(actor.0, Ordering::Release);
+                series.role.store(role_index(None), Ordering::Relaxed);
             }
             None => {
                 self.add(target, actor.0);
@@ -541,6 +570,12 @@ impl Observer for Metrics {
             s.state_changes[state_index(t.state)].fetch_add(1, Ordering::Relaxed);
         }
         s.state.store(state_index(t.state), Ordering::Relaxed);
+    }
+
+    fn role(&self, target: &Arc<Target>, role: Option<Role>) {
+        if let Some(s) = self.series(target) {
+            s.role.store(role_index(role), Ordering::Relaxed);
+        }
     }
 
     fn address_changed(
@@ -672,6 +707,34 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(value(&m, &build), Some(1.0));
+    }
+
+    #[test]
+    fn the_role_gauge_is_one_hot_and_starts_unknown() {
+        let config = config();
+        let db = &Arc::new(config.targets[0].clone());
+        let m = Metrics::new(&config).unwrap();
+        let role = |r: &str| {
+            value(
+                &m,
+                &format!("tether_target_role{{role=\"{r}\",target=\"db\"}}"),
+            )
+        };
+        assert_eq!(
+            [role("primary"), role("replica"), role("unknown")],
+            [Some(0.0), Some(0.0), Some(1.0)]
+        );
+        m.role(db, Some(Role::Replica));
+        assert_eq!(
+            [role("primary"), role("replica"), role("unknown")],
+            [Some(0.0), Some(1.0), Some(0.0)]
+        );
+        m.role(db, Some(Role::Primary));
+        assert_eq!(role("primary"), Some(1.0));
+        // A restarted actor holds no connection yet.
+        m.started(db, ActorId::next());
+        assert_eq!(role("unknown"), Some(1.0));
+        assert_eq!(role("primary"), Some(0.0));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Target};
+use crate::probe::Role;
 use crate::watch::machine::{Event, State, Transition};
 use crate::watch::observe::{ActorId, Observer};
 
@@ -74,6 +75,11 @@ pub struct TargetStatus {
     /// on its fallback. Lets an application that reads the state file pick its mode
     /// without replaying events.
     pub fallback: bool,
+    /// The replication role the server reported at the last check; `null` when unknown
+    /// (a probe that cannot ask, a server that would not say, no connection held).
+    /// Absent from an older sidecar's document.
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 /// A wall-clock time, written as RFC 3339 in UTC with milliseconds.
@@ -198,6 +204,7 @@ impl Status {
                 event_id: None,
                 event: None,
                 fallback: false,
+                role: None,
             }),
         })
     }
@@ -366,6 +373,8 @@ impl Observer for Status {
         // continues from what was last announced): the state stands; only settings a
         // reload changed are taken over.
         let mut e = lock(&slot.entry);
+        // The new actor holds no connection yet, so nothing is known of the role.
+        e.role = None;
         e.address = target.address.to_string();
         e.probe = target.probe.kind().name.to_owned();
         if e.required != target.required {
@@ -411,6 +420,10 @@ impl Observer for Status {
                 Event::Connect | Event::Disconnect => {}
             }
         });
+    }
+
+    fn role(&self, target: &Arc<Target>, role: Option<Role>) {
+        self.update(target, |e| e.role = role);
     }
 
     // `stopped` changes nothing: which targets are listed follows the config, applied

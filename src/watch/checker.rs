@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Target;
 use crate::connect::{self, AttemptError, Connection, Limits};
 use crate::net::{self, Hangup, Readiness};
-use crate::probe::Prober;
+use crate::probe::{Prober, Role};
 use crate::secrets;
 use crate::watch::loss::Loss;
 use crate::watch::machine::{Input, Machine, Next, Snapshot};
@@ -40,6 +40,9 @@ pub struct Checker {
     /// What the application was last told, kept outside the actor so that a
     /// restarted actor continues from it instead of repeating or skipping events.
     memory: Arc<Mutex<Snapshot>>,
+    /// The role last reported; a restarted actor starts from unknown, as the
+    /// listeners do on `started`.
+    role: Mutex<Option<Role>>,
 }
 
 /// The connection an up target holds, and what is due on it.
@@ -73,6 +76,7 @@ impl Checker {
             observer,
             cancel,
             memory,
+            role: Mutex::new(None),
         }
     }
 
@@ -88,6 +92,12 @@ impl Checker {
                 () = self.cancel.cancelled() => break,
                 input = self.observe(next, &mut held) => input,
             };
+            // What the connection now held said last; nothing once it is gone.
+            let role = match input {
+                Input::Connected | Input::Tick => held.as_ref().and_then(|l| l.conn.role),
+                Input::ConnectFailed(_) | Input::Lost(_) | Input::Failed(_) => None,
+            };
+            self.report_role(role);
             let step = self.machine.on(input, Instant::now(), SystemTime::now());
             *self.memory.lock().unwrap_or_else(|p| p.into_inner()) = self.machine.snapshot();
             for t in &step.transitions {
@@ -170,10 +180,24 @@ impl Checker {
             };
             match woke {
                 Wake::Readable(ready) => {
+                    // A session's server speaks between checks in messages the probe
+                    // reads whole: they are left in the socket and a check reads them now.
+                    let listen = link.conn.reusable && self.prober.hears_between_checks();
                     let hangup = match ready {
                         Err(e) => Hangup::from(e),
-                        Ok(()) => match link.conn.stream.as_ref().map(net::drain) {
+                        Ok(()) => match link
+                            .conn
+                            .stream
+                            .as_ref()
+                            .map(|s| if listen { net::peek(s) } else { net::drain(s) })
+                        {
                             Some(Readiness::Ended(hangup)) => hangup,
+                            Some(Readiness::Data(_)) if listen => {
+                                if let Some(input) = self.check(link).await {
+                                    return input;
+                                }
+                                continue;
+                            }
                             _ => continue,
                         },
                     };
@@ -191,19 +215,44 @@ impl Checker {
                     // Boxed like the connect attempt: inline, these futures would set
                     // the size of every idle actor's task.
                     if link.next_check.is_some_and(|at| now >= at) {
-                        if let Err(e) = Box::pin(self.recheck(link)).await {
-                            return if closed_under_us(&e) {
-                                self.lost(e.into())
-                            } else {
-                                self.failed(e.into())
-                            };
+                        if let Some(input) = self.check(link).await {
+                            return input;
                         }
                     }
                     if link.next_resolve.is_some_and(|at| now >= at) {
                         Box::pin(self.follow(link)).await;
+                        self.report_role(link.conn.role);
                     }
                 }
             }
+        }
+    }
+
+    /// Checks the held connection now and reports the role it learned; the input to
+    /// return if the check failed.
+    async fn check(&self, link: &mut Link) -> Option<Input> {
+        // Boxed like the connect attempt: inline, this future would set the size of
+        // every idle actor's task.
+        match Box::pin(self.recheck(link)).await {
+            Ok(()) => {
+                self.report_role(link.conn.role);
+                None
+            }
+            Err(e) => Some(if closed_under_us(&e) {
+                self.lost(e.into())
+            } else {
+                self.failed(e.into())
+            }),
+        }
+    }
+
+    /// Tells the observers the target's role if it changed since last told.
+    fn report_role(&self, role: Option<Role>) {
+        let mut reported = self.role.lock().unwrap_or_else(|p| p.into_inner());
+        if *reported != role {
+            *reported = role;
+            drop(reported);
+            self.observer.role(&self.target, role);
         }
     }
 
@@ -282,7 +331,7 @@ fn closed_under_us(e: &AttemptError) -> bool {
     use crate::probe::ProbeError;
     match e {
         AttemptError::Probe {
-            source: ProbeError::Closed,
+            source: ProbeError::Closed | ProbeError::Ended(_),
             ..
         } => true,
         AttemptError::Probe {

@@ -258,7 +258,7 @@ impl Groups {
     }
 
     /// The role a member's last check learned.
-    pub fn role(&self, target: &Target, role: Option<Role>) {
+    fn member_role(&self, target: &Target, role: Option<Role>) {
         self.each_membership(&target.name, |this, cell, i| {
             let mut state = lock(&cell.state);
             if state.roles[i] == role {
@@ -365,6 +365,10 @@ impl Groups {
 }
 
 impl Observer for Groups {
+    fn role(&self, target: &Arc<Target>, role: Option<Role>) {
+        self.member_role(target, role);
+    }
+
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
         self.each_membership(&target.name, |this, cell, i| {
             let mut state = lock(&cell.state);

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::{Group, Target};
+use crate::probe::Role;
 use crate::watch::groups::{GroupEvent, GroupEventKind};
 use crate::watch::machine::{Event, Transition};
 
@@ -43,6 +44,17 @@ pub trait Observer: Send + Sync + 'static {
 
     /// A state change, in the order the target went through them.
     fn transition(&self, target: &Arc<Target>, transition: &Transition);
+
+    /// The target's replication role changed (`None`: unknown, which it also becomes
+    /// when the connection is lost or the target goes down). Not a state change: no
+    /// hook runs and `/events` does not move.
+    ///
+    /// Reported before the transitions of the same step: the check that brings a
+    /// target up reports its role first, so a listener that sees `up` already knows the
+    /// role, and a failover group never takes a member that is up for a primary it has
+    /// not been told about; on a loss, the role turns unknown before the target leaves
+    /// `up`, so "up and primary" is never seen of a connection that is gone.
+    fn role(&self, _target: &Arc<Target>, _role: Option<Role>) {}
 
     /// The held connection was moved to another address because the target's name
     /// now resolves elsewhere (DNS failover, a re-pointed service).
@@ -166,6 +178,10 @@ impl Observer for Observers {
 
     fn transition(&self, target: &Arc<Target>, transition: &Transition) {
         self.each("transition", |o| o.transition(target, transition));
+    }
+
+    fn role(&self, target: &Arc<Target>, role: Option<Role>) {
+        self.each("role", |o| o.role(target, role));
     }
 
     fn address_changed(&self, target: &Target, from: SocketAddr, to: SocketAddr) {

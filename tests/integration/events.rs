@@ -106,6 +106,7 @@ async fn serve(
         status: Arc::new(Status::new(config)),
         metrics: Arc::new(Metrics::new(config).unwrap()),
         events: Arc::default(),
+        admin: Default::default(),
     };
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app.clone(), limits)
         .await

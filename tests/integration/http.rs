@@ -323,6 +323,7 @@ async fn the_status_document_lists_every_target_with_the_documented_fields() {
         "name",
         "probe",
         "required",
+        "role",
         "since",
         "state",
     ]);
@@ -339,6 +340,11 @@ async fn the_status_document_lists_every_target_with_the_documented_fields() {
     assert_eq!(web["last_error"], serde_json::Value::Null);
     assert_eq!(web["event"], "connect");
     assert_eq!(web["event_id"], "web:0");
+    assert_eq!(
+        web["role"],
+        serde_json::Value::Null,
+        "a tcp probe learns no role"
+    );
     assert_eq!(cache["state"], "failed");
     assert_eq!(cache["required"], false);
     assert_eq!(cache["fallback"], true);
@@ -469,6 +475,7 @@ async fn the_server_stops_when_its_shutdown_future_resolves() {
         status: Arc::new(Status::new(&config)),
         metrics: Arc::new(Metrics::new(&config).unwrap()),
         events: Arc::default(),
+        admin: Default::default(),
     };
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, Limits::default())
         .await
@@ -694,6 +701,7 @@ async fn server_with(limits: Limits) -> (std::net::SocketAddr, tokio::sync::ones
         status: Arc::new(Status::new(&config)),
         metrics: Arc::new(Metrics::new(&config).unwrap()),
         events: Arc::default(),
+        admin: Default::default(),
     };
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, limits)
         .await

@@ -21,6 +21,7 @@ mod netns;
 mod notify;
 mod probes;
 mod restarts;
+mod roles;
 mod secrets;
 mod servers;
 mod status_cmd;

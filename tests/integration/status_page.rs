@@ -157,6 +157,7 @@ async fn an_error_carrying_a_script_tag_is_shown_as_text_and_never_runs() {
         status: Arc::new(Status::new(&config)),
         metrics: Arc::new(Metrics::new(&config).unwrap()),
         events: Arc::default(),
+        admin: Default::default(),
     };
     app.status.lost(
         &config.targets[0],
@@ -165,7 +166,7 @@ async fn an_error_carrying_a_script_tag_is_shown_as_text_and_never_runs() {
     let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), app, Limits::default())
         .await
         .unwrap();
-    let addr = server.local_addr();
+    let addr = server.local_addr().expect("a TCP listener");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run(async {
         let _ = stopped.await;

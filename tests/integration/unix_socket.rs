@@ -381,6 +381,7 @@ async fn the_socket_has_the_same_defences_as_the_tcp_listener() {
         status: Arc::new(Status::new(&config)),
         metrics: Arc::new(Metrics::new(&config).unwrap()),
         events: Arc::default(),
+        admin: Default::default(),
     };
     let limits = Limits {
         max_connections: 2,

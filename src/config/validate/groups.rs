@@ -63,12 +63,8 @@ impl Ctx<'_> {
             .as_ref()
             .and_then(|v| match v.get_ref().parse::<Role>() {
                 Ok(role) => Some(role),
-                Err(()) => {
-                    self.err(
-                        Some(v.span()),
-                        key("role"),
-                        format!("unknown role \"{}\": expected {}", v.get_ref(), Role::NAMES),
-                    );
+                Err(e) => {
+                    self.err(Some(v.span()), key("role"), e.to_string());
                     None
                 }
             });

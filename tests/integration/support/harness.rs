@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tether::config::{Config, Target};
+use tether::probe::Role;
 use tether::watch::machine::{Event, State, Transition};
 use tether::watch::observe::{HookResult, Observer, Observers};
 use tether::watch::supervisor::Supervisor;
@@ -30,6 +31,11 @@ pub enum Record {
     Hook {
         event: Event,
         result: HookResult,
+    },
+    /// The target's role changed (`None`: unknown).
+    Role {
+        role: Option<Role>,
+        at: Instant,
     },
     Coalesced {
         count: u64,
@@ -155,6 +161,35 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// The roles reported so far, in order.
+    pub fn roles(&self, target: &str) -> Vec<Option<Role>> {
+        self.of(target)
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Role { role, .. } => Some(role),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits for the first report of `role` at or after `since` and returns when it came.
+    pub async fn role_since(
+        &self,
+        target: &str,
+        role: Option<Role>,
+        since: Instant,
+        limit: Duration,
+    ) -> Instant {
+        let what = format!("role {role:?}");
+        self.until(target, limit, &what, |records| {
+            records.iter().find_map(|r| match r {
+                Record::Role { role: r, at } if *r == role && *at >= since => Some(*at),
+                _ => None,
+            })
+        })
+        .await
+    }
+
     /// Waits until `n` reloads have been applied.
     pub async fn reloads_applied(&self, n: usize, limit: Duration) {
         self.until("", limit, "applied reloads", |records| {
@@ -202,6 +237,16 @@ impl Observer for Recorder {
             target,
             Record::Transition {
                 t: t.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn role(&self, target: &Arc<Target>, role: Option<Role>) {
+        self.push(
+            target,
+            Record::Role {
+                role,
                 at: Instant::now(),
             },
         );

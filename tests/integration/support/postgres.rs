@@ -49,17 +49,88 @@ impl PostgresServer {
     /// Like [`start`](Self::start), with extra server settings passed as `-c key=value`, e.g.
     /// `("authentication_timeout", "1s")`. They come last, so they override the defaults.
     pub fn start_with(settings: &[(&str, &str)]) -> Self {
+        let mut server = Self::unstarted(settings);
+        let initdb = server.postgres.with_file_name("initdb");
+        assert!(
+            initdb.is_file(),
+            "`initdb` is not next to `{}`; install the Debian package `postgresql`",
+            server.postgres.display()
+        );
+        server.create_cluster(&initdb);
+        server.launch_on_free_port();
+        server
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`, so it follows the primary by
+    /// itself), started on its own free port; returns once it accepts a login, as a hot
+    /// standby does.
+    pub fn replica_of(primary: &PostgresServer) -> Self {
+        let mut server = Self::unstarted(&[]);
+        server.make_dirs();
+        let basebackup = server.postgres.with_file_name("pg_basebackup");
+        let mut command = Command::new(&basebackup);
+        command
+            .arg("-D")
+            .arg(data_dir(server.dir.path()))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                USER,
+            ])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .current_dir(server.dir.path());
+        as_owner(&mut command, server.owner);
+        server.process.run_to_completion(command, START_TIMEOUT);
+        server.launch_on_free_port();
+        server
+    }
+
+    /// Runs `sql` as the superuser through `psql` on the Unix socket and returns its
+    /// unaligned, tuples-only output.
+    pub fn sql(&self, sql: &str) -> String {
+        let psql = self.postgres.with_file_name("psql");
+        let output = Command::new(&psql)
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", USER, "-d", DATABASE])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap_or_else(|err| panic!("run {}: {err}", psql.display()));
+        assert!(
+            output.status.success(),
+            "psql -c {sql:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Puts `lines` first in `pg_hba.conf` (before the cluster's trust-everything lines)
+    /// and reloads it: how a test gives one user its own authentication method.
+    pub fn hba_first(&self, lines: &[&str]) {
+        // Tests sharing a server edit its file side by side.
+        static EDITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _editing = EDITING.lock().unwrap_or_else(|p| p.into_inner());
+        let path = data_dir(self.dir.path()).join("pg_hba.conf");
+        let old = fs::read_to_string(&path).expect("read pg_hba.conf");
+        fs::write(&path, format!("{}\n{old}", lines.join("\n"))).expect("write pg_hba.conf");
+        assert_eq!(self.sql("SELECT pg_reload_conf()"), "t");
+    }
+
+    /// Promotes a standby (`pg_promote()`, which returns once the server is out of
+    /// recovery).
+    pub fn promote(&self) {
+        assert_eq!(self.sql("SELECT pg_promote()"), "t", "promotion");
+    }
+
+    /// The server, with its directory and owner set up but no cluster yet.
+    fn unstarted(settings: &[(&str, &str)]) -> Self {
         // initdb must match the server's major version, so both come from the directory the
         // `postgres` found first really lives in (PATH entries are often symlinks into it).
         let found = require_binary("postgres", "postgresql");
         let postgres = fs::canonicalize(&found).unwrap_or(found);
-        let initdb = postgres.with_file_name("initdb");
-        assert!(
-            initdb.is_file(),
-            "`initdb` is not next to `{}`; install the Debian package `postgresql`",
-            postgres.display()
-        );
-
         let dir = workdir("postgres");
         let owner = running_as_root().then(postgres_user);
         let process = ServerProcess::new(
@@ -67,7 +138,7 @@ impl PostgresServer {
             dir.path().join("server.log"),
             Some(Signal::SIGQUIT),
         );
-        let mut server = Self {
+        Self {
             process,
             port: 0,
             postgres,
@@ -77,19 +148,20 @@ impl PostgresServer {
                 .collect(),
             owner,
             dir,
-        };
-        server.create_cluster(&initdb);
-
-        let (postgres, settings, dir) = (&server.postgres, &server.settings, server.dir.path());
-        server.port = server.process.start_on_free_port(|process, port| {
-            launch(process, postgres, settings, owner, dir, port)
-        });
-        server
+        }
     }
 
-    /// Makes the data and socket directories (owned by whoever runs the server) and fills the
-    /// data directory with a new cluster that trusts every local connection.
-    fn create_cluster(&self, initdb: &Path) {
+    fn launch_on_free_port(&mut self) {
+        let (postgres, settings, dir, owner) =
+            (&self.postgres, &self.settings, self.dir.path(), self.owner);
+        self.port = self.process.start_on_free_port(|process, port| {
+            launch(process, postgres, settings, owner, dir, port)
+        });
+    }
+
+    /// Makes the data and socket directories, owned by whoever runs the server; the data
+    /// directory private, as the server insists.
+    fn make_dirs(&self) {
         let data = data_dir(self.dir.path());
         for path in [&data, &socket_dir(self.dir.path())] {
             fs::create_dir(path).unwrap_or_else(|err| panic!("create {}: {err}", path.display()));
@@ -98,11 +170,19 @@ impl PostgresServer {
                     .unwrap_or_else(|err| panic!("chown {} to postgres: {err}", path.display()));
             }
         }
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .expect("make the data directory private");
         if self.owner.is_some() {
             // The scratch directory is root's and private; the server's user must get through it.
             fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o711))
                 .expect("open up the scratch directory");
         }
+    }
+
+    /// Fills the data directory with a new cluster that trusts every local connection.
+    fn create_cluster(&self, initdb: &Path) {
+        self.make_dirs();
+        let data = data_dir(self.dir.path());
 
         let mut command = Command::new(initdb);
         command
@@ -321,4 +401,36 @@ fn error_text(payload: &[u8]) -> String {
         }
     }
     format!("{message} (SQLSTATE {code})")
+}
+
+/// A primary and its streaming replica, for tests of roles and failover.
+#[derive(Debug)]
+pub struct Pair {
+    pub primary: PostgresServer,
+    pub replica: PostgresServer,
+}
+
+impl Pair {
+    /// A fresh primary and a replica streaming from it.
+    pub fn start() -> Pair {
+        let primary = PostgresServer::start();
+        let replica = PostgresServer::replica_of(&primary);
+        Pair { primary, replica }
+    }
+
+    /// One pair for every test of this binary that runs while another still holds it:
+    /// PostgreSQL is slow to create, and tests that only log in and read roles do not
+    /// conflict. The pair is dropped (and its servers stopped) when its last user is done;
+    /// tests that promote, freeze or kill a server must start their own.
+    pub fn shared() -> std::sync::Arc<Pair> {
+        use std::sync::{Arc, Mutex, Weak};
+        static SHARED: Mutex<Weak<Pair>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pair) = shared.upgrade() {
+            return pair;
+        }
+        let pair = Arc::new(Pair::start());
+        *shared = Arc::downgrade(&pair);
+        pair
+    }
 }

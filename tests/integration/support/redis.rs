@@ -106,6 +106,43 @@ fn launch(
     process.wait_ready(START_TIMEOUT, || ping(port, Duration::from_secs(1)))
 }
 
+/// A replica of `primary` (`--replicaof`), with extra `settings`: the role tests' and
+/// the failover groups' second server.
+pub fn replica_of(primary: &RedisServer, settings: &[&str]) -> RedisServer {
+    let port = primary.port.to_string();
+    let mut all = vec!["--replicaof", "127.0.0.1", port.as_str()];
+    all.extend_from_slice(settings);
+    RedisServer::start_with(&all)
+}
+
+/// Sends one command to a test Redis and returns the first line of its reply.
+pub fn command(port: u16, args: &[&str]) -> String {
+    let mut exchange = Exchange::connect(port, Duration::from_secs(5)).expect("connect to redis");
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    exchange.send(cmd.as_bytes()).expect("send to redis");
+    let reply = exchange
+        .receive_until(b"\r\n", 64 * 1024)
+        .expect("redis reply");
+    String::from_utf8_lossy(&reply).trim_end().to_owned()
+}
+
+/// The text of `INFO section`, e.g. `commandstats` to count the commands a probe sent.
+pub fn info(port: u16, section: &str) -> String {
+    let mut exchange = Exchange::connect(port, Duration::from_secs(5)).expect("connect to redis");
+    let cmd = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+    exchange.send(cmd.as_bytes()).expect("send to redis");
+    let head = exchange.receive_until(b"\r\n", 64).expect("INFO reply");
+    let length: usize = String::from_utf8_lossy(&head[1..head.len() - 2])
+        .parse()
+        .expect("INFO answers a bulk string");
+    let mut body = vec![0u8; length + 2];
+    exchange.receive_exact(&mut body).expect("INFO body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Sends PING in RESP and expects `+PONG`. A server still loading its dataset replies
 /// `-LOADING`, which is an error here because it cannot serve yet.
 pub fn ping(port: u16, timeout: Duration) -> io::Result<()> {
