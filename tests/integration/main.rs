@@ -22,6 +22,7 @@ mod probes;
 mod restarts;
 mod secrets;
 mod servers;
+mod sse_client;
 mod status_cmd;
 mod supervision;
 mod support;
