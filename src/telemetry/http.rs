@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -277,6 +278,7 @@ async fn serve(
 ) {
     // Responses are small and written at once; do not hold them back for Nagle.
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
     // Cancelled once the connection carries an event stream: from then on it is
     // exempt from the connection age and leaves the connection cap (streams count
     // against their own bound), so it is neither cut nor displaced.
@@ -300,7 +302,12 @@ async fn serve(
             () = evicted.cancelled(), if guard.is_some() => return,
             () = closing.cancelled() => break,
             () = &mut age, if !streaming.is_cancelled() => break,
-            () = streaming.cancelled(), if guard.is_some() => guard = None,
+            () = streaming.cancelled(), if guard.is_some() => {
+                guard = None;
+                // SAFETY: `conn` owns the socket and is alive for this whole loop.
+                let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                crate::telemetry::stream::limit_send_buffer(&socket);
+            }
         }
     }
     // Let the in-flight response go out, then close. A connection in this phase still
