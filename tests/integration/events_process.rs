@@ -1,7 +1,9 @@
-//! `/events` of a real tether process: a subscriber that stops reading while a target
-//! flaps thousands of times costs tether no more than its configured buffers, delays
-//! neither a hook nor another subscriber, and is told `reset` rather than skipped
-//! past in silence.
+//! `/events` and the `/status` long-poll of a real tether process: a subscriber that
+//! stops reading while a target flaps thousands of times costs tether no more than its
+//! configured buffers, delays neither a hook nor another subscriber, and is told
+//! `reset` rather than skipped past in silence; a position gone from the history or
+//! from a previous process gets `reset` and a snapshot; a long-poll answers with the
+//! transition, and at `wait` without one.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::events::{Client, Sse, position};
+use crate::support::harness::{Behaviour, Listener};
 use crate::support::tether_process::TetherProcess;
-use crate::support::{free_port, workdir};
+use crate::support::{eventually, free_port, workdir};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -282,4 +285,140 @@ async fn a_subscriber_that_never_reads_costs_tether_only_its_buffers_while_a_tar
     );
     tether.signal(nix::sys::signal::Signal::SIGTERM);
     tether.wait_exit(LIMIT);
+}
+
+/// A tether process watching `db` with fast reconnects, `server` lines added to its
+/// `[server]` table; its config stays in `dir` so it can be started again.
+fn start(dir: &Path, db: &Listener, server: &str) -> (TetherProcess, SocketAddr) {
+    let path = dir.join("tether.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[targets]]\nname = \"db\"\n\
+             address = \"{}\"\nbackoff = {{ initial = \"5ms\", max = \"20ms\" }}\n\
+             failure_threshold = 1000\n",
+            db.address()
+        ),
+    )
+    .unwrap();
+    let tether = TetherProcess::run(&path, &[]);
+    let addr = tether.http_addr(LIMIT);
+    (tether, addr)
+}
+
+/// `/status` once it shows `db` in `state`; its `X-Tether-Index`.
+async fn index_when(addr: SocketAddr, state: &str) -> String {
+    eventually(LIMIT, &format!("db {state}"), || async {
+        let r = crate::endpoint::get(addr, "/status").await;
+        (r.json()["targets"][0]["state"] == state)
+            .then(|| r.header("x-tether-index").unwrap().to_owned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_from_before_the_history_gets_reset_then_a_snapshot_and_one_within_it_a_replay() {
+    let dir = workdir("events-history");
+    let mut db = Listener::start(Behaviour::Hold).await;
+    let (tether, addr) = start(dir.path(), &db, "events_history = 2");
+    let before = index_when(addr, "up").await;
+    for _ in 0..2 {
+        db.kill().await;
+        index_when(addr, "down").await;
+        db.restore(Behaviour::Hold).await;
+        index_when(addr, "up").await;
+    }
+    // Four events since `before`, two kept: gone from the history.
+    let header = format!("Last-Event-ID: {before}\r\n");
+    let mut late = Client::connect(addr, "/events", &header).await;
+    assert_eq!(late.next().await.event, "reset");
+    let snapshot = late.next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    assert_eq!(
+        position(snapshot.id.as_deref().unwrap()),
+        position(&before) + 4
+    );
+    // One event back is still held: replayed, no reset.
+    let instance = before.rsplit_once(':').unwrap().0;
+    let kept = format!("{instance}:{}", position(&before) + 3);
+    let mut recent = Client::connect(addr, &format!("/events?since={kept}"), "").await;
+    let replayed = recent.next().await;
+    assert_eq!(replayed.event, "transition", "{replayed:?}");
+    assert_eq!(
+        position(replayed.id.as_deref().unwrap()),
+        position(&before) + 4
+    );
+    drop(tether);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_position_from_the_previous_process_gets_reset_then_a_snapshot_of_the_new_one() {
+    let dir = workdir("events-restart");
+    let db = Listener::start(Behaviour::Hold).await;
+    let (first, addr) = start(dir.path(), &db, "");
+    let old = index_when(addr, "up").await;
+    let (status, _) = first.stop();
+    assert!(status.success(), "{status}");
+
+    let (second, addr) = start(dir.path(), &db, "");
+    let new = index_when(addr, "up").await;
+    // The same position number in another run: it says nothing of this one.
+    assert_eq!(position(&new), position(&old));
+    let mut client = Client::connect(addr, "/events", &format!("Last-Event-ID: {old}\r\n")).await;
+    assert_eq!(client.next().await.event, "reset");
+    let snapshot = client.next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    assert_eq!(snapshot.id.as_deref(), Some(new.as_str()), "old {old}");
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_on_a_tether_process_answers_within_milliseconds_of_a_transition_and_at_wait_without_one()
+ {
+    let dir = workdir("long-poll");
+    let mut db = Listener::start(Behaviour::Hold).await;
+    let (tether, addr) = start(dir.path(), &db, "");
+    let index = index_when(addr, "up").await;
+
+    let started = Instant::now();
+    let quiet = crate::endpoint::get(addr, &format!("/status?index={index}&wait=1s")).await;
+    let waited = started.elapsed();
+    println!("without a transition the long-poll answered after {waited:?}");
+    assert_eq!(quiet.header("x-tether-index"), Some(index.as_str()));
+    assert!(waited >= Duration::from_millis(990), "early: {waited:?}");
+    assert!(waited < Duration::from_secs(3), "late: {waited:?}");
+
+    let mut lags = Vec::new();
+    let mut index = index;
+    for i in 0..6 {
+        let poll = tokio::spawn({
+            let path = format!("/status?index={index}&wait=20s");
+            async move {
+                let r = crate::endpoint::get(addr, &path).await;
+                (r, Instant::now())
+            }
+        });
+        // Time for the request to arrive; that it is waiting is checked, not assumed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!poll.is_finished(), "answered before anything happened");
+        let changed = Instant::now();
+        if i % 2 == 0 {
+            db.kill().await;
+        } else {
+            db.restore(Behaviour::Hold).await;
+        }
+        let (reply, answered) = tokio::time::timeout(LIMIT, poll).await.unwrap().unwrap();
+        lags.push(answered - changed);
+        let next = reply.header("x-tether-index").unwrap().to_owned();
+        assert_eq!(position(&next), position(&index) + 1, "{}", reply.body);
+        index = next;
+    }
+    lags.sort();
+    println!(
+        "the long-poll answered {:?} after a transition (median), {:?} at most",
+        lags[lags.len() / 2],
+        lags[lags.len() - 1]
+    );
+    assert!(lags[lags.len() - 1] < Duration::from_secs(1));
+    drop(tether);
 }
