@@ -247,7 +247,7 @@ async fn a_subscriber_that_never_reads_costs_tether_only_its_buffers_while_a_tar
     );
     assert!(peak <= bound, "RSS {} above {}", mib(peak), mib(bound));
     assert!(
-        quantile(&mut reader_lags, 1.0) < Duration::from_secs(1),
+        quantile(&mut reader_lags, 1.0) < Duration::from_secs(2),
         "the reader was held back"
     );
 
