@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -369,7 +370,7 @@ struct Conn {
 impl Conn {
     async fn serve<S>(self, stream: S, origin: Origin)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
     {
         let Conn {
             builder,
@@ -379,6 +380,7 @@ impl Conn {
             evicted,
             closing,
         } = self;
+        let fd = stream.as_raw_fd();
         // Cancelled once the connection carries an event stream: from then on it is
         // exempt from the connection age and leaves the connection cap (streams count
         // against their own bound), so it is neither cut nor displaced.
@@ -402,7 +404,12 @@ impl Conn {
                 () = evicted.cancelled(), if guard.is_some() => return,
                 () = closing.cancelled() => break,
                 () = &mut age, if !streaming.is_cancelled() => break,
-                () = streaming.cancelled(), if guard.is_some() => guard = None,
+                () = streaming.cancelled(), if guard.is_some() => {
+                    guard = None;
+                    // SAFETY: `conn` owns the socket and is alive for this whole loop.
+                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    crate::telemetry::stream::limit_send_buffer(&socket);
+                }
             }
         }
         // Let the in-flight response go out, then close. A connection in this phase still

@@ -27,6 +27,18 @@ use crate::telemetry::http::{App, Body, query_pairs, text};
 /// Messages written to a subscriber's socket but not yet taken by it.
 const QUEUE: usize = 16;
 
+/// The kernel's send buffer of a stream's socket (the kernel doubles it). Left to
+/// autotuning it grows to `tcp_wmem`'s maximum, 4 MiB by default: for a subscriber
+/// that stopped reading, thousands of events' worth of kernel memory each, and that
+/// many events before it is told `reset`.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// Caps the send buffer of a connection that now carries a stream. A socket that
+/// refuses keeps its default: the stream works either way.
+pub fn limit_send_buffer(socket: &std::os::fd::BorrowedFd<'_>) {
+    let _ = socket2::SockRef::from(socket).set_send_buffer_size(SEND_BUFFER);
+}
+
 /// Answers `/events`; `streaming` tells the connection it now carries a stream.
 pub fn respond(
     app: &App,

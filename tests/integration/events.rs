@@ -24,21 +24,26 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 /// One Server-Sent Event.
 #[derive(Debug, Default)]
-struct Sse {
-    id: Option<String>,
-    event: String,
-    data: String,
+pub struct Sse {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
 }
 
 /// A deliberately plain SSE client: HTTP/1.0, so the body is the stream itself.
-struct Client {
+pub struct Client {
     lines: BufReader<OwnedReadHalf>,
     _write: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr, path: &str, headers: &str) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
+    pub async fn connect(addr: SocketAddr, path: &str, headers: &str) -> Client {
+        Client::over(TcpStream::connect(addr).await.unwrap(), path, headers).await
+    }
+
+    /// Sends the request on `stream`, a connection the caller opened (with the socket
+    /// options it wanted), and reads the answer's head.
+    pub async fn over(stream: TcpStream, path: &str, headers: &str) -> Client {
         let (read, mut write) = stream.into_split();
         write
             .write_all(format!("GET {path} HTTP/1.0\r\n{headers}\r\n").as_bytes())
@@ -69,7 +74,7 @@ impl Client {
     }
 
     /// The next event (comments such as heartbeats skipped), within `LIMIT`.
-    async fn next(&mut self) -> Sse {
+    pub async fn next(&mut self) -> Sse {
         tokio::time::timeout(LIMIT, async {
             let mut sse = Sse::default();
             loop {
@@ -119,7 +124,7 @@ async fn serve(
     (app, addr, stop)
 }
 
-fn position(id: &str) -> u64 {
+pub fn position(id: &str) -> u64 {
     id.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 

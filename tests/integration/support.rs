@@ -11,6 +11,7 @@ pub mod mariadb;
 pub mod notify_socket;
 pub mod postgres;
 pub mod process;
+pub mod python;
 pub mod receiver;
 pub mod redis;
 pub mod server;
