@@ -76,6 +76,7 @@ async fn a_redis_master_is_primary_and_its_replica_turns_primary_when_promoted()
         .await;
     rec.role_since("replica", Some(Role::Replica), start, LIMIT)
         .await;
+    rec.nth_event("master", Event::Connect, 1, LIMIT).await;
     rec.nth_event("replica", Event::Connect, 1, LIMIT).await;
     role_came_before_up(&rec, "master", Role::Primary);
     role_came_before_up(&rec, "replica", Role::Replica);
