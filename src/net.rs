@@ -285,6 +285,33 @@ pub(crate) mod tests {
         assert!(sock.tcp_nodelay().unwrap());
     }
 
+    #[tokio::test]
+    async fn a_peek_leaves_the_data_for_the_protocol_and_still_sees_the_close() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = connect_addr(addr, Duration::from_secs(1), &keepalive())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        server.write_all(b"S\0\0\0\x04").await.unwrap();
+        client.readable().await.unwrap();
+        assert!(matches!(peek(&client), Readiness::Data(_)));
+        assert!(
+            matches!(peek(&client), Readiness::Data(_)),
+            "nothing consumed"
+        );
+        let mut message = [0u8; 5];
+        client.read_exact(&mut message).await.unwrap();
+        assert_eq!(&message, b"S\0\0\0\x04");
+        drop(server);
+        client.readable().await.unwrap();
+        assert!(matches!(
+            peek(&client),
+            Readiness::Ended(Hangup::ClosedByPeer)
+        ));
+    }
+
     #[test]
     fn each_hangup_reads_as_the_socket_error_it_stands_for() {
         use io::ErrorKind::{BrokenPipe, ConnectionReset, TimedOut};

@@ -76,6 +76,7 @@ async fn a_redis_master_is_primary_and_its_replica_turns_primary_when_promoted()
         .await;
     rec.role_since("replica", Some(Role::Replica), start, LIMIT)
         .await;
+    rec.nth_event("master", Event::Connect, 1, LIMIT).await;
     rec.nth_event("replica", Event::Connect, 1, LIMIT).await;
     role_came_before_up(&rec, "master", Role::Primary);
     role_came_before_up(&rec, "replica", Role::Replica);
@@ -104,11 +105,26 @@ async fn a_redis_master_is_primary_and_its_replica_turns_primary_when_promoted()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_without_role_stays_healthy_on_ping_with_its_role_unknown() {
     let redis = blocking(|| RedisServer::start_with(&["--rename-command", "ROLE", ""]));
+    asks_ping_alone_after_the_first_refusal(&redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_user_without_permission_for_role_stays_healthy_on_ping() {
+    let redis = blocking(RedisServer::start);
+    assert_eq!(
+        blocking(|| redis::command(redis.port(), &["ACL", "SETUSER", "default", "-role"])),
+        "+OK"
+    );
+    asks_ping_alone_after_the_first_refusal(&redis).await;
+}
+
+/// Watches a Redis that refuses `ROLE`: the target is up with its role unknown, and
+/// checks go on with `PING` alone (the pings grow while the refused `ROLE` stays the one
+/// of the first check).
+async fn asks_ping_alone_after_the_first_refusal(redis: &RedisServer) {
     let rec = Recorder::new();
     let _sup = watch(&target("cache", &redis.addr(), "\"redis\""), &rec);
     rec.nth_event("cache", Event::Connect, 1, LIMIT).await;
-    // Checks go on with PING alone: the pings grow while the refused ROLE stays the one
-    // of the first check.
     let stats = |port| {
         let info = redis::info(port, "stats");
         let errors = info
@@ -122,7 +138,11 @@ async fn a_redis_without_role_stays_healthy_on_ping_with_its_role_unknown() {
         (errors.unwrap_or(0), pings.unwrap_or(0))
     };
     let port = redis.port();
-    crate::support::poll(LIMIT, "three checks", || blocking(|| stats(port)).1 >= 4);
+    // The readiness PING of the test harness, then three checks.
+    crate::support::eventually(LIMIT, "three checks", || async {
+        (blocking(|| stats(port)).1 >= 4).then_some(())
+    })
+    .await;
     let (errors, pings) = blocking(|| stats(port));
     assert_eq!(
         errors, 1,
@@ -411,4 +431,49 @@ async fn a_frozen_postgres_session_is_detected_within_interval_and_timeout() {
     assert!(after < FROZEN_BOUND, "detected after {after:?}: {error}");
     assert!(error.contains("no answer within 400ms"), "{error}");
     rec.role_since("db", None, frozen, LIMIT).await;
+}
+
+// === Where the role shows ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_role_shows_in_status_and_metrics_and_turns_unknown_when_the_server_dies() {
+    use crate::endpoint::Sidecar;
+    use crate::support::eventually;
+
+    let master = blocking(RedisServer::start);
+    let mut replica = blocking(|| redis::replica_of(&master, &[]));
+    let sidecar = Sidecar::start(&target("cache", &replica.addr(), "\"redis\"")).await;
+    let role_in_status = |doc: serde_json::Value| doc["targets"][0]["role"].clone();
+    let series = |role: &str| format!("tether_target_role{{role=\"{role}\",target=\"cache\"}}");
+
+    eventually(LIMIT, "role replica in /status", || async {
+        (role_in_status(sidecar.get("/status").await.json()) == "replica").then_some(())
+    })
+    .await;
+    let metrics = sidecar.get("/metrics").await;
+    assert_eq!(
+        metrics.sample(&series("replica")),
+        Some(1.0),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(metrics.sample(&series("primary")), Some(0.0));
+    assert_eq!(metrics.sample(&series("unknown")), Some(0.0));
+
+    blocking(|| replica.kill());
+    eventually(LIMIT, "role unknown in /status", || async {
+        role_in_status(sidecar.get("/status").await.json())
+            .is_null()
+            .then_some(())
+    })
+    .await;
+    let metrics = sidecar.get("/metrics").await;
+    assert_eq!(
+        metrics.sample(&series("unknown")),
+        Some(1.0),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(metrics.sample(&series("replica")), Some(0.0));
+    sidecar.stop().await;
 }
