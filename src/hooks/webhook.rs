@@ -147,6 +147,10 @@ pub async fn deliver(
     let mut backoff = ReconnectBackoff::new(&RETRY);
     let signature = secret.map(|s| signature(s, &body));
     let mut attempts = 0;
+    // What the last finished attempt found: when the hook timeout cuts the next one
+    // short, that is why the delivery failed (an unreachable receiver stays an
+    // `error`, however slowly the last refused connection came back).
+    let mut last: Option<(HookResult, String, String)> = None;
     loop {
         attempts += 1;
         let request = request(url, headers, signature.as_deref(), event_id, &body);
@@ -179,12 +183,22 @@ pub async fn deliver(
                     transient,
                 )
             }
-            Err(_) => (
-                HookResult::Timeout,
-                "no answer before the hook timeout".to_owned(),
-                String::new(),
-                true,
-            ),
+            Err(_) => match last.take() {
+                Some((result, status, body)) => {
+                    return Outcome {
+                        result,
+                        status: format!("{status}; the next attempt was cut by the hook timeout"),
+                        body,
+                        attempts: attempts - 1,
+                    };
+                }
+                None => (
+                    HookResult::Timeout,
+                    "no answer before the hook timeout".to_owned(),
+                    String::new(),
+                    true,
+                ),
+            },
             // A URL or header that cannot make a request never will.
             Ok(Err(e @ AttemptError::Request(_))) => {
                 (HookResult::Error, error_chain(&e), String::new(), false)
@@ -202,6 +216,7 @@ pub async fn deliver(
             };
         }
         tracing::debug!(url, attempt = attempts, status = %status, retry_in = ?delay, "webhook delivery failed; retrying");
+        last = Some((result, status, body_text));
         sleep(delay).await;
     }
 }
