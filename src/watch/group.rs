@@ -210,6 +210,14 @@ impl Group {
 
     /// Records what member `i` reported at `now` and decides.
     pub fn report(&mut self, i: usize, report: Report, now: Instant) -> Vec<Decision> {
+        self.record(i, report, now);
+        self.decide(now)
+    }
+
+    /// Records what member `i` reported at `now` without deciding: how a group that
+    /// starts while its members already run learns their states before its first
+    /// decision, which [`Group::tick`] then takes (and the caller announces).
+    pub fn record(&mut self, i: usize, report: Report, now: Instant) {
         let member = &mut self.members[i];
         match report {
             Report::Up(true) => {
@@ -237,7 +245,6 @@ impl Group {
                 member.role_reported = true;
             }
         }
-        self.decide(now)
     }
 
     /// Decides again at `now`: call at [`Group::next_deadline`].

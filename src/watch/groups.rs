@@ -6,6 +6,9 @@
 //! group's decision is taken and published under its own lock, so its events go out
 //! one at a time and in order whichever members report at once. Nothing here blocks.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -230,8 +233,8 @@ impl Groups {
             roles[i] = member.role;
             if member.state != State::Connecting {
                 let (matches, primary) = role_report(&config, member.role);
-                machine.report(i, Report::Role { matches, primary }, now);
-                machine.report(i, Report::Up(member.state == State::Up), now);
+                machine.record(i, Report::Role { matches, primary }, now);
+                machine.record(i, Report::Up(member.state == State::Up), now);
             }
         }
         if let Some(previous) = previous

@@ -1,0 +1,79 @@
+//! The running groups across reloads: what a group that starts while its members already
+//! run announces.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+/// Every group event, as `group:seq kind previous->active reason`.
+#[derive(Default)]
+struct Told(Mutex<Vec<String>>);
+
+impl Observer for Told {
+    fn transition(&self, _target: &Arc<Target>, _t: &Transition) {}
+
+    fn group_event(&self, group: &Arc<Group>, e: &GroupEvent) {
+        self.0.lock().unwrap().push(format!(
+            "{} {} {}->{} {}",
+            e.event_id(&group.name),
+            e.kind.as_str(),
+            e.previous_active.as_deref().unwrap_or(""),
+            e.active,
+            e.reason
+        ));
+    }
+}
+
+impl Told {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+fn config(groups: &str) -> Config {
+    let toml = format!(
+        "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\
+         [[targets]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n{groups}"
+    );
+    Config::parse(&toml, Path::new("test.toml")).unwrap()
+}
+
+fn all(state: State) -> impl Fn(&str) -> Option<MemberNow> {
+    move |_| Some(MemberNow { state, role: None })
+}
+
+#[tokio::test]
+async fn a_group_added_by_a_reload_while_its_members_are_up_announces_its_first_decision() {
+    let told = Arc::new(Told::default());
+    let duo = "[[groups]]\nname = \"duo\"\nmembers = [\"a\", \"b\"]\n";
+    let groups = Groups::start(&config(duo), told.clone(), all(State::Connecting));
+    assert_eq!(told.take(), Vec::<String>::new(), "nobody has answered yet");
+
+    let solo = "[[groups]]\nname = \"solo\"\nmembers = [\"b\"]\n";
+    groups.apply(&config(&format!("{duo}{solo}")), all(State::Up));
+    assert_eq!(
+        told.take(),
+        ["solo:0 change ->b preferred-eligible"],
+        "the new group's first decision, announced; the unchanged group says nothing"
+    );
+    groups.stop();
+}
+
+#[tokio::test]
+async fn a_group_whose_members_changed_and_whose_active_member_went_announces_the_new_one() {
+    let told = Arc::new(Told::default());
+    let groups = Groups::start(
+        &config("[[groups]]\nname = \"duo\"\nmembers = [\"a\", \"b\"]\n"),
+        told.clone(),
+        all(State::Up),
+    );
+    assert_eq!(told.take(), ["duo:0 change ->a preferred-eligible"]);
+
+    groups.apply(
+        &config("[[groups]]\nname = \"duo\"\nmembers = [\"b\"]\n"),
+        all(State::Up),
+    );
+    assert_eq!(told.take(), ["duo:1 change ->b preferred-eligible"]);
+    groups.stop();
+}
