@@ -261,7 +261,18 @@ impl Groups {
     }
 
     /// The role a member's last check learned.
+    ///
+    /// A role that turns unknown is not news to a group: it does so when the connection
+    /// it was learned on goes, and then either the reconnect that follows at once
+    /// succeeds (the target stays up and nothing is announced, so the group must not
+    /// move either: a server that drops idle sessions would otherwise flap it) and its
+    /// first check reports the role again, or it fails and the target goes down, which
+    /// the group hears as the member lost. Until then the member keeps what its last
+    /// check said.
     fn member_role(&self, target: &Target, role: Option<Role>) {
+        if role.is_none() {
+            return;
+        }
         self.each_membership(&target.name, |this, cell, i| {
             let mut state = lock(&cell.state);
             if state.roles[i] == role {

@@ -650,3 +650,72 @@ fn a_group_without_role_switches_within_milliseconds_of_a_kill_and_takes_the_fir
     sidecar.expect("duo", &expected);
     sidecar.assert_consecutive("duo");
 }
+
+// === connections lost under a member ===
+
+#[test]
+fn a_redis_member_whose_connection_the_server_closes_and_tether_reopens_at_once_keeps_the_group_where_it_is()
+ {
+    let master = RedisServer::start();
+    let replica = redis::replica_of(&master, &[]);
+    let body = [
+        target("red-a", &master.addr(), "\"redis\""),
+        target("red-b", &replica.addr(), "\"redis\""),
+        "[[groups]]\nname = \"cache\"\nmembers = [\"red-a\", \"red-b\"]\nrole = \"primary\"\n\
+         failback = \"manual\"\n{hooks}"
+            .to_owned(),
+    ]
+    .concat();
+    let sidecar = start("group-client-kill", &body);
+    let expected = ["cache:0 change ->red-a preferred-eligible"];
+    sidecar.expect("cache", &expected);
+
+    // The server drops tether's session; the reconnect succeeds at once, as for a
+    // target, so the application hears nothing.
+    let connections = |port| {
+        redis::info(port, "stats")
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let before = connections(master.port());
+    assert_eq!(
+        redis::command(master.port(), &["CLIENT", "KILL", "TYPE", "normal"]),
+        ":1",
+        "tether's session"
+    );
+    // Our own INFO and CLIENT KILL made two; tether's reconnect is the third.
+    crate::support::poll(LIMIT, "tether's reconnect", || {
+        connections(master.port()) >= before + 3
+    });
+    sidecar.quiet("cache", QUIET);
+    sidecar.expect("cache", &expected);
+    let transitions = sidecar
+        .process
+        .lines()
+        .iter()
+        .filter(|l| l.contains("tether::transition") && l.contains("red-a is"))
+        .count();
+    assert_eq!(transitions, 1, "red-a's first connect only");
+}
+
+#[test]
+fn a_group_of_replicas_that_loses_its_active_replica_to_a_kill_switches_as_active_lost() {
+    let master = RedisServer::start();
+    let mut first = redis::replica_of(&master, &[]);
+    let second = redis::replica_of(&master, &[]);
+    let body = [
+        target("rep-1", &first.addr(), "\"redis\""),
+        target("rep-2", &second.addr(), "\"redis\""),
+        "[[groups]]\nname = \"reads\"\nmembers = [\"rep-1\", \"rep-2\"]\nrole = \"replica\"\n{hooks}"
+            .to_owned(),
+    ]
+    .concat();
+    let sidecar = start("group-replicas", &body);
+    let mut expected = vec!["reads:0 change ->rep-1 preferred-eligible"];
+    sidecar.expect("reads", &expected);
+    first.kill();
+    expected.push("reads:1 change rep-1->rep-2 active-lost");
+    sidecar.expect("reads", &expected);
+    sidecar.assert_consecutive("reads");
+}

@@ -1,5 +1,5 @@
-//! The running groups across reloads: what a group that starts while its members already
-//! run announces.
+//! The running groups: what a group that starts while its members already run
+//! announces (after a reload), and what members' reports move it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,8 +33,8 @@ impl Told {
 
 fn config(groups: &str) -> Config {
     let toml = format!(
-        "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\
-         [[targets]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n{groups}"
+        "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nprobe = \"redis\"\n\
+         [[targets]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\nprobe = \"redis\"\n{groups}"
     );
     Config::parse(&toml, Path::new("test.toml")).unwrap()
 }
@@ -75,5 +75,60 @@ async fn a_group_whose_members_changed_and_whose_active_member_went_announces_th
         all(State::Up),
     );
     assert_eq!(told.take(), ["duo:1 change ->b preferred-eligible"]);
+    groups.stop();
+}
+
+/// `target` entering `state` (from `previous`), as its checker reports it.
+fn enter(groups: &Groups, target: &Arc<Target>, previous: State, state: State) {
+    let event = if state == State::Up {
+        crate::watch::machine::Event::Connect
+    } else {
+        crate::watch::machine::Event::Disconnect
+    };
+    groups.transition(
+        target,
+        &Transition {
+            seq: 0,
+            event,
+            previous,
+            state,
+            failures: 0,
+            last_error: None,
+            at: SystemTime::now(),
+        },
+    );
+}
+
+#[tokio::test]
+async fn a_role_that_turns_unknown_while_the_member_stays_up_moves_nothing_and_going_down_is_active_lost()
+ {
+    let told = Arc::new(Told::default());
+    let config =
+        config("[[groups]]\nname = \"store\"\nmembers = [\"a\", \"b\"]\nrole = \"replica\"\n");
+    let groups = Groups::start(&config, told.clone(), all(State::Connecting));
+    let target = |name| Arc::new(config.target(name).unwrap().clone());
+    let (a, b) = (target("a"), target("b"));
+    for t in [&a, &b] {
+        groups.role(t, Some(Role::Replica));
+        enter(&groups, t, State::Connecting, State::Up);
+    }
+    assert_eq!(told.take(), ["store:0 change ->a preferred-eligible"]);
+
+    // The connection went and the reconnect brought it back: nothing to announce.
+    groups.role(&a, None);
+    groups.role(&a, Some(Role::Replica));
+    assert_eq!(told.take(), Vec::<String>::new());
+
+    // The connection went and the reconnect failed: the member is lost, not demoted.
+    groups.role(&a, None);
+    enter(&groups, &a, State::Up, State::Down);
+    assert_eq!(told.take(), ["store:1 change a->b active-lost"]);
+
+    // A member that is up and reports another role is demoted.
+    groups.role(&b, Some(Role::Primary));
+    assert_eq!(
+        told.take(),
+        ["store:2 change b->fallback no-eligible-member"]
+    );
     groups.stop();
 }
