@@ -196,12 +196,13 @@ impl Group {
     }
 
     /// Takes `active` as the decision already announced, when it is still right: a
-    /// group rebuilt by a reload keeps the member the application uses instead of
-    /// announcing it again. Ignored when that member is not eligible.
+    /// group rebuilt by a reload keeps the member the application uses, or stays in its
+    /// fallback while no member is eligible, instead of announcing it again. Ignored
+    /// when it is not right.
     pub fn assume(&mut self, active: Active, now: Instant) {
         let fits = match active {
             Active::Member(i) => i < self.members.len() && self.is_eligible(i, now),
-            Active::Fallback => false,
+            Active::Fallback => self.best(now).is_none(),
         };
         if fits {
             self.active = Some(active);

@@ -237,10 +237,12 @@ impl Groups {
                 machine.record(i, Report::Up(member.state == State::Up), now);
             }
         }
-        if let Some(previous) = previous
-            && let Some(i) = config.members.iter().position(|m| *m == previous)
-        {
-            machine.assume(Active::Member(i), now);
+        if let Some(previous) = &previous {
+            match config.members.iter().position(|m| m == previous) {
+                Some(i) => machine.assume(Active::Member(i), now),
+                None if *previous == config.fallback => machine.assume(Active::Fallback, now),
+                None => {}
+            }
         }
         let cell = Arc::new(Cell {
             state: Mutex::new(CellState {
@@ -254,7 +256,7 @@ impl Groups {
         {
             let mut state = lock(&cell.state);
             let decisions = state.machine.tick(now);
-            self.publish(&mut state, decisions);
+            self.announce(&mut state, decisions, previous.as_deref());
         }
         self.inner.tasks.spawn(timer(self.clone(), cell.clone()));
         cell
@@ -329,6 +331,18 @@ impl Groups {
 
     /// Numbers and announces decisions, under the group's lock so they go out in order.
     fn publish(&self, state: &mut CellState, decisions: Vec<Decision>) -> Vec<GroupEvent> {
+        self.announce(state, decisions, None)
+    }
+
+    /// [`Groups::publish`], for a group rebuilt by a reload: its machine's first
+    /// decision has no previous one, but the application was using `before` (a member
+    /// the reload removed, or the old fallback), and hooks are told so.
+    fn announce(
+        &self,
+        state: &mut CellState,
+        decisions: Vec<Decision>,
+        before: Option<&str>,
+    ) -> Vec<GroupEvent> {
         let config = state.config.clone();
         let mut events = Vec::with_capacity(decisions.len());
         for decision in decisions {
@@ -365,7 +379,9 @@ impl Groups {
                 kind,
                 active: config.active_name(active).to_owned(),
                 fallback: active == Active::Fallback,
-                previous_active: previous.map(|p| config.active_name(p).to_owned()),
+                previous_active: previous
+                    .map(|p| config.active_name(p).to_owned())
+                    .or_else(|| before.map(str::to_owned)),
                 reason,
                 claimants,
                 conflict: state.machine.in_conflict(),

@@ -601,6 +601,16 @@ fn a_reload_fires_nothing_for_an_unchanged_group_keeps_the_active_member_of_a_ch
     let third = format!("{second}[[groups]]\nname = \"solo\"\nmembers = [\"beta\"]\n{{hooks}}");
     sidecar.reload(&third, 3);
     sidecar.expect("solo", &["solo:0 change ->beta preferred-eligible"]);
+
+    // New members, among them the one in use: it stays, without a word.
+    let fourth = third.replacen(
+        "members = [\"alpha\", \"beta\"]",
+        "members = [\"beta\", \"alpha\"]",
+        1,
+    );
+    assert_ne!(fourth, third);
+    sidecar.reload(&fourth, 4);
+    sidecar.quiet("duo", QUIET);
     expected.push("new:duo:1 change alpha->beta active-lost");
     assert_eq!(
         sidecar

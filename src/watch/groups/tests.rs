@@ -74,7 +74,30 @@ async fn a_group_whose_members_changed_and_whose_active_member_went_announces_th
         &config("[[groups]]\nname = \"duo\"\nmembers = [\"b\"]\n"),
         all(State::Up),
     );
-    assert_eq!(told.take(), ["duo:1 change ->b preferred-eligible"]);
+    assert_eq!(
+        told.take(),
+        ["duo:1 change a->b preferred-eligible"],
+        "the application was on a"
+    );
+    groups.stop();
+}
+
+#[tokio::test]
+async fn a_group_in_its_fallback_whose_members_changed_stays_there_without_a_word_while_none_will_do()
+ {
+    let told = Arc::new(Told::default());
+    let groups = Groups::start(
+        &config("[[groups]]\nname = \"duo\"\nmembers = [\"a\", \"b\"]\n"),
+        told.clone(),
+        all(State::Down),
+    );
+    assert_eq!(told.take(), ["duo:0 change ->fallback no-eligible-member"]);
+
+    groups.apply(
+        &config("[[groups]]\nname = \"duo\"\nmembers = [\"b\"]\n"),
+        all(State::Down),
+    );
+    assert_eq!(told.take(), Vec::<String>::new());
     groups.stop();
 }
 
