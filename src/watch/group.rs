@@ -196,12 +196,13 @@ impl Group {
     }
 
     /// Takes `active` as the decision already announced, when it is still right: a
-    /// group rebuilt by a reload keeps the member the application uses instead of
-    /// announcing it again. Ignored when that member is not eligible.
+    /// group rebuilt by a reload keeps the member the application uses, or stays in its
+    /// fallback while no member is eligible, instead of announcing it again. Ignored
+    /// when it is not right.
     pub fn assume(&mut self, active: Active, now: Instant) {
         let fits = match active {
             Active::Member(i) => i < self.members.len() && self.is_eligible(i, now),
-            Active::Fallback => false,
+            Active::Fallback => self.best(now).is_none(),
         };
         if fits {
             self.active = Some(active);
@@ -210,6 +211,14 @@ impl Group {
 
     /// Records what member `i` reported at `now` and decides.
     pub fn report(&mut self, i: usize, report: Report, now: Instant) -> Vec<Decision> {
+        self.record(i, report, now);
+        self.decide(now)
+    }
+
+    /// Records what member `i` reported at `now` without deciding: how a group that
+    /// starts while its members already run learns their states before its first
+    /// decision, which [`Group::tick`] then takes (and the caller announces).
+    pub fn record(&mut self, i: usize, report: Report, now: Instant) {
         let member = &mut self.members[i];
         match report {
             Report::Up(true) => {
@@ -237,7 +246,6 @@ impl Group {
                 member.role_reported = true;
             }
         }
-        self.decide(now)
     }
 
     /// Decides again at `now`: call at [`Group::next_deadline`].

@@ -6,6 +6,9 @@
 //! group's decision is taken and published under its own lock, so its events go out
 //! one at a time and in order whichever members report at once. Nothing here blocks.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -230,14 +233,16 @@ impl Groups {
             roles[i] = member.role;
             if member.state != State::Connecting {
                 let (matches, primary) = role_report(&config, member.role);
-                machine.report(i, Report::Role { matches, primary }, now);
-                machine.report(i, Report::Up(member.state == State::Up), now);
+                machine.record(i, Report::Role { matches, primary }, now);
+                machine.record(i, Report::Up(member.state == State::Up), now);
             }
         }
-        if let Some(previous) = previous
-            && let Some(i) = config.members.iter().position(|m| *m == previous)
-        {
-            machine.assume(Active::Member(i), now);
+        if let Some(previous) = &previous {
+            match config.members.iter().position(|m| m == previous) {
+                Some(i) => machine.assume(Active::Member(i), now),
+                None if *previous == config.fallback => machine.assume(Active::Fallback, now),
+                None => {}
+            }
         }
         let cell = Arc::new(Cell {
             state: Mutex::new(CellState {
@@ -251,14 +256,25 @@ impl Groups {
         {
             let mut state = lock(&cell.state);
             let decisions = state.machine.tick(now);
-            self.publish(&mut state, decisions);
+            self.announce(&mut state, decisions, previous.as_deref());
         }
         self.inner.tasks.spawn(timer(self.clone(), cell.clone()));
         cell
     }
 
     /// The role a member's last check learned.
+    ///
+    /// A role that turns unknown is not news to a group: it does so when the connection
+    /// it was learned on goes, and then either the reconnect that follows at once
+    /// succeeds (the target stays up and nothing is announced, so the group must not
+    /// move either: a server that drops idle sessions would otherwise flap it) and its
+    /// first check reports the role again, or it fails and the target goes down, which
+    /// the group hears as the member lost. Until then the member keeps what its last
+    /// check said.
     fn member_role(&self, target: &Target, role: Option<Role>) {
+        if role.is_none() {
+            return;
+        }
         self.each_membership(&target.name, |this, cell, i| {
             let mut state = lock(&cell.state);
             if state.roles[i] == role {
@@ -315,6 +331,18 @@ impl Groups {
 
     /// Numbers and announces decisions, under the group's lock so they go out in order.
     fn publish(&self, state: &mut CellState, decisions: Vec<Decision>) -> Vec<GroupEvent> {
+        self.announce(state, decisions, None)
+    }
+
+    /// [`Groups::publish`], for a group rebuilt by a reload: its machine's first
+    /// decision has no previous one, but the application was using `before` (a member
+    /// the reload removed, or the old fallback), and hooks are told so.
+    fn announce(
+        &self,
+        state: &mut CellState,
+        decisions: Vec<Decision>,
+        before: Option<&str>,
+    ) -> Vec<GroupEvent> {
         let config = state.config.clone();
         let mut events = Vec::with_capacity(decisions.len());
         for decision in decisions {
@@ -351,7 +379,9 @@ impl Groups {
                 kind,
                 active: config.active_name(active).to_owned(),
                 fallback: active == Active::Fallback,
-                previous_active: previous.map(|p| config.active_name(p).to_owned()),
+                previous_active: previous
+                    .map(|p| config.active_name(p).to_owned())
+                    .or_else(|| before.map(str::to_owned)),
                 reason,
                 claimants,
                 conflict: state.machine.in_conflict(),

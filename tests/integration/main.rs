@@ -14,6 +14,7 @@ mod endpoint;
 mod events;
 mod events_cmd;
 mod events_process;
+mod groups;
 mod hooks;
 mod http;
 mod metrics;
