@@ -7,7 +7,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cmd::client::{Url, UrlError};
-use crate::config::{self, Address, duration, kinds};
+use crate::config::{self, Address, ProbeSettings, duration, kinds};
 
 /// Holds a connection to each dependency of an application, notices the moment it
 /// dies, reconnects with backoff, and runs hooks so the application can switch to a
@@ -200,39 +200,49 @@ pub struct CheckArgs {
     #[arg(long, default_value = "tcp", value_parser = probe_kinds())]
     pub probe: String,
 
-    /// With --probe http: the path to GET
-    #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_path)]
-    pub path: String,
+    /// With --probe http: the path to GET [default: /]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    pub path: Option<String>,
 
-    /// With --probe http: the status that means healthy
-    #[arg(long, value_name = "CODE", default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..600))]
-    pub expect_status: u16,
+    /// With --probe http: the status that means healthy [default: 200]
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(100..600))]
+    pub expect_status: Option<u16>,
 }
 
 impl CheckArgs {
     /// The probe these arguments describe, with the defaults a config file gets.
-    /// HTTP settings given with another kind are an error, not silently ignored.
+    /// Settings given to a kind that does not take them are an error, not silently
+    /// ignored.
     pub fn probe(&self) -> Result<config::Probe, String> {
         let kind =
             kinds::find(&self.probe).ok_or_else(|| format!("unknown probe {}", self.probe))?;
-        if kind.name == kinds::HTTP.name {
-            return Ok(config::Probe::Http {
-                path: self.path.clone(),
-                expect_status: self.expect_status,
-                host: None,
-            });
+        let mut settings = ProbeSettings {
+            path: self.path.clone(),
+            expect_status: self.expect_status,
+            ..ProbeSettings::default()
+        };
+        for key in settings.given() {
+            if !kind.settings.contains(&key) {
+                let takers: Vec<&str> = kinds::taking(key).map(|k| k.name).collect();
+                return Err(format!(
+                    "--{} applies only to --probe {}",
+                    key.replace('_', "-"),
+                    takers.join("/")
+                ));
+            }
         }
-        if self.path != "/" || self.expect_status != 200 {
-            return Err("--path and --expect-status apply only to --probe http".to_owned());
-        }
-        Ok((kind.bare)())
+        (kind.finish)(&mut settings)
+            .map_err(|m| format!("--probe {}: {}", kind.name, m.message))?;
+        Ok(config::Probe { kind, settings })
     }
 }
 
 /// The registered probe kinds, each with its line of help.
 fn probe_kinds() -> PossibleValuesParser {
     PossibleValuesParser::new(
-        kinds::ALL.map(|kind| PossibleValue::new(kind.name).help(kind.summary)),
+        kinds::ALL
+            .iter()
+            .map(|kind| PossibleValue::new(kind.name).help(kind.summary)),
     )
 }
 

@@ -168,85 +168,125 @@ impl Keepalive {
     }
 }
 
-/// What "healthy" means on the wire for a target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Probe {
-    /// The connection is established and stays open.
-    Tcp,
-    /// `PING` answered by `+PONG`.
-    Redis {
-        /// Environment variable holding the `AUTH` password.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        password_env: Option<String>,
-        /// File holding the `AUTH` password (a Kubernetes Secret volume); at most one of
-        /// the two is set. Either is read at start and on each reload.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        password_file: Option<PathBuf>,
-    },
-    /// Without `user`, an `SSLRequest` answered by `S` or `N`; with it, a session that
-    /// answers `SELECT pg_is_in_recovery()`.
-    Postgres {
-        /// The role the session logs in as; `None`: no session, no credentials.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user: Option<String>,
-        /// The database to connect to; `None`: the user's name, as libpq defaults.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        database: Option<String>,
-        /// Environment variable holding the session's password.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        password_env: Option<String>,
-        /// File holding the session's password; at most one of the two is set, and only
-        /// with `user`.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        password_file: Option<PathBuf>,
-    },
-    /// A protocol-10 initial handshake.
-    Mysql,
-    /// `GET path` answered with `expect_status`.
-    Http {
-        path: String,
-        expect_status: u16,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        host: Option<String>,
-    },
+/// What "healthy" means on the wire for a target: a registered kind and the settings
+/// it takes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Probe {
+    #[serde(serialize_with = "kind_name")]
+    pub kind: &'static kinds::Kind,
+    #[serde(flatten)]
+    pub settings: ProbeSettings,
+}
+
+fn kind_name<S: serde::Serializer>(kind: &&'static kinds::Kind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.name)
+}
+
+impl PartialEq for Probe {
+    fn eq(&self, other: &Probe) -> bool {
+        self.kind.name == other.kind.name && self.settings == other.settings
+    }
+}
+
+impl Eq for Probe {}
+
+/// The settings of `probe = { kind = ..., ... }`, each validated on its own by the same
+/// rule whatever the kind (see [`kinds::Kind::settings`] for which kind takes which).
+/// Unset keys stay `None`; a kind's defaults are filled in by [`kinds::Kind::finish`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeSettings {
+    /// The path an HTTP check requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The HTTP status that means healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    /// The HTTP `Host` header, when not the target's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The name the probe logs in as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The database a PostgreSQL session connects to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File holding the password (a Kubernetes Secret volume); at most one of the two is
+    /// set. Either is read at start and on each reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl ProbeSettings {
+    /// Every key a probe table may hold besides `kind`.
+    pub const KEYS: &'static [&'static str] = &[
+        "path",
+        "expect_status",
+        "host",
+        "user",
+        "database",
+        "password_env",
+        "password_file",
+    ];
+
+    /// Where the probe's password comes from, if it has one.
+    pub fn password(&self) -> Option<Source> {
+        source(&self.password_env, &self.password_file)
+    }
+
+    /// The keys that are set, in the order of [`ProbeSettings::KEYS`].
+    pub fn given(&self) -> Vec<&'static str> {
+        let set = [
+            self.path.is_some(),
+            self.expect_status.is_some(),
+            self.host.is_some(),
+            self.user.is_some(),
+            self.database.is_some(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        Self::KEYS
+            .iter()
+            .zip(set)
+            .filter_map(|(k, set)| set.then_some(*k))
+            .collect()
+    }
 }
 
 impl Probe {
-    /// Where the probe's password comes from, if it has one.
-    pub fn password(&self) -> Option<Source> {
-        match self {
-            Probe::Redis {
-                password_env,
-                password_file,
-            }
-            | Probe::Postgres {
-                password_env,
-                password_file,
-                ..
-            } => source(password_env, password_file),
-            _ => None,
-        }
+    /// A kind with every setting at its default: the probe written bare
+    /// (`probe = "redis"`, `--probe redis`).
+    pub fn bare(kind: &'static kinds::Kind) -> Probe {
+        let mut settings = ProbeSettings::default();
+        (kind.finish)(&mut settings).expect("a kind's defaults fit together");
+        Probe { kind, settings }
     }
 
-    /// The kind of this probe, as registered in [`kinds`].
+    /// The TCP handshake alone: a target's probe when none is given.
+    pub fn tcp() -> Probe {
+        Probe::bare(&crate::probe::tcp::KIND)
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        self.kind.name == crate::probe::tcp::KIND.name
+    }
+
+    /// Where the probe's password comes from, if it has one.
+    pub fn password(&self) -> Option<Source> {
+        self.settings.password()
+    }
+
     /// Whether each check learns the server's replication role, so the target can be
     /// a member of a group with a `role`.
     pub fn learns_roles(&self) -> bool {
-        matches!(
-            self,
-            Probe::Redis { .. } | Probe::Postgres { user: Some(_), .. }
-        )
+        (self.kind.learns_roles)(&self.settings)
     }
 
+    /// The kind of this probe, as registered in [`kinds`].
     pub fn kind(&self) -> &'static kinds::Kind {
-        match self {
-            Probe::Tcp => &kinds::TCP,
-            Probe::Redis { .. } => &kinds::REDIS,
-            Probe::Postgres { .. } => &kinds::POSTGRES,
-            Probe::Mysql => &kinds::MYSQL,
-            Probe::Http { .. } => &kinds::HTTP,
-        }
+        self.kind
     }
 }
 

@@ -190,7 +190,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let address = Address::new("127.0.0.1", port);
-        let tcp = Prober::new(&config::Probe::Tcp, &address);
+        let tcp = Prober::new(&config::Probe::tcp(), &address);
         let Err(e) = connect(&address, &tcp, LIMITS, &keepalive()).await else {
             panic!("nothing listens on port {port}");
         };
@@ -210,7 +210,7 @@ mod tests {
             .unwrap();
         assert!(addrs.iter().any(|a| a.ip().is_loopback()));
         // localhost may resolve to ::1 first where nothing listens: the next address is tried.
-        let tcp = Prober::new(&config::Probe::Tcp, &address);
+        let tcp = Prober::new(&config::Probe::tcp(), &address);
         connect(&address, &tcp, LIMITS, &keepalive())
             .await
             .expect("127.0.0.1 answers");

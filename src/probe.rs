@@ -12,7 +12,7 @@ mod mysql;
 mod postgres;
 mod redis;
 pub mod role;
-mod tcp;
+pub(crate) mod tcp;
 
 use std::future::Future;
 use std::io;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{self, Address, kinds};
+use crate::config::{self, Address, kinds::Kind};
 use crate::net;
 
 pub use role::Role;
@@ -97,10 +97,43 @@ pub trait Protocol {
     ) -> impl Future<Output = Result<Healthy, ProbeError>> + Send;
 }
 
-/// The probe of one target, ready to run: settings resolved (the Redis password read from
-/// its environment variable) once, when the target's actor starts.
-#[derive(Debug)]
-pub enum Prober {
+/// Registers the protocols: each line names the [`Prober`] variant and the module's
+/// type, whose module declares its `KIND` (name, settings, builder). Adding a protocol
+/// is its module and one line here.
+macro_rules! protocols {
+    ($($variant:ident($module:ident::$ty:ident)),* $(,)?) => {
+        /// The probe of one target, ready to run: settings resolved (a password's source,
+        /// a request built) once, when the target's actor starts.
+        #[derive(Debug)]
+        pub enum Prober {
+            $($variant($module::$ty),)*
+        }
+
+        /// Every kind, in the order the docs and the command line list them.
+        pub const KINDS: &[&Kind] = &[$(&$module::KIND,)*];
+
+        impl Prober {
+            /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Prober::$variant(_) => $module::KIND.name,)*
+                }
+            }
+
+            async fn dispatch(
+                &self,
+                stream: &mut TcpStream,
+                fresh: bool,
+            ) -> Result<Healthy, ProbeError> {
+                match self {
+                    $(Prober::$variant(p) => p.check(stream, fresh).await,)*
+                }
+            }
+        }
+    };
+}
+
+protocols! {
     Tcp(tcp::Tcp),
     Redis(redis::Redis),
     Postgres(postgres::Postgres),
@@ -111,35 +144,7 @@ pub enum Prober {
 impl Prober {
     /// Builds the probe for `probe`; `address` is the target's, for the HTTP `Host` header.
     pub fn new(probe: &config::Probe, address: &Address) -> Prober {
-        match probe {
-            config::Probe::Tcp => Prober::Tcp(tcp::Tcp),
-            config::Probe::Redis { .. } => Prober::Redis(redis::Redis::new(probe.password())),
-            config::Probe::Postgres { user, database, .. } => Prober::Postgres(
-                postgres::Postgres::new(user.as_deref(), database.as_deref(), probe.password()),
-            ),
-            config::Probe::Mysql => Prober::Mysql(mysql::Mysql),
-            config::Probe::Http {
-                path,
-                expect_status,
-                host,
-            } => Prober::Http(http::Http::new(
-                path,
-                *expect_status,
-                host.clone().unwrap_or_else(|| address.to_string()),
-            )),
-        }
-    }
-
-    /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
-    pub fn kind(&self) -> &'static str {
-        let kind = match self {
-            Prober::Tcp(_) => &kinds::TCP,
-            Prober::Redis(_) => &kinds::REDIS,
-            Prober::Postgres(_) => &kinds::POSTGRES,
-            Prober::Mysql(_) => &kinds::MYSQL,
-            Prober::Http(_) => &kinds::HTTP,
-        };
-        kind.name
+        (probe.kind.build)(&probe.settings, address)
     }
 
     /// Whether the server may speak on the held connection between checks, in messages
@@ -158,16 +163,7 @@ impl Prober {
         fresh: bool,
         limit: Duration,
     ) -> Result<Healthy, ProbeError> {
-        let check = async {
-            match self {
-                Prober::Tcp(p) => p.check(stream, fresh).await,
-                Prober::Redis(p) => p.check(stream, fresh).await,
-                Prober::Postgres(p) => p.check(stream, fresh).await,
-                Prober::Mysql(p) => p.check(stream, fresh).await,
-                Prober::Http(p) => p.check(stream, fresh).await,
-            }
-        };
-        timeout(limit, check)
+        timeout(limit, self.dispatch(stream, fresh))
             .await
             .unwrap_or(Err(ProbeError::Timeout(limit)))
     }

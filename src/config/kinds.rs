@@ -1,7 +1,9 @@
-//! The kinds of probe, registered once: config validation, the command line's
-//! `--probe`, the prober and the README's table of probes all take them from here.
+//! The kinds of probe, registered once: each protocol module in [`crate::probe`]
+//! declares its [`Kind`], and config validation, the command line's `--probe`, the
+//! prober and the README's table of probes all take them from [`ALL`].
 
-use super::{Probe, builtin};
+use super::{Address, ProbeSettings};
+use crate::probe::Prober;
 
 /// A kind of probe as users name it.
 #[derive(Debug)]
@@ -14,81 +16,52 @@ pub struct Kind {
     pub healthy: &'static str,
     /// Where the check runs again while the connection is held, in the README's table.
     pub repeats: &'static str,
-    /// The keys of `probe = { kind = ..., ... }` that only this kind takes.
+    /// The keys of `probe = { kind = ..., ... }` that this kind takes. Each key is
+    /// checked on its own, the same way for every kind that takes it (see
+    /// [`ProbeSettings`]); [`Kind::finish`] judges them together.
     pub settings: &'static [&'static str],
-    /// The probe written bare (`probe = "redis"`, `--probe redis`): every setting at
-    /// its default.
-    pub bare: fn() -> Probe,
+    /// Fills this kind's defaults in, and refuses combinations that no single key can
+    /// be blamed for alone (a PostgreSQL password without a user).
+    pub finish: fn(&mut ProbeSettings) -> Result<(), Misfit>,
+    /// Whether each check learns the server's replication role with these settings, so
+    /// the target can be a member of a group with a `role`.
+    pub learns_roles: fn(&ProbeSettings) -> bool,
+    /// The ready probe, from settings that passed validation and [`Kind::finish`];
+    /// `address` is the target's (the HTTP `Host` header).
+    pub build: fn(&ProbeSettings, &Address) -> Prober,
 }
 
-pub const TCP: Kind = Kind {
-    name: "tcp",
-    summary: "The TCP handshake completes",
-    healthy: "the handshake completes",
-    repeats: "nothing is repeated: readiness and keepalive watch the held connection",
-    settings: &[],
-    bare: || Probe::Tcp,
-};
+/// Settings that do not fit together, and the key to blame (`None`: the kind itself,
+/// for a setting it needs and did not get).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Misfit {
+    pub key: Option<&'static str>,
+    pub message: String,
+}
 
-pub const REDIS: Kind = Kind {
-    name: "redis",
-    summary: "ROLE and PING, PING answered by +PONG (or -NOAUTH); learns the role",
-    healthy: "`ROLE` and `PING` pipelined (one round trip, two O(1) commands): `PING` answered by `+PONG`, `-NOAUTH` also counts (see below); `ROLE` tells the role",
-    repeats: "on the held connection",
-    settings: &["password_env", "password_file"],
-    bare: || Probe::Redis {
-        password_env: None,
-        password_file: None,
-    },
-};
+/// For kinds with no defaults and no rule across their settings.
+pub fn fits(_: &mut ProbeSettings) -> Result<(), Misfit> {
+    Ok(())
+}
 
-pub const POSTGRES: Kind = Kind {
-    name: "postgres",
-    summary: "An SSLRequest is answered by S or N; with a user, SELECT pg_is_in_recovery() in a session",
-    healthy: "without `user`: an `SSLRequest` answered by `S` or `N` (no credentials); with `user`: a logged-in session that answers `SELECT pg_is_in_recovery()` (one backend held, one trivial query per check), which tells the role",
-    repeats: "without `user`: on a fresh connection, which then replaces the held one; with `user`: on the held session",
-    settings: &["user", "database", "password_env", "password_file"],
-    bare: || Probe::Postgres {
-        user: None,
-        database: None,
-        password_env: None,
-        password_file: None,
-    },
-};
-
-pub const MYSQL: Kind = Kind {
-    name: "mysql",
-    summary: "The server greets with a protocol-10 handshake (MySQL, MariaDB)",
-    healthy: "the server's initial handshake packet, protocol version 10 (MySQL, MariaDB)",
-    repeats: "on a fresh connection, which then replaces the held one",
-    settings: &[],
-    bare: || Probe::Mysql,
-};
-
-pub const HTTP: Kind = Kind {
-    name: "http",
-    summary: "GET --path is answered by --expect-status (default: GET / answered by 200)",
-    healthy: "`GET path` answered with `expect_status`",
-    repeats: "on the held connection (keep-alive); on a fresh one for each check when the server closes",
-    settings: &["path", "expect_status", "host"],
-    bare: || Probe::Http {
-        path: builtin::HTTP_PATH.to_owned(),
-        expect_status: builtin::HTTP_STATUS,
-        host: None,
-    },
-};
+/// For kinds that cannot ask for a role.
+pub fn no_roles(_: &ProbeSettings) -> bool {
+    false
+}
 
 /// Every kind, in the order the docs and the command line list them.
-pub const ALL: [&Kind; 5] = [&TCP, &REDIS, &POSTGRES, &MYSQL, &HTTP];
+pub const ALL: &[&Kind] = crate::probe::KINDS;
 
 /// The kind called `name`.
 pub fn find(name: &str) -> Option<&'static Kind> {
-    ALL.into_iter().find(|k| k.name == name)
+    ALL.iter().copied().find(|k| k.name == name)
 }
 
 /// The kinds that take the setting `key`.
 pub fn taking(key: &str) -> impl Iterator<Item = &'static Kind> + '_ {
-    ALL.into_iter().filter(move |k| k.settings.contains(&key))
+    ALL.iter()
+        .copied()
+        .filter(move |k| k.settings.contains(&key))
 }
 
 /// The README's table of probes, as it must read.
@@ -125,6 +98,19 @@ mod tests {
             taking("password_file").map(|k| k.name).collect::<Vec<_>>(),
             ["redis", "postgres"]
         );
-        assert!(find("memcached").is_none());
+        assert!(find("no-such-kind").is_none());
+    }
+
+    #[test]
+    fn every_setting_a_kind_takes_is_one_validation_knows() {
+        for kind in ALL {
+            for key in kind.settings {
+                assert!(
+                    ProbeSettings::KEYS.contains(key),
+                    "{}: `{key}` is not a known probe setting",
+                    kind.name
+                );
+            }
+        }
     }
 }

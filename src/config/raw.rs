@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -180,6 +181,34 @@ pub struct RawProbeTable {
     pub password_file: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub database: Option<Spanned<String>>,
+}
+
+impl RawProbeTable {
+    /// The settings written, besides `kind`, and where.
+    pub fn given(&self) -> Vec<(&'static str, Range<usize>)> {
+        let span = |v: Option<Range<usize>>, name| v.map(|s| (name, s));
+        [
+            span(self.path.as_ref().map(Spanned::span), "path"),
+            span(
+                self.expect_status.as_ref().map(Spanned::span),
+                "expect_status",
+            ),
+            span(self.host.as_ref().map(Spanned::span), "host"),
+            span(
+                self.password_env.as_ref().map(Spanned::span),
+                "password_env",
+            ),
+            span(
+                self.password_file.as_ref().map(Spanned::span),
+                "password_file",
+            ),
+            span(self.user.as_ref().map(Spanned::span), "user"),
+            span(self.database.as_ref().map(Spanned::span), "database"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 impl<'de> Deserialize<'de> for RawProbe {

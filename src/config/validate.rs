@@ -18,7 +18,7 @@ use super::raw::{
 };
 use super::{
     Address, Backoff, Check, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration,
-    Keepalive, Probe, Server, Supervision, Target, kinds,
+    Keepalive, Probe, ProbeSettings, Server, Supervision, Target, kinds,
 };
 
 /// The built-in defaults, documented in the README's config reference.
@@ -440,7 +440,7 @@ impl Ctx<'_> {
         let probe = match (&t.probe, &d.probe) {
             (Some(p), _) => self.probe(p, &key("probe")),
             (None, Some(p)) => self.probe(p, "defaults.probe"),
-            (None, None) => Probe::Tcp,
+            (None, None) => Probe::tcp(),
         };
         let check = self.check(i, t, d, &probe);
         let failure_threshold = self.threshold(pick(
@@ -501,7 +501,7 @@ impl Ctx<'_> {
     /// are a mistake (nothing would ever use them); inherited from `[defaults]` they
     /// are not, since the defaults serve every kind of target.
     fn check(&mut self, i: usize, t: &RawTarget, d: &RawDefaults, probe: &Probe) -> Option<Check> {
-        if *probe == Probe::Tcp {
+        if probe.is_tcp() {
             for (v, name) in [
                 (&t.check_interval, "check_interval"),
                 (&t.check_timeout, "check_timeout"),
@@ -521,7 +521,7 @@ impl Ctx<'_> {
             pick(&t.check_interval, &d.check_interval, i, "check_interval"),
             pick(&t.check_timeout, &d.check_timeout, i, "check_timeout"),
         );
-        (*probe != Probe::Tcp).then_some(Check { interval, timeout })
+        (!probe.is_tcp()).then_some(Check { interval, timeout })
     }
 
     /// Both above zero, and the answer due before the next check is.
@@ -739,7 +739,7 @@ impl Ctx<'_> {
         let span = p.span();
         let (kind, kind_span, table) = match p.get_ref() {
             RawProbe::Kind(k) => (k.as_str(), span.clone(), None),
-            RawProbe::Table(t) => (t.kind.get_ref().as_str(), t.kind.span(), Some(t)),
+            RawProbe::Table(t) => (t.kind.get_ref().as_str(), t.kind.span(), Some(&**t)),
         };
         let kind_key = if table.is_some() {
             format!("{key}.kind")
@@ -749,17 +749,7 @@ impl Ctx<'_> {
         // Settings that only make sense for some kinds are rejected elsewhere, so a
         // misplaced `path` cannot be silently ignored.
         if let Some(t) = table {
-            let given = [
-                ("path", t.path.as_ref().map(Spanned::span)),
-                ("expect_status", t.expect_status.as_ref().map(Spanned::span)),
-                ("host", t.host.as_ref().map(Spanned::span)),
-                ("password_env", t.password_env.as_ref().map(Spanned::span)),
-                ("password_file", t.password_file.as_ref().map(Spanned::span)),
-                ("user", t.user.as_ref().map(Spanned::span)),
-                ("database", t.database.as_ref().map(Spanned::span)),
-            ];
-            for (name, span) in given {
-                let Some(span) = span else { continue };
+            for (name, span) in t.given() {
                 let allowed: Vec<&str> = kinds::taking(name).map(|k| k.name).collect();
                 if !allowed.contains(&kind) {
                     self.err(
@@ -783,102 +773,61 @@ impl Ctx<'_> {
                     names.join(", ")
                 ),
             );
-            return Probe::Tcp;
+            return Probe::tcp();
         };
-        match (registered.bare)() {
-            Probe::Redis { .. } => self.redis_probe(table.map(|t| &**t), key),
-            Probe::Postgres { .. } => self.postgres_probe(table.map(|t| &**t), key),
-            Probe::Http { .. } => self.http_probe(table.map(|t| &**t), key),
-            bare => bare,
-        }
-    }
-
-    /// `password_env` or `password_file`, at most one.
-    fn redis_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
-        let (password_env, password_file) = self.secret_source(
-            table.and_then(|t| t.password_env.as_ref()),
-            table.and_then(|t| t.password_file.as_ref()),
-            key,
-            "password",
-        );
-        Probe::Redis {
-            password_env,
-            password_file,
-        }
-    }
-
-    /// `user`, `database` and a password, which only a session (`user`) can send.
-    fn postgres_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
-        let (password_env, password_file) = self.secret_source(
-            table.and_then(|t| t.password_env.as_ref()),
-            table.and_then(|t| t.password_file.as_ref()),
-            key,
-            "password",
-        );
-        let mut name = |field: &str, value: Option<&Spanned<String>>| {
-            value.map(|v| {
-                let text = v.get_ref();
-                if text.is_empty() || text.contains('\0') {
-                    self.err(
-                        Some(v.span()),
-                        format!("{key}.{field}"),
-                        "must be a non-empty name without NUL characters",
-                    );
-                }
-                text.clone()
-            })
+        let mut settings = match table {
+            Some(t) => self.probe_settings(t, registered, key),
+            None => ProbeSettings::default(),
         };
-        let user = name("user", table.and_then(|t| t.user.as_ref()));
-        let database = name("database", table.and_then(|t| t.database.as_ref()));
-        if user.is_none() {
-            let given = table.and_then(|t| {
-                [
-                    ("password_env", t.password_env.as_ref()),
-                    ("password_file", t.password_file.as_ref()),
-                    ("database", t.database.as_ref()),
-                ]
-                .into_iter()
-                .find_map(|(field, v)| v.map(|v| (field, v.span())))
+        if let Err(misfit) = (registered.finish)(&mut settings) {
+            let blamed = misfit.key.and_then(|name| {
+                let span = table?.given().into_iter().find(|(n, _)| *n == name)?.1;
+                Some((span, format!("{key}.{name}")))
             });
-            if let Some((field, span)) = given {
+            let (span, blamed_key) = blamed.unwrap_or((kind_span, kind_key));
+            self.err(Some(span), blamed_key, misfit.message);
+        }
+        Probe {
+            kind: registered,
+            settings,
+        }
+    }
+
+    /// The settings `kind` takes, each checked by the one rule for its key, whatever the
+    /// kind: what a request line, a status line, a login or an environment can carry.
+    fn probe_settings(
+        &mut self,
+        t: &RawProbeTable,
+        kind: &kinds::Kind,
+        key: &str,
+    ) -> ProbeSettings {
+        let takes = |name: &str| kind.settings.contains(&name);
+        let (password_env, password_file) = if takes("password_env") {
+            self.secret_source(
+                t.password_env.as_ref(),
+                t.password_file.as_ref(),
+                key,
+                "password",
+            )
+        } else {
+            (None, None)
+        };
+        let path = t.path.as_ref().filter(|_| takes("path")).map(|v| {
+            let p = v.get_ref();
+            if let Err(why) = check_http_path(p) {
                 self.err(
-                    Some(span),
-                    format!("{key}.{field}"),
-                    format!(
-                        "`{field}` needs `user`: only a logged-in session uses it \
-                         (without `user` the probe sends no credentials)"
-                    ),
+                    Some(v.span()),
+                    format!("{key}.path"),
+                    format!("\"{p}\" {why}"),
                 );
             }
-        }
-        Probe::Postgres {
-            user,
-            database,
-            password_env,
-            password_file,
-        }
-    }
-
-    /// `path`, `expect_status` and `host`, each checked for what a request line and a
-    /// status line can carry.
-    fn http_probe(&mut self, table: Option<&RawProbeTable>, key: &str) -> Probe {
-        let path = match table.and_then(|t| t.path.as_ref()) {
-            None => builtin::HTTP_PATH.to_owned(),
-            Some(v) => {
-                let p = v.get_ref();
-                if let Err(why) = check_http_path(p) {
-                    self.err(
-                        Some(v.span()),
-                        format!("{key}.path"),
-                        format!("\"{p}\" {why}"),
-                    );
-                }
-                p.clone()
-            }
-        };
-        let expect_status = match table.and_then(|t| t.expect_status.as_ref()) {
-            None => builtin::HTTP_STATUS,
-            Some(v) => match u16::try_from(*v.get_ref()) {
+            p.clone()
+        });
+        let expect_status = t
+            .expect_status
+            .as_ref()
+            .filter(|_| takes("expect_status"))
+            .map(|v| match u16::try_from(*v.get_ref()) {
                 Ok(s) if (100..=599).contains(&s) => s,
                 _ => {
                     self.err(
@@ -891,9 +840,8 @@ impl Ctx<'_> {
                     );
                     builtin::HTTP_STATUS
                 }
-            },
-        };
-        let host = table.and_then(|t| t.host.as_ref()).map(|v| {
+            });
+        let host = t.host.as_ref().filter(|_| takes("host")).map(|v| {
             if v.get_ref().is_empty()
                 || v.get_ref()
                     .bytes()
@@ -907,10 +855,29 @@ impl Ctx<'_> {
             }
             v.get_ref().clone()
         });
-        Probe::Http {
+        let mut name = |field: &str, value: Option<&Spanned<String>>| {
+            value.filter(|_| takes(field)).map(|v| {
+                let text = v.get_ref();
+                if text.is_empty() || text.contains('\0') {
+                    self.err(
+                        Some(v.span()),
+                        format!("{key}.{field}"),
+                        "must be a non-empty name without NUL characters",
+                    );
+                }
+                text.clone()
+            })
+        };
+        let user = name("user", t.user.as_ref());
+        let database = name("database", t.database.as_ref());
+        ProbeSettings {
             path,
             expect_status,
             host,
+            user,
+            database,
+            password_env,
+            password_file,
         }
     }
 
@@ -1335,13 +1302,13 @@ mod tests {
             probe = { kind = "postgres", user = "tether", database = "orders" }
             "#,
         );
+        assert_eq!(t[0].probe.kind.name, "postgres");
         assert_eq!(
-            t[0].probe,
-            Probe::Postgres {
+            t[0].probe.settings,
+            ProbeSettings {
                 user: Some("tether".into()),
-                database: None,
                 password_env: Some("PGPASS".into()),
-                password_file: None,
+                ..ProbeSettings::default()
             }
         );
         assert_eq!(

@@ -10,7 +10,34 @@
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Protocol, quote, read_line};
+use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote, read_line};
+use crate::config::kinds::{self, Kind, Misfit};
+use crate::config::{ProbeSettings, builtin};
+
+pub const KIND: Kind = Kind {
+    name: "http",
+    summary: "GET --path is answered by --expect-status (default: GET / answered by 200)",
+    healthy: "`GET path` answered with `expect_status`",
+    repeats: "on the held connection (keep-alive); on a fresh one for each check when the server closes",
+    settings: &["path", "expect_status", "host"],
+    finish: defaults,
+    learns_roles: kinds::no_roles,
+    build: |s, address| {
+        Prober::Http(Http::new(
+            s.path.as_deref().unwrap_or(builtin::HTTP_PATH),
+            s.expect_status.unwrap_or(builtin::HTTP_STATUS),
+            s.host.clone().unwrap_or_else(|| address.to_string()),
+        ))
+    },
+};
+
+/// `GET /` answered by 200 unless told otherwise, written out so that the effective
+/// config shows what is asked.
+fn defaults(s: &mut ProbeSettings) -> Result<(), Misfit> {
+    s.path.get_or_insert_with(|| builtin::HTTP_PATH.to_owned());
+    s.expect_status.get_or_insert(builtin::HTTP_STATUS);
+    Ok(())
+}
 
 /// Bodies up to this size are read and discarded to keep the connection; a larger one
 /// costs the connection instead.

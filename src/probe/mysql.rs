@@ -14,7 +14,19 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Protocol, quote};
+use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote};
+use crate::config::kinds::{self, Kind};
+
+pub const KIND: Kind = Kind {
+    name: "mysql",
+    summary: "The server greets with a protocol-10 handshake (MySQL, MariaDB)",
+    healthy: "the server's initial handshake packet, protocol version 10 (MySQL, MariaDB)",
+    repeats: "on a fresh connection, which then replaces the held one",
+    settings: &[],
+    finish: kinds::fits,
+    learns_roles: kinds::no_roles,
+    build: |_, _| Prober::Mysql(Mysql),
+};
 
 /// The first payload byte of the handshake every MySQL since 3.21 and MariaDB sends.
 const PROTOCOL_VERSION: u8 = 10;

@@ -33,8 +33,49 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Protocol, Role, quote};
+use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, Role, quote};
+use crate::config::ProbeSettings;
+use crate::config::kinds::{Kind, Misfit};
 use crate::secrets::{self, Source};
+
+pub const KIND: Kind = Kind {
+    name: "postgres",
+    summary: "An SSLRequest is answered by S or N; with a user, SELECT pg_is_in_recovery() in a session",
+    healthy: "without `user`: an `SSLRequest` answered by `S` or `N` (no credentials); with `user`: a logged-in session that answers `SELECT pg_is_in_recovery()` (one backend held, one trivial query per check), which tells the role",
+    repeats: "without `user`: on a fresh connection, which then replaces the held one; with `user`: on the held session",
+    settings: &["user", "database", "password_env", "password_file"],
+    finish: needs_user,
+    learns_roles: |s| s.user.is_some(),
+    build: |s, _| {
+        Prober::Postgres(Postgres::new(
+            s.user.as_deref(),
+            s.database.as_deref(),
+            s.password(),
+        ))
+    },
+};
+
+/// A password or a database without `user` would be ignored: only a session sends them.
+fn needs_user(s: &mut ProbeSettings) -> Result<(), Misfit> {
+    if s.user.is_some() {
+        return Ok(());
+    }
+    let given = [
+        ("password_env", s.password_env.is_some()),
+        ("password_file", s.password_file.is_some()),
+        ("database", s.database.is_some()),
+    ];
+    match given.into_iter().find(|(_, set)| *set) {
+        None => Ok(()),
+        Some((field, _)) => Err(Misfit {
+            key: Some(field),
+            message: format!(
+                "`{field}` needs `user`: only a logged-in session uses it \
+                 (without `user` the probe sends no credentials)"
+            ),
+        }),
+    }
+}
 
 /// The request code of an `SSLRequest` (PostgreSQL protocol, "Message Formats").
 const SSL_REQUEST_CODE: u32 = 80_877_103;

@@ -28,8 +28,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Protocol, Role, quote, read_line};
+use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, Role, quote, read_line};
+use crate::config::kinds::{self, Kind};
 use crate::secrets::{self, Source};
+
+pub const KIND: Kind = Kind {
+    name: "redis",
+    summary: "ROLE and PING, PING answered by +PONG (or -NOAUTH); learns the role",
+    healthy: "`ROLE` and `PING` pipelined (one round trip, two O(1) commands): `PING` answered by `+PONG`, `-NOAUTH` also counts (see below); `ROLE` tells the role",
+    repeats: "on the held connection",
+    settings: &["password_env", "password_file"],
+    finish: kinds::fits,
+    learns_roles: |_| true,
+    build: |s, _| Prober::Redis(Redis::new(s.password())),
+};
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 const ROLE_AND_PING: &[u8] = b"*1\r\n$4\r\nROLE\r\n*1\r\n$4\r\nPING\r\n";

@@ -3,7 +3,19 @@
 
 use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Protocol};
+use super::{Afterwards, Healthy, ProbeError, Prober, Protocol};
+use crate::config::kinds::{self, Kind};
+
+pub const KIND: Kind = Kind {
+    name: "tcp",
+    summary: "The TCP handshake completes",
+    healthy: "the handshake completes",
+    repeats: "nothing is repeated: readiness and keepalive watch the held connection",
+    settings: &[],
+    finish: kinds::fits,
+    learns_roles: kinds::no_roles,
+    build: |_, _| Prober::Tcp(Tcp),
+};
 
 /// Nothing to say on the wire: the handshake already happened.
 #[derive(Debug)]
