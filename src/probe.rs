@@ -8,6 +8,7 @@
 //! one for a target's settings.
 
 mod http;
+mod memcached;
 mod mysql;
 mod postgres;
 mod redis;
@@ -139,6 +140,7 @@ protocols! {
     Postgres(postgres::Postgres),
     Mysql(mysql::Mysql),
     Http(http::Http),
+    Memcached(memcached::Memcached),
 }
 
 impl Prober {

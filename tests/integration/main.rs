@@ -22,6 +22,7 @@ mod moves;
 mod netns;
 mod notify;
 mod probes;
+mod probes_more;
 mod restarts;
 mod roles;
 mod secrets;

@@ -5,6 +5,7 @@
 // Shared by every test module, and no single module uses all of it.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod harness;
 pub mod http;
 pub mod mariadb;

@@ -1,0 +1,172 @@
+//! The probes of memcached, NATS, MQTT, AMQP, gRPC and the generic `expect`, against the
+//! real servers: healthy when serving, a freeze noticed within `check_interval +
+//! check_timeout`, a kill noticed from the socket, and the wrong kind of server refused
+//! with the reason.
+//!
+//! Each failure is provoked once (the `probes` tests take medians for the older probes);
+//! the figures are printed (`cargo test probes_more -- --nocapture`).
+
+use std::io;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tether::watch::machine::Event;
+
+use crate::support::TestServer;
+use crate::support::daemon::{Daemon, Recipe};
+use crate::support::harness::{Recorder, watch};
+use crate::support::redis::RedisServer;
+use crate::support::tether_process;
+use crate::support::{Exchange, running_as_root};
+
+/// Bound on any single wait for an event that must come.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A check every second with 500 ms to answer, and quick retries.
+const FAST: &str = r#"connect_timeout = "500ms"
+failure_threshold = 3
+check_interval = "1s"
+check_timeout = "500ms"
+keepalive = { idle = "1s", interval = "1s", count = 3 }
+backoff = { initial = "50ms", max = "200ms", multiplier = 2.0, jitter = 0.1 }"#;
+
+/// A freeze is noticed by the next check, due within 1 s and given 500 ms: 1.5 s, with
+/// room for a loaded machine.
+const FROZEN_WINDOW: Duration = Duration::from_secs(4);
+
+/// A closed connection is noticed from the socket, without waiting for a check.
+const KILL_BOUND: Duration = Duration::from_secs(1);
+
+/// Runs blocking server control without starving the checkers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// `tether probe ARGS...`, run to completion.
+fn tether_probe(args: &[&str]) -> Output {
+    blocking(|| {
+        tether_process::command()
+            .arg("probe")
+            .args(args)
+            .output()
+            .expect("run tether probe")
+    })
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The scenario every probe must pass on its own server, `probe` being the TOML value
+/// of the target's `probe` key: `tether probe` says healthy, a watched target comes up,
+/// notices a freeze within the window and a kill at once.
+async fn a_served_probe_notices_a_freeze_and_a_kill(
+    name: &str,
+    server: &mut (impl TestServer + Send),
+    kind: &str,
+    probe: &str,
+) {
+    let out = tether_probe(&[&server.addr(), "--probe", kind]);
+    assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
+    assert!(stdout(&out).contains("is healthy"), "{name}: {out:?}");
+
+    let rec = Recorder::new();
+    let config = format!(
+        "[[targets]]\nname = \"probe\"\naddress = \"{}\"\nprobe = {probe}\n{FAST}\n",
+        server.addr()
+    );
+    let sup = watch(&config, &rec);
+    rec.nth_event("probe", Event::Connect, 1, LIMIT).await;
+
+    let frozen = Instant::now();
+    blocking(|| server.stop());
+    let (at, error) = rec.lost_since("probe", frozen, LIMIT).await;
+    let after = at.duration_since(frozen);
+    eprintln!("DETECTION {name} SIGSTOP noticed by the {kind} probe: {after:?} ({error})");
+    assert!(
+        error.contains("no answer within 500ms"),
+        "{name}: unexpected reason {error:?}"
+    );
+    assert!(
+        after < FROZEN_WINDOW,
+        "{name}: freeze noticed after {after:?}"
+    );
+    blocking(|| server.cont());
+    rec.nth_event("probe", Event::Connect, 2, LIMIT).await;
+
+    let killed = Instant::now();
+    blocking(|| server.kill());
+    let (at, error) = rec.lost_since("probe", killed, LIMIT).await;
+    let after = at.duration_since(killed);
+    eprintln!("DETECTION {name} SIGKILL noticed by the {kind} probe: {after:?} ({error})");
+    assert!(after < KILL_BOUND, "{name}: kill noticed after {after:?}");
+    sup.shutdown().await;
+}
+
+/// `tether probe --probe KIND` at a Redis: not healthy, and the reason names what came
+/// back instead.
+fn the_wrong_server_is_refused_saying_why(kind: &str, expected: &str) {
+    let redis = blocking(RedisServer::start);
+    let out = tether_probe(&[&redis.addr(), "--probe", kind, "--timeout", "500ms"]);
+    assert_eq!(out.status.code(), Some(1), "{kind} at redis: {out:?}");
+    assert!(
+        stdout(&out).contains(expected),
+        "{kind} at redis: expected {expected:?} in {out:?}"
+    );
+}
+
+// === memcached ===
+
+const MEMCACHED: Recipe = Recipe {
+    name: "memcached",
+    binary: "memcached",
+    package: "memcached",
+    command: |binary, port, _dir| {
+        let mut c = Command::new(binary);
+        c.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "8",
+        ]);
+        // memcached refuses to run as root unless told whom to run as.
+        if running_as_root() {
+            c.args(["-u", "root"]);
+        }
+        c
+    },
+    ready: |port, timeout| {
+        let mut exchange = Exchange::connect(port, timeout)?;
+        exchange.send(b"version\r\n")?;
+        let reply = exchange.receive_until(b"\r\n", 256)?;
+        if reply.starts_with(b"VERSION ") {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("memcached answered {reply:?}")))
+        }
+    },
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memcached_answers_version_and_its_freeze_and_death_are_noticed() {
+    let mut server = blocking(|| Daemon::start(MEMCACHED));
+    a_served_probe_notices_a_freeze_and_a_kill(
+        "memcached",
+        &mut server,
+        "memcached",
+        "\"memcached\"",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memcached_probe_at_a_redis_is_not_healthy_and_says_what_came_back() {
+    the_wrong_server_is_refused_saying_why(
+        "memcached",
+        "not a memcached answer: version answered -ERR unknown command",
+    );
+}
