@@ -207,6 +207,14 @@ pub struct CheckArgs {
     /// With --probe http: the status that means healthy [default: 200]
     #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(100..600))]
     pub expect_status: Option<u16>,
+
+    /// With --probe postgres/nats: the user to log in as
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// With --probe redis/postgres/nats: the environment variable holding the password
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
 }
 
 impl CheckArgs {
@@ -219,6 +227,8 @@ impl CheckArgs {
         let mut settings = ProbeSettings {
             path: self.path.clone(),
             expect_status: self.expect_status,
+            user: self.user.clone(),
+            password_env: self.password_env.clone(),
             ..ProbeSettings::default()
         };
         for key in settings.given() {

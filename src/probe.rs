@@ -10,6 +10,7 @@
 mod http;
 mod memcached;
 mod mysql;
+mod nats;
 mod postgres;
 mod redis;
 pub mod role;
@@ -141,6 +142,7 @@ protocols! {
     Mysql(mysql::Mysql),
     Http(http::Http),
     Memcached(memcached::Memcached),
+    Nats(nats::Nats),
 }
 
 impl Prober {
@@ -151,10 +153,11 @@ impl Prober {
 
     /// Whether the server may speak on the held connection between checks, in messages
     /// the probe must read whole (a PostgreSQL session's parameter reports, notices and
-    /// `FATAL` goodbye): the checker then runs a check when bytes arrive instead of
-    /// draining them, which would cut a message in two.
+    /// `FATAL` goodbye) or answer (a NATS server's `PING`): the checker then runs a check
+    /// when bytes arrive instead of draining them, which would cut a message in two or
+    /// leave it unanswered.
     pub fn hears_between_checks(&self) -> bool {
-        matches!(self, Prober::Postgres(p) if p.is_session())
+        matches!(self, Prober::Postgres(p) if p.is_session()) || matches!(self, Prober::Nats(_))
     }
 
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the

@@ -7,6 +7,7 @@
 //! the figures are printed (`cargo test probes_more -- --nocapture`).
 
 use std::io;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -169,4 +170,116 @@ async fn the_memcached_probe_at_a_redis_is_not_healthy_and_says_what_came_back()
         "memcached",
         "not a memcached answer: version answered -ERR unknown command",
     );
+}
+
+/// A line server that greets every connection with `banner` and then holds it, as an
+/// SMTP or FTP server does: the kind of server that speaks first, but not NATS.
+async fn greeting_server(banner: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: a test makes a handful of connections.
+        for _ in 0..64 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            if stream.write_all(banner).await.is_ok() {
+                held.push(stream);
+            }
+        }
+    });
+    (addr, task)
+}
+
+// === NATS ===
+
+fn nats_recipe(auth: &'static [&'static str]) -> Recipe {
+    fn command(binary: &Path, port: u16, dir: &Path, auth: &[&str]) -> Command {
+        let mut c = Command::new(binary);
+        c.args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-l")
+            .arg(dir.join("nats.log"))
+            .args(auth);
+        c
+    }
+    Recipe {
+        name: "nats",
+        binary: "nats-server",
+        package: "nats-server",
+        command: match auth.len() {
+            0 => |b, p, d| command(b, p, d, &[]),
+            _ => |b, p, d| command(b, p, d, &["--user", "probe", "--pass", "s3cret"]),
+        },
+        ready: |port, timeout| {
+            let mut exchange = Exchange::connect(port, timeout)?;
+            let info = exchange.receive_until(b"\r\n", 64 * 1024)?;
+            if info.starts_with(b"INFO ") {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("nats greeted with {info:?}")))
+            }
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_answers_ping_with_pong_and_its_freeze_and_death_are_noticed() {
+    let mut server = blocking(|| Daemon::start(nats_recipe(&[])));
+    a_served_probe_notices_a_freeze_and_a_kill("nats", &mut server, "nats", "\"nats\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nats_probe_at_a_server_greeting_otherwise_is_not_healthy_and_says_with_what() {
+    let (addr, _server) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
+    let out = tether_probe(&[&addr, "--probe", "nats", "--timeout", "500ms"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("not a NATS answer: greeted with 220 mail.test ESMTP ready"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_requiring_credentials_is_healthy_with_them_and_refuses_others_saying_so() {
+    let server = blocking(|| Daemon::start(nats_recipe(&["auth"])));
+    let with = |user: &str, password: &str| {
+        blocking(|| {
+            tether_process::command()
+                .args([
+                    "probe",
+                    &server.addr(),
+                    "--probe",
+                    "nats",
+                    "--timeout",
+                    "2s",
+                ])
+                .args([
+                    "--user",
+                    user,
+                    "--password-env",
+                    "TETHER_TEST_NATS_PASSWORD",
+                ])
+                .env("TETHER_TEST_NATS_PASSWORD", password)
+                .output()
+                .expect("run tether probe")
+        })
+    };
+    let out = with("probe", "s3cret");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = with("probe", "wrong");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out)
+            .contains("refused the credentials (or their absence): -ERR 'Authorization Violation'"),
+        "{out:?}"
+    );
+    assert!(
+        !stdout(&out).contains("wrong"),
+        "the password leaked: {out:?}"
+    );
+    let out = tether_probe(&[&server.addr(), "--probe", "nats", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).contains("Authorization Violation"), "{out:?}");
 }

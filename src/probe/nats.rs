@@ -1,0 +1,213 @@
+//! The `nats` probe: the server greets every connection with `INFO {...}`; the probe
+//! answers with `CONNECT {...}` and `PING`, and `PONG` is healthy. Later checks send
+//! `PING` alone on the held connection.
+//!
+//! The server may interleave its own `PING` (its keepalive: unanswered, it closes the
+//! connection), `INFO` (cluster changes) and `+OK` lines: a check answers the first
+//! with `PONG`, skips the others and reads on, within [`MAX_LINES`], until its `PONG`.
+//! A server `PING` arriving between checks starts a check at once (see
+//! [`super::Prober::hears_between_checks`]), so it is answered in time.
+//!
+//! With `user` (and `password_env` or `password_file`), `CONNECT` carries them; the
+//! password is read at start or at the last reload and never logged. A refusal,
+//! `-ERR 'Authorization Violation'`, is unhealthy, saying so: unlike Redis's `-NOAUTH`
+//! it comes with the server closing the connection, and a NATS that wants credentials
+//! tether lacks is one the application cannot use either if tether's are its own.
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote, read_line};
+use crate::config::kinds::{self, Kind};
+use crate::secrets::{self, Source};
+
+pub const KIND: Kind = Kind {
+    name: "nats",
+    summary: "INFO greeting, CONNECT and PING answered by PONG",
+    healthy: "the `INFO` greeting, then `CONNECT` (with `user` and a password if set) and `PING` answered by `PONG` (one connection held, one `PING` per check, as any idle client sends)",
+    repeats: "on the held connection",
+    settings: &["user", "password_env", "password_file"],
+    finish: kinds::fits,
+    learns_roles: kinds::no_roles,
+    build: |s, _| Prober::Nats(Nats::new(s.user.clone(), s.password())),
+};
+
+/// `INFO` lists the cluster's URLs and can run to a few KiB; other lines are short.
+const MAX_LINE: usize = 64 * 1024;
+/// Lines read in one check before its `PONG`: a few server `PING`s, `INFO` updates.
+const MAX_LINES: usize = 32;
+
+#[derive(Debug)]
+pub struct Nats {
+    user: Option<String>,
+    password: Option<Source>,
+}
+
+impl Nats {
+    pub fn new(user: Option<String>, password: Option<Source>) -> Nats {
+        Nats { user, password }
+    }
+
+    /// `CONNECT` with the credentials as last loaded, then `PING`, in one write.
+    fn connect_and_ping(&self) -> Result<Vec<u8>, ProbeError> {
+        let mut options = serde_json::json!({
+            "verbose": false,
+            "pedantic": false,
+            "tls_required": false,
+            "name": "tether",
+            "lang": "rust",
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": 1,
+        });
+        if let Some(user) = &self.user {
+            options["user"] = user.clone().into();
+        }
+        if let Some(source) = &self.password {
+            let password = secrets::current(source).map_err(|e| {
+                ProbeError::Unhealthy(format!("no password: {e} (unset, empty or unreadable)"))
+            })?;
+            options["pass"] = String::from_utf8_lossy(&password).into_owned().into();
+        }
+        Ok(format!("CONNECT {options}\r\nPING\r\n").into_bytes())
+    }
+}
+
+impl Protocol for Nats {
+    async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Healthy, ProbeError> {
+        let hello = if fresh {
+            Some(self.connect_and_ping()?)
+        } else {
+            None
+        };
+        check(stream, hello.as_deref()).await
+    }
+}
+
+/// One check on `stream`: on a fresh connection, `hello` (`CONNECT` and `PING`) answers
+/// the server's greeting; on a held one, `PING` alone is sent.
+pub async fn check<S>(stream: &mut S, hello: Option<&[u8]>) -> Result<Healthy, ProbeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut reader = BufReader::new(stream);
+    match hello {
+        Some(hello) => {
+            let greeting = read_line(&mut reader, MAX_LINE, "NATS").await?;
+            if !greeting.starts_with(b"INFO ") {
+                return Err(ProbeError::Garbled {
+                    protocol: "NATS",
+                    detail: format!("greeted with {}", quote(&greeting)),
+                });
+            }
+            reader.get_mut().write_all(hello).await?;
+        }
+        None => reader.get_mut().write_all(b"PING\r\n").await?,
+    }
+    await_pong(&mut reader).await?;
+    Ok(if reader.buffer().is_empty() {
+        Afterwards::Reuse
+    } else {
+        Afterwards::Hold
+    }
+    .into())
+}
+
+/// Reads until `PONG`, answering the server's `PING`s and skipping what it may say
+/// unasked.
+async fn await_pong<R>(reader: &mut BufReader<R>) -> Result<(), ProbeError>
+where
+    R: AsyncRead + AsyncWrite + Unpin,
+{
+    for _ in 0..MAX_LINES {
+        let line = read_line(reader, MAX_LINE, "NATS").await?;
+        match Line::of(&line) {
+            Line::Pong => return Ok(()),
+            Line::Ping => reader.get_mut().write_all(b"PONG\r\n").await?,
+            Line::Aside => {}
+            Line::Error => return Err(refused(&line)),
+            Line::Other => {
+                return Err(ProbeError::Garbled {
+                    protocol: "NATS",
+                    detail: format!("PING answered {}", quote(&line)),
+                });
+            }
+        }
+    }
+    Err(ProbeError::Garbled {
+        protocol: "NATS",
+        detail: format!("no PONG within {MAX_LINES} lines"),
+    })
+}
+
+/// What one line from the server is to a check waiting for `PONG`.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Pong,
+    Ping,
+    /// `+OK`, `INFO` updates: said unasked, skipped.
+    Aside,
+    Error,
+    Other,
+}
+
+impl Line {
+    fn of(line: &[u8]) -> Line {
+        match line {
+            b"PONG" => Line::Pong,
+            b"PING" => Line::Ping,
+            b"+OK" => Line::Aside,
+            l if l.starts_with(b"INFO ") => Line::Aside,
+            l if l.starts_with(b"-ERR") => Line::Error,
+            _ => Line::Other,
+        }
+    }
+}
+
+/// The server's `-ERR`, worded for `last_error`: an authorization failure says so.
+fn refused(line: &[u8]) -> ProbeError {
+    let text = quote(line);
+    if text
+        .to_ascii_lowercase()
+        .contains("authorization violation")
+    {
+        ProbeError::Unhealthy(format!(
+            "the server refused the credentials (or their absence): {text}"
+        ))
+    } else {
+        ProbeError::Unhealthy(format!("the server answered {text}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_told_apart() {
+        assert_eq!(Line::of(b"PONG"), Line::Pong);
+        assert_eq!(Line::of(b"PING"), Line::Ping);
+        assert_eq!(Line::of(b"+OK"), Line::Aside);
+        assert_eq!(Line::of(b"INFO {\"server_id\":\"x\"}"), Line::Aside);
+        assert_eq!(Line::of(b"-ERR 'Authorization Violation'"), Line::Error);
+        assert_eq!(Line::of(b"+PONG"), Line::Other);
+    }
+
+    #[test]
+    fn an_authorization_violation_is_named() {
+        let e = refused(b"-ERR 'Authorization Violation'").to_string();
+        assert!(e.starts_with("the server refused the credentials"), "{e}");
+        let e = refused(b"-ERR 'Maximum Connections Exceeded'").to_string();
+        assert_eq!(e, "the server answered -ERR 'Maximum Connections Exceeded'");
+    }
+
+    #[test]
+    fn connect_carries_the_user_and_quotes_it_as_json() {
+        let nats = Nats::new(Some("a\"b".into()), None);
+        let hello = String::from_utf8(nats.connect_and_ping().unwrap()).unwrap();
+        assert!(hello.starts_with("CONNECT {"), "{hello}");
+        assert!(hello.ends_with("}\r\nPING\r\n"), "{hello}");
+        assert!(hello.contains(r#""user":"a\"b""#), "{hello}");
+        assert!(hello.contains(r#""verbose":false"#), "{hello}");
+        assert!(!hello.contains("pass"), "{hello}");
+    }
+}
