@@ -215,6 +215,15 @@ pub struct CheckArgs {
     /// With --probe redis/postgres/nats: the environment variable holding the password
     #[arg(long, value_name = "VAR")]
     pub password_env: Option<String>,
+
+    /// With --probe expect: what to send (\r \n \t \\ \xHH escapes); without it the
+    /// server's greeting is read
+    #[arg(long, value_name = "TEXT", value_parser = parse_send)]
+    pub send: Option<String>,
+
+    /// With --probe expect: the regular expression a healthy answer matches
+    #[arg(long, value_name = "REGEX", value_parser = parse_pattern)]
+    pub expect: Option<String>,
 }
 
 impl CheckArgs {
@@ -229,6 +238,8 @@ impl CheckArgs {
             expect_status: self.expect_status,
             user: self.user.clone(),
             password_env: self.password_env.clone(),
+            send: self.send.clone(),
+            expect: self.expect.clone(),
             ..ProbeSettings::default()
         };
         for key in settings.given() {
@@ -260,6 +271,14 @@ fn parse_path(s: &str) -> Result<String, String> {
     config::check_http_path(s)
         .map(|()| s.to_owned())
         .map_err(str::to_owned)
+}
+
+fn parse_send(s: &str) -> Result<String, String> {
+    crate::probe::expect::unescape(s).map(|_| s.to_owned())
+}
+
+fn parse_pattern(s: &str) -> Result<String, String> {
+    crate::probe::expect::pattern(s).map(|_| s.to_owned())
 }
 
 fn parse_url(s: &str) -> Result<Url, String> {

@@ -217,6 +217,13 @@ pub struct ProbeSettings {
     /// set. Either is read at start and on each reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// What a generic probe sends, as written (escapes are turned into bytes when the
+    /// probe is built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// The regular expression a generic probe's answer must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
 }
 
 impl ProbeSettings {
@@ -229,6 +236,8 @@ impl ProbeSettings {
         "database",
         "password_env",
         "password_file",
+        "send",
+        "expect",
     ];
 
     /// Where the probe's password comes from, if it has one.
@@ -246,6 +255,8 @@ impl ProbeSettings {
             self.database.is_some(),
             self.password_env.is_some(),
             self.password_file.is_some(),
+            self.send.is_some(),
+            self.expect.is_some(),
         ];
         Self::KEYS
             .iter()

@@ -7,6 +7,7 @@
 //! answer. Each protocol lives in its own module behind [`Protocol`]; [`Prober`] picks
 //! one for a target's settings.
 
+pub(crate) mod expect;
 mod http;
 mod memcached;
 mod mysql;
@@ -143,6 +144,7 @@ protocols! {
     Http(http::Http),
     Memcached(memcached::Memcached),
     Nats(nats::Nats),
+    Expect(expect::Expect),
 }
 
 impl Prober {

@@ -181,6 +181,8 @@ pub struct RawProbeTable {
     pub password_file: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub database: Option<Spanned<String>>,
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
 }
 
 impl RawProbeTable {
@@ -204,6 +206,8 @@ impl RawProbeTable {
             ),
             span(self.user.as_ref().map(Spanned::span), "user"),
             span(self.database.as_ref().map(Spanned::span), "database"),
+            span(self.send.as_ref().map(Spanned::span), "send"),
+            span(self.expect.as_ref().map(Spanned::span), "expect"),
         ]
         .into_iter()
         .flatten()

@@ -870,6 +870,21 @@ impl Ctx<'_> {
         };
         let user = name("user", t.user.as_ref());
         let database = name("database", t.database.as_ref());
+        let mut text =
+            |field: &str, value: Option<&Spanned<String>>, rule: fn(&str) -> Result<(), String>| {
+                value.filter(|_| takes(field)).map(|v| {
+                    if let Err(why) = rule(v.get_ref()) {
+                        self.err(Some(v.span()), format!("{key}.{field}"), why);
+                    }
+                    v.get_ref().clone()
+                })
+            };
+        let send = text("send", t.send.as_ref(), |s| {
+            crate::probe::expect::unescape(s).map(drop)
+        });
+        let expect = text("expect", t.expect.as_ref(), |s| {
+            crate::probe::expect::pattern(s).map(drop)
+        });
         ProbeSettings {
             path,
             expect_status,
@@ -878,6 +893,8 @@ impl Ctx<'_> {
             database,
             password_env,
             password_file,
+            send,
+            expect,
         }
     }
 

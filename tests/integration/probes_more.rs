@@ -9,6 +9,8 @@
 use std::io;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tether::watch::machine::Event;
@@ -18,7 +20,7 @@ use crate::support::daemon::{Daemon, Recipe};
 use crate::support::harness::{Recorder, watch};
 use crate::support::redis::RedisServer;
 use crate::support::tether_process;
-use crate::support::{Exchange, running_as_root};
+use crate::support::{Exchange, eventually, running_as_root};
 
 /// Bound on any single wait for an event that must come.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -65,9 +67,13 @@ async fn a_served_probe_notices_a_freeze_and_a_kill(
     name: &str,
     server: &mut (impl TestServer + Send),
     kind: &str,
+    cli: &[&str],
     probe: &str,
 ) {
-    let out = tether_probe(&[&server.addr(), "--probe", kind]);
+    let addr = server.addr();
+    let mut args = vec![addr.as_str(), "--probe", kind];
+    args.extend_from_slice(cli);
+    let out = tether_probe(&args);
     assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
     assert!(stdout(&out).contains("is healthy"), "{name}: {out:?}");
 
@@ -159,6 +165,7 @@ async fn a_memcached_answers_version_and_its_freeze_and_death_are_noticed() {
         "memcached",
         &mut server,
         "memcached",
+        &[],
         "\"memcached\"",
     )
     .await;
@@ -174,23 +181,26 @@ async fn the_memcached_probe_at_a_redis_is_not_healthy_and_says_what_came_back()
 
 /// A line server that greets every connection with `banner` and then holds it, as an
 /// SMTP or FTP server does: the kind of server that speaks first, but not NATS.
-async fn greeting_server(banner: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
+async fn greeting_server(banner: &'static [u8]) -> (String, Arc<AtomicUsize>) {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let task = tokio::spawn(async move {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
         let mut held = Vec::new();
         // Bounded: a test makes a handful of connections.
         for _ in 0..64 {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, Ordering::SeqCst);
             if stream.write_all(banner).await.is_ok() {
                 held.push(stream);
             }
         }
     });
-    (addr, task)
+    (addr, accepted)
 }
 
 // === NATS ===
@@ -227,12 +237,12 @@ fn nats_recipe(auth: &'static [&'static str]) -> Recipe {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_answers_ping_with_pong_and_its_freeze_and_death_are_noticed() {
     let mut server = blocking(|| Daemon::start(nats_recipe(&[])));
-    a_served_probe_notices_a_freeze_and_a_kill("nats", &mut server, "nats", "\"nats\"").await;
+    a_served_probe_notices_a_freeze_and_a_kill("nats", &mut server, "nats", &[], "\"nats\"").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_nats_probe_at_a_server_greeting_otherwise_is_not_healthy_and_says_with_what() {
-    let (addr, _server) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
+    let (addr, _accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
     let out = tether_probe(&[&addr, "--probe", "nats", "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
@@ -282,4 +292,74 @@ async fn a_nats_requiring_credentials_is_healthy_with_them_and_refuses_others_sa
     let out = tether_probe(&[&server.addr(), "--probe", "nats", "--timeout", "2s"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("Authorization Violation"), "{out:?}");
+}
+
+// === expect ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_speaks_the_redis_inline_protocol_and_notices_its_freeze_and_death() {
+    let mut server = blocking(RedisServer::start);
+    a_served_probe_notices_a_freeze_and_a_kill(
+        "redis (inline)",
+        &mut server,
+        "expect",
+        &["--send", r"PING\r\n", "--expect", r"^\+PONG\r\n"],
+        r#"{ kind = "expect", send = 'PING\r\n', expect = '^\+PONG\r\n' }"#,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_without_send_judges_the_greeting_of_a_fresh_connection_each_time() {
+    let (addr, accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
+    let out = tether_probe(&[&addr, "--probe", "expect", "--expect", "^220 "]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = tether_probe(&[&addr, "--probe", "expect", "--expect", "^230 "]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out)
+            .contains(r"answered 220 mail.test ESMTP ready\r\n, which does not match /^230 /"),
+        "{out:?}"
+    );
+
+    // Watched, each check opens a connection of its own and reads its greeting.
+    let rec = Recorder::new();
+    let config = format!(
+        "[[targets]]\nname = \"smtp\"\naddress = \"{addr}\"\nprobe = {{ kind = \"expect\", expect = '^220 ' }}\n{FAST}\n"
+    );
+    let sup = watch(&config, &rec);
+    rec.nth_event("smtp", Event::Connect, 1, LIMIT).await;
+    let before = accepted.load(Ordering::SeqCst);
+    eventually(LIMIT, "a second check on a fresh connection", || async {
+        (accepted.load(Ordering::SeqCst) >= before + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rec.events("smtp"),
+        [Event::Connect],
+        "{:#?}",
+        rec.of("smtp")
+    );
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_at_the_wrong_server_is_not_healthy_and_shows_what_came_back() {
+    let memcached = blocking(|| Daemon::start(MEMCACHED));
+    let out = tether_probe(&[
+        &memcached.addr(),
+        "--probe",
+        "expect",
+        "--send",
+        r"PING\r\n",
+        "--expect",
+        r"^\+PONG",
+        "--timeout",
+        "500ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains(r"answered ERROR\r\n, which does not match /^\+PONG/"),
+        "{out:?}"
+    );
 }
