@@ -208,11 +208,11 @@ pub struct CheckArgs {
     #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(100..600))]
     pub expect_status: Option<u16>,
 
-    /// With --probe postgres/nats: the user to log in as
+    /// With --probe postgres/nats/mqtt: the user to log in as
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
 
-    /// With --probe redis/postgres/nats: the environment variable holding the password
+    /// With --probe redis/postgres/nats/mqtt: the environment variable holding the password
     #[arg(long, value_name = "VAR")]
     pub password_env: Option<String>,
 

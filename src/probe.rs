@@ -10,6 +10,7 @@
 pub(crate) mod expect;
 mod http;
 mod memcached;
+mod mqtt;
 mod mysql;
 mod nats;
 mod postgres;
@@ -145,6 +146,7 @@ protocols! {
     Memcached(memcached::Memcached),
     Nats(nats::Nats),
     Expect(expect::Expect),
+    Mqtt(mqtt::Mqtt),
 }
 
 impl Prober {

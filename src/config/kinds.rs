@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(taking("path").map(|k| k.name).collect::<Vec<_>>(), ["http"]);
         assert_eq!(
             taking("password_file").map(|k| k.name).collect::<Vec<_>>(),
-            ["redis", "postgres", "nats"]
+            ["redis", "postgres", "nats", "mqtt"]
         );
         assert!(find("no-such-kind").is_none());
     }

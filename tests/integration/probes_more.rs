@@ -363,3 +363,98 @@ async fn expect_at_the_wrong_server_is_not_healthy_and_shows_what_came_back() {
         "{out:?}"
     );
 }
+
+// === MQTT ===
+
+fn mosquitto_recipe(anonymous: bool) -> Recipe {
+    fn command(binary: &Path, port: u16, dir: &Path, anonymous: bool) -> Command {
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous {anonymous}\npersistence false\nlog_dest stderr\n"
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let mut c = Command::new(binary);
+        c.arg("-c").arg(config);
+        c
+    }
+    Recipe {
+        name: "mosquitto",
+        binary: "mosquitto",
+        package: "mosquitto",
+        command: if anonymous {
+            |b, p, d| command(b, p, d, true)
+        } else {
+            |b, p, d| command(b, p, d, false)
+        },
+        ready: |port, timeout| {
+            // PINGREQ before CONNECT is a protocol error: the broker answers by closing,
+            // which proves it is accepting and reading.
+            let mut exchange = Exchange::connect(port, timeout)?;
+            exchange.send(&[
+                0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'r',
+            ])?;
+            let mut ack = [0u8; 4];
+            exchange.receive_exact(&mut ack)?;
+            if ack[0] == 0x20 {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("mosquitto answered {ack:?}")))
+            }
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mosquitto_acknowledges_connect_and_ping_and_its_freeze_and_death_are_noticed() {
+    let mut server = blocking(|| Daemon::start(mosquitto_recipe(true)));
+    a_served_probe_notices_a_freeze_and_a_kill("mosquitto", &mut server, "mqtt", &[], "\"mqtt\"")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_refusing_anonymous_clients_is_healthy_but_refused_credentials_are_not() {
+    let server = blocking(|| Daemon::start(mosquitto_recipe(false)));
+    let out = tether_probe(&[&server.addr(), "--probe", "mqtt", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = blocking(|| {
+        tether_process::command()
+            .args([
+                "probe",
+                &server.addr(),
+                "--probe",
+                "mqtt",
+                "--timeout",
+                "2s",
+            ])
+            .args([
+                "--user",
+                "probe",
+                "--password-env",
+                "TETHER_TEST_MQTT_PASSWORD",
+            ])
+            .env("TETHER_TEST_MQTT_PASSWORD", "wrong")
+            .output()
+            .expect("run tether probe")
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("CONNACK refused the connection: not authorized (5)"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mqtt_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_what_came_back() {
+    // Redis and memcached wait silently for a line end the binary CONNECT never sends
+    // (a timeout); a server that speaks first shows the wrong answer.
+    let (addr, _accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
+    let out = tether_probe(&[&addr, "--probe", "mqtt", "--timeout", "500ms"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("not a MQTT answer: CONNECT answered 220 "),
+        "{out:?}"
+    );
+}
