@@ -7,6 +7,7 @@
 //! answer. Each protocol lives in its own module behind [`Protocol`]; [`Prober`] picks
 //! one for a target's settings.
 
+mod amqp;
 pub(crate) mod expect;
 mod http;
 mod memcached;
@@ -147,6 +148,7 @@ protocols! {
     Nats(nats::Nats),
     Expect(expect::Expect),
     Mqtt(mqtt::Mqtt),
+    Amqp(amqp::Amqp),
 }
 
 impl Prober {

@@ -18,6 +18,7 @@ use tether::watch::machine::Event;
 use crate::support::TestServer;
 use crate::support::daemon::{Daemon, Recipe};
 use crate::support::harness::{Recorder, watch};
+use crate::support::rabbitmq::RabbitMq;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process;
 use crate::support::{Exchange, eventually, running_as_root};
@@ -455,6 +456,28 @@ async fn the_mqtt_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stdout(&out).contains("not a MQTT answer: CONNECT answered 220 "),
+        "{out:?}"
+    );
+}
+
+// === AMQP ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rabbitmq_answers_the_amqp_header_and_its_freeze_and_death_are_noticed() {
+    let booting = Instant::now();
+    let mut node = blocking(RabbitMq::start);
+    eprintln!("rabbitmq booted in {:?}", booting.elapsed());
+    a_served_probe_notices_a_freeze_and_a_kill("rabbitmq", &mut node, "amqp", &[], "\"amqp\"")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_amqp_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_what_came_back() {
+    let (addr, _accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
+    let out = tether_probe(&[&addr, "--probe", "amqp", "--timeout", "500ms"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("not a AMQP answer: the header answered 220 mai"),
         "{out:?}"
     );
 }

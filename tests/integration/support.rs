@@ -13,6 +13,7 @@ pub mod notify_socket;
 pub mod postgres;
 pub mod process;
 pub mod python;
+pub mod rabbitmq;
 pub mod receiver;
 pub mod redis;
 pub mod server;
