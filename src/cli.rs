@@ -224,6 +224,10 @@ pub struct CheckArgs {
     /// With --probe expect: the regular expression a healthy answer matches
     #[arg(long, value_name = "REGEX", value_parser = parse_pattern)]
     pub expect: Option<String>,
+
+    /// With --probe grpc: the service to ask about [default: the whole server]
+    #[arg(long, value_name = "NAME", value_parser = parse_service)]
+    pub service: Option<String>,
 }
 
 impl CheckArgs {
@@ -240,6 +244,7 @@ impl CheckArgs {
             password_env: self.password_env.clone(),
             send: self.send.clone(),
             expect: self.expect.clone(),
+            service: self.service.clone(),
             ..ProbeSettings::default()
         };
         for key in settings.given() {
@@ -279,6 +284,10 @@ fn parse_send(s: &str) -> Result<String, String> {
 
 fn parse_pattern(s: &str) -> Result<String, String> {
     crate::probe::expect::pattern(s).map(|_| s.to_owned())
+}
+
+fn parse_service(s: &str) -> Result<String, String> {
+    crate::probe::grpc::check_service(s).map(|()| s.to_owned())
 }
 
 fn parse_url(s: &str) -> Result<Url, String> {

@@ -224,6 +224,9 @@ pub struct ProbeSettings {
     /// The regular expression a generic probe's answer must match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+    /// The service a gRPC health check asks about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl ProbeSettings {
@@ -238,6 +241,7 @@ impl ProbeSettings {
         "password_file",
         "send",
         "expect",
+        "service",
     ];
 
     /// Where the probe's password comes from, if it has one.
@@ -257,6 +261,7 @@ impl ProbeSettings {
             self.password_file.is_some(),
             self.send.is_some(),
             self.expect.is_some(),
+            self.service.is_some(),
         ];
         Self::KEYS
             .iter()

@@ -9,6 +9,7 @@
 
 mod amqp;
 pub(crate) mod expect;
+pub(crate) mod grpc;
 mod http;
 mod memcached;
 mod mqtt;
@@ -149,6 +150,7 @@ protocols! {
     Expect(expect::Expect),
     Mqtt(mqtt::Mqtt),
     Amqp(amqp::Amqp),
+    Grpc(grpc::Grpc),
 }
 
 impl Prober {

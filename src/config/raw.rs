@@ -183,6 +183,7 @@ pub struct RawProbeTable {
     pub database: Option<Spanned<String>>,
     pub send: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
 }
 
 impl RawProbeTable {
@@ -208,6 +209,7 @@ impl RawProbeTable {
             span(self.database.as_ref().map(Spanned::span), "database"),
             span(self.send.as_ref().map(Spanned::span), "send"),
             span(self.expect.as_ref().map(Spanned::span), "expect"),
+            span(self.service.as_ref().map(Spanned::span), "service"),
         ]
         .into_iter()
         .flatten()

@@ -885,6 +885,11 @@ impl Ctx<'_> {
         let expect = text("expect", t.expect.as_ref(), |s| {
             crate::probe::expect::pattern(s).map(drop)
         });
+        let service = text(
+            "service",
+            t.service.as_ref(),
+            crate::probe::grpc::check_service,
+        );
         ProbeSettings {
             path,
             expect_status,
@@ -895,6 +900,7 @@ impl Ctx<'_> {
             password_file,
             send,
             expect,
+            service,
         }
     }
 

@@ -481,3 +481,66 @@ async fn the_amqp_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_
         "{out:?}"
     );
 }
+
+// === gRPC ===
+
+/// etcd serves `grpc.health.v1` on its client port.
+const ETCD: Recipe = Recipe {
+    name: "etcd",
+    binary: "etcd",
+    package: "etcd-server",
+    command: |binary, port, dir| {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", crate::support::free_port());
+        let mut c = Command::new(binary);
+        c.arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")]);
+        c
+    },
+    ready: |port, timeout| {
+        let mut exchange = Exchange::connect(port, timeout)?;
+        exchange.send(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")?;
+        let status = exchange.receive_until(b"\r\n", 256)?;
+        if status.starts_with(b"HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("etcd answered {status:?}")))
+        }
+    },
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_reports_serving_over_grpc_and_its_freeze_and_death_are_noticed() {
+    let mut server = blocking(|| Daemon::start(ETCD));
+    let out = tether_probe(&[
+        &server.addr(),
+        "--probe",
+        "grpc",
+        "--service",
+        "no.such.Service",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("service \"no.such.Service\" is SERVICE_UNKNOWN"),
+        "{out:?}"
+    );
+    a_served_probe_notices_a_freeze_and_a_kill("etcd", &mut server, "grpc", &[], "\"grpc\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_probe_at_a_redis_is_not_healthy_and_says_why() {
+    the_wrong_server_is_refused_saying_why("grpc", "not a gRPC answer: HTTP/2");
+}
