@@ -272,17 +272,12 @@ impl ProbeSettings {
 }
 
 impl Probe {
-    /// A kind with every setting at its default: the probe written bare
-    /// (`probe = "redis"`, `--probe redis`).
-    pub fn bare(kind: &'static kinds::Kind) -> Probe {
-        let mut settings = ProbeSettings::default();
-        (kind.finish)(&mut settings).expect("a kind's defaults fit together");
-        Probe { kind, settings }
-    }
-
     /// The TCP handshake alone: a target's probe when none is given.
     pub fn tcp() -> Probe {
-        Probe::bare(&crate::probe::tcp::KIND)
+        Probe {
+            kind: &crate::probe::tcp::KIND,
+            settings: ProbeSettings::default(),
+        }
     }
 
     pub fn is_tcp(&self) -> bool {

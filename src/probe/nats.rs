@@ -200,6 +200,24 @@ mod tests {
         assert_eq!(e, "the server answered -ERR 'Maximum Connections Exceeded'");
     }
 
+    #[tokio::test]
+    async fn a_server_ping_is_answered_and_unasked_lines_skipped_before_the_pong() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        server
+            .write_all(b"PING\r\n+OK\r\nINFO {\"ldm\":true}\r\nPONG\r\n")
+            .await
+            .unwrap();
+        let healthy = check(&mut client, None).await.unwrap();
+        assert_eq!(healthy.afterwards, Afterwards::Reuse);
+        let mut sent = [0u8; 12];
+        server.read_exact(&mut sent).await.unwrap();
+        assert_eq!(
+            &sent, b"PING\r\nPONG\r\n",
+            "the check's PING, then the answer"
+        );
+    }
+
     #[test]
     fn connect_carries_the_user_and_quotes_it_as_json() {
         let nats = Nats::new(Some("a\"b".into()), None);
