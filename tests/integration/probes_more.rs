@@ -17,7 +17,7 @@ use tether::watch::machine::Event;
 
 use crate::support::TestServer;
 use crate::support::daemon::{Daemon, Recipe};
-use crate::support::harness::{Recorder, watch};
+use crate::support::harness::{Record, Recorder, watch};
 use crate::support::rabbitmq::RabbitMq;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process;
@@ -223,16 +223,65 @@ fn nats_recipe(auth: &'static [&'static str]) -> Recipe {
             0 => |b, p, d| command(b, p, d, &[]),
             _ => |b, p, d| command(b, p, d, &["--user", "probe", "--pass", "s3cret"]),
         },
-        ready: |port, timeout| {
-            let mut exchange = Exchange::connect(port, timeout)?;
-            let info = exchange.receive_until(b"\r\n", 64 * 1024)?;
-            if info.starts_with(b"INFO ") {
-                Ok(())
-            } else {
-                Err(io::Error::other(format!("nats greeted with {info:?}")))
-            }
-        },
+        ready: nats_ready,
     }
+}
+
+/// nats-server pinging its clients every second and closing one that leaves a ping
+/// unanswered (`ping_max` 1).
+const NATS_PINGING: Recipe = Recipe {
+    name: "nats",
+    binary: "nats-server",
+    package: "nats-server",
+    command: |binary, port, dir| {
+        let config = dir.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!("listen: 127.0.0.1:{port}\nping_interval: \"1s\"\nping_max: 1\n"),
+        )
+        .expect("write nats.conf");
+        let mut c = Command::new(binary);
+        c.arg("-c").arg(config);
+        c
+    },
+    ready: |port, timeout| nats_ready(port, timeout),
+};
+
+fn nats_ready(port: u16, timeout: Duration) -> io::Result<()> {
+    let mut exchange = Exchange::connect(port, timeout)?;
+    let info = exchange.receive_until(b"\r\n", 64 * 1024)?;
+    if info.starts_with(b"INFO ") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("nats greeted with {info:?}")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_pinging_between_checks_gets_its_pong_and_keeps_the_connection() {
+    let server = blocking(|| Daemon::start(NATS_PINGING));
+    let rec = Recorder::new();
+    // Checks far apart: the server's pings come in between, and only answering them
+    // keeps the connection (unanswered, the server closes it within two seconds).
+    let config = format!(
+        "[[targets]]\nname = \"bus\"\naddress = \"{}\"\nprobe = \"nats\"\ncheck_interval = \"30s\"\ncheck_timeout = \"500ms\"\n",
+        server.addr()
+    );
+    let sup = watch(&config, &rec);
+    rec.nth_event("bus", Event::Connect, 1, LIMIT).await;
+    // The scenario is time itself: four of the server's ping intervals.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let lost: Vec<_> = rec
+        .of("bus")
+        .into_iter()
+        .filter(|r| matches!(r, Record::Lost { .. }))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "the server closed the connection: {lost:?}\n{}",
+        server.log()
+    );
+    sup.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
