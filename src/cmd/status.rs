@@ -517,6 +517,7 @@ mod tests {
                 target("cache", State::Failed, false, Some("connection refused")),
                 target("db", State::Up, true, None),
             ],
+            groups: Vec::new(),
         }
     }
 
