@@ -24,20 +24,20 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 /// One Server-Sent Event.
 #[derive(Debug, Default)]
-struct Sse {
-    id: Option<String>,
-    event: String,
-    data: String,
+pub(crate) struct Sse {
+    pub(crate) id: Option<String>,
+    pub(crate) event: String,
+    pub(crate) data: String,
 }
 
 /// A deliberately plain SSE client: HTTP/1.0, so the body is the stream itself.
-struct Client {
+pub(crate) struct Client {
     lines: BufReader<OwnedReadHalf>,
     _write: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr, path: &str, headers: &str) -> Client {
+    pub(crate) async fn connect(addr: SocketAddr, path: &str, headers: &str) -> Client {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (read, mut write) = stream.into_split();
         write
@@ -69,7 +69,7 @@ impl Client {
     }
 
     /// The next event (comments such as heartbeats skipped), within `LIMIT`.
-    async fn next(&mut self) -> Sse {
+    pub(crate) async fn next(&mut self) -> Sse {
         tokio::time::timeout(LIMIT, async {
             let mut sse = Sse::default();
             loop {

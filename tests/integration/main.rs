@@ -12,6 +12,7 @@ mod config_fuzz;
 mod dns_outage;
 mod endpoint;
 mod events;
+mod group_status;
 mod hooks;
 mod http;
 mod metrics;
