@@ -225,19 +225,26 @@ impl Groups {
     ) -> Arc<Cell> {
         let mut machine = group::Group::new(policy);
         let mut roles = vec![None; config.members.len()];
+        // What the members' current states decide is announced like any decision: a
+        // group added while its members are already up decides at once.
+        let mut decisions = Vec::new();
         for (i, name) in config.members.iter().enumerate() {
             let Some(member) = now_of(name) else { continue };
             roles[i] = member.role;
             if member.state != State::Connecting {
                 let (matches, primary) = role_report(&config, member.role);
-                machine.report(i, Report::Role { matches, primary }, now);
-                machine.report(i, Report::Up(member.state == State::Up), now);
+                decisions.extend(machine.report(i, Report::Role { matches, primary }, now));
+                decisions.extend(machine.report(i, Report::Up(member.state == State::Up), now));
             }
         }
         if let Some(previous) = previous
             && let Some(i) = config.members.iter().position(|m| *m == previous)
         {
             machine.assume(Active::Member(i), now);
+            if machine.active() == Some(Active::Member(i)) {
+                // The member in use stays in use: no change to announce.
+                decisions.retain(|d| !matches!(d, Decision::Change { .. }));
+            }
         }
         let cell = Arc::new(Cell {
             state: Mutex::new(CellState {
@@ -250,7 +257,7 @@ impl Groups {
         });
         {
             let mut state = lock(&cell.state);
-            let decisions = state.machine.tick(now);
+            decisions.extend(state.machine.tick(now));
             self.publish(&mut state, decisions);
         }
         self.inner.tasks.spawn(timer(self.clone(), cell.clone()));

@@ -53,12 +53,7 @@ fn sample(reply: &Reply, series: &str) -> f64 {
 }
 
 fn one_hot(metrics: &Reply) -> [f64; 3] {
-    ["a", "b", "memory"].map(|m| {
-        sample(
-            metrics,
-            &format!("tether_group_active{{group=\"store\",member=\"{m}\"}}"),
-        )
-    })
+    one_hot_of(metrics, ["a", "b", "memory"])
 }
 
 fn tether_status(addr: SocketAddr) -> Output {
@@ -169,4 +164,75 @@ async fn losing_the_active_member_switches_the_group_everywhere_and_readiness_fo
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(group_row(&out).starts_with("store  memory (fallback) "));
     sidecar.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_adds_a_group_to_status_the_state_file_and_metrics_and_another_takes_it_away() {
+    let (a, b) = tokio::task::spawn_blocking(|| (RedisServer::start(), RedisServer::start()))
+        .await
+        .unwrap();
+    let dir = crate::support::workdir("group-reload");
+    let state = dir.path().join("state.json");
+    let config = dir.path().join("tether.toml");
+    let targets = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nstate_file = \"{}\"\n\
+         [[targets]]\nname = \"a\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\
+         [[targets]]\nname = \"b\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}",
+        state.display(),
+        a.addr(),
+        b.addr()
+    );
+    let group = "[[groups]]\nname = \"store\"\nmembers = [\"b\", \"a\"]\nfallback = \"memory\"\n";
+    std::fs::write(&config, &targets).unwrap();
+    let sidecar = tokio::task::block_in_place(|| TetherProcess::run(&config, &[]));
+    let addr = sidecar.http_addr(LIMIT);
+    tokio::task::block_in_place(|| {
+        sidecar.wait_for("a is up", LIMIT);
+        sidecar.wait_for("b is up", LIMIT);
+    });
+    let doc = get(addr, "/status").await.json();
+    assert!(doc.get("groups").is_none(), "no groups, no key: {doc}");
+    assert!(!get(addr, "/metrics").await.body.contains("tether_group_"));
+
+    std::fs::write(&config, format!("{targets}{group}")).unwrap();
+    sidecar.signal(nix::sys::signal::Signal::SIGHUP);
+    // Both members are up: the added group decides as it starts.
+    let g = group_until(addr, "the added group on b", |g| g["active"] == "b").await;
+    assert_eq!(g["reason"], "preferred-eligible");
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    assert_eq!(
+        one_hot_of(&get(addr, "/metrics").await, ["b", "a", "memory"]),
+        [1.0, 0.0, 0.0]
+    );
+    let written = eventually(LIMIT, "the group in the state file", || async {
+        let text = std::fs::read_to_string(&state).ok()?;
+        let doc: Value = serde_json::from_str(&text).ok()?;
+        (doc["groups"][0]["active"] == "b").then_some(doc)
+    })
+    .await;
+    assert_eq!(written["groups"][0]["event_id"], g["event_id"]);
+
+    std::fs::write(&config, &targets).unwrap();
+    sidecar.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(LIMIT, "the group gone from /status", || async {
+        get(addr, "/status")
+            .await
+            .json()
+            .get("groups")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let metrics = get(addr, "/metrics").await;
+    assert!(!metrics.body.contains("tether_group_"), "{}", metrics.body);
+    sidecar.stop();
+}
+
+fn one_hot_of(metrics: &Reply, members: [&str; 3]) -> [f64; 3] {
+    members.map(|m| {
+        sample(
+            metrics,
+            &format!("tether_group_active{{group=\"store\",member=\"{m}\"}}"),
+        )
+    })
 }
