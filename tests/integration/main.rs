@@ -14,6 +14,7 @@ mod endpoint;
 mod events;
 mod events_cmd;
 mod events_process;
+mod group_status;
 mod groups;
 mod hooks;
 mod http;
