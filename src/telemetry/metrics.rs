@@ -92,6 +92,8 @@ struct GroupSeries {
     active: Mutex<Option<String>>,
     changes: AtomicU64,
     conflict: AtomicU64,
+    /// 1 while the group uses its fallback.
+    fallback: AtomicU64,
     /// Indexed like [`GroupEventKind::ALL`], then [`HookResult::ALL`].
     hook_runs: [[AtomicU64; 4]; 3],
     /// Indexed like [`GroupEventKind::ALL`]: whether the event has hook series, set for
@@ -107,6 +109,7 @@ impl GroupSeries {
             active: Mutex::new(None),
             changes: AtomicU64::new(0),
             conflict: AtomicU64::new(0),
+            fallback: AtomicU64::new(0),
             hook_runs: Default::default(),
             hooked: Default::default(),
         };
@@ -676,6 +679,16 @@ fn write_group_families(out: &mut String, groups: &[(String, Arc<GroupSeries>)])
     for (g, s) in groups {
         let _ = writeln!(out, "{name}{{group=\"{g}\"}} {}", load(&s.conflict));
     }
+    let name = "tether_group_fallback";
+    header(
+        out,
+        name,
+        "gauge",
+        "1 while no member of the group is eligible and it uses its fallback, else 0 (0 before its first decision).",
+    );
+    for (g, s) in groups {
+        let _ = writeln!(out, "{name}{{group=\"{g}\"}} {}", load(&s.fallback));
+    }
     if groups
         .iter()
         .all(|(_, s)| s.hook_runs_set().next().is_none())
@@ -812,6 +825,7 @@ impl Observer for Metrics {
         }
         *lock(&s.active) = Some(escape(&e.active));
         s.conflict.store(u64::from(e.conflict), Ordering::Relaxed);
+        s.fallback.store(u64::from(e.fallback), Ordering::Relaxed);
     }
 
     fn group_hook_run(
@@ -1157,16 +1171,20 @@ mod tests {
             "no hooks"
         );
 
+        let fallback = |m: &Metrics| value(m, "tether_group_fallback{group=\"store\"}");
+        assert_eq!(fallback(&m), Some(0.0), "undecided is not the fallback");
         m.group_event(store, &change(0, "a", false));
         assert_eq!(
             [active(&m, "a"), active(&m, "b"), active(&m, "memory")],
             [Some(1.0), Some(0.0), Some(0.0)]
         );
+        assert_eq!(fallback(&m), Some(0.0));
         m.group_event(store, &change(1, "memory", true));
         assert_eq!(
             [active(&m, "a"), active(&m, "b"), active(&m, "memory")],
             [Some(0.0), Some(0.0), Some(1.0)]
         );
+        assert_eq!(fallback(&m), Some(1.0), "on its fallback");
         assert_eq!(
             value(&m, "tether_group_changes_total{group=\"store\"}"),
             Some(2.0)

@@ -408,11 +408,13 @@ async fn the_dashboard_and_alert_queries_parse_and_name_only_metrics_tether_expo
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Every metric they name is in a live scrape of a tether whose hook has run.
+    // Every metric they name is in a live scrape of a tether whose hook has run, with
+    // a group.
     let dead = dead_port();
     let sidecar = Sidecar::start(&format!(
         "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:{dead}\"\n{FAST}\
-         hooks.on_failure = {{ command = [\"true\"] }}\n"
+         hooks.on_failure = {{ command = [\"true\"] }}\n\
+         [[groups]]\nname = \"store\"\nmembers = [\"db\"]\n"
     ))
     .await;
     sidecar
