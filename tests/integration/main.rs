@@ -30,5 +30,6 @@ mod status_cmd;
 mod status_page;
 mod supervision;
 mod support;
+mod tls;
 mod unix_socket;
 mod watcher;
