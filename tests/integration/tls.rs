@@ -22,8 +22,9 @@ use crate::support::TestServer;
 use crate::support::harness::{Recorder, target};
 use crate::support::postgres::{PostgresServer, USER};
 use crate::support::redis::RedisServer;
-use crate::support::tether_process;
-use crate::support::tls::{NOT_AFTER, Pki, https_server};
+use crate::support::tether_process::TetherProcess;
+use crate::support::tls::{NOT_AFTER, Pki, hanging_up_tls_server, https_server};
+use crate::support::{tether_process, workdir};
 
 /// Bound on any single wait for an event that must come.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -380,4 +381,47 @@ async fn tls_against_a_postgres_with_ssl_off_fails_saying_the_server_does_not_su
         )),
         "{e}"
     );
+}
+
+// === Expiry warning ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_nearer_its_expiry_than_warn_before_is_warned_of_once_a_day_not_per_connection()
+ {
+    let pki = Pki::new();
+    let (addr, server, accepted) = hanging_up_tls_server(&pki, "soon").await;
+    let dir = workdir("tls-warn");
+    let config = dir.path().join("tether.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[defaults]\nbackoff = {{ initial = \"50ms\", max = \"100ms\" }}\n\n{}",
+        target("edge", &addr, &tls(&pki.ca(), ", warn_before = \"7d\""))
+    );
+    std::fs::write(&config, toml).unwrap();
+    let tether = blocking(|| TetherProcess::run(&config, &[]));
+    let warning = blocking(|| tether.wait_for("expires in", LIMIT));
+    assert!(
+        warning.contains("the TLS certificate of edge expires in 2days")
+            || warning.contains("the TLS certificate of edge expires in"),
+        "{warning}"
+    );
+    // The server hangs up after each handshake: wait for more connections, each
+    // presenting the same certificate.
+    let deadline = Instant::now() + LIMIT;
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "too few reconnects:\n{}",
+            tether.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = tether.lines();
+    let warnings = lines.iter().filter(|l| l.contains("expires in")).count();
+    assert_eq!(warnings, 1, "{}", lines.join("\n"));
+    eprintln!(
+        "{} connections, 1 warning: {warning}",
+        accepted.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    blocking(|| tether.stop());
+    server.abort();
 }

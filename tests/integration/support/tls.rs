@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, date_time_ymd};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
 
 use super::workdir;
 
@@ -16,6 +18,14 @@ pub const NOT_AFTER: Date = (2035, 6, 1);
 
 /// Year, month, day.
 pub type Date = (i32, u8, u8);
+
+/// The date `days` from today (UTC).
+pub fn in_days(days: u64) -> Date {
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86400);
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    let field = |r: std::ops::Range<usize>| text[r].parse().expect("an RFC 3339 date");
+    (field(0..4), field(5..7) as u8, field(8..10) as u8)
+}
 
 /// A CA and the leaves it signed, written as PEM files: `good` for localhost and
 /// 127.0.0.1, `other-name` for db.example, `expired`; and `other-ca.pem`, a CA that
@@ -31,10 +41,11 @@ impl Pki {
         let (other_ca, _) = self::ca("another CA");
         write(dir.path(), "ca.pem", &ca.pem());
         write(dir.path(), "other-ca.pem", &other_ca.pem());
-        let leaves: [(&str, &[&str], Date); 3] = [
+        let leaves: [(&str, &[&str], Date); 4] = [
             ("good", &["localhost", "127.0.0.1"], NOT_AFTER),
             ("other-name", &["db.example"], NOT_AFTER),
             ("expired", &["localhost", "127.0.0.1"], (2021, 1, 1)),
+            ("soon", &["localhost", "127.0.0.1"], in_days(3)),
         ];
         for (name, names, (y, m, d)) in leaves {
             let key = KeyPair::generate().expect("a key");
@@ -77,7 +88,24 @@ fn write(dir: &Path, name: &str, text: &str) {
 }
 
 /// An HTTPS server answering every request `200 ok`, keep-alive, with the leaf `leaf`.
-pub async fn https_server(pki: &Pki, leaf: &str) -> (String, tokio::task::JoinHandle<()>) {
+pub async fn https_server(pki: &Pki, leaf: &str) -> (String, JoinHandle<()>) {
+    let (addr, task, _) = tls_server(pki, leaf, false).await;
+    (addr, task)
+}
+
+/// A TLS server that completes each handshake and then closes the connection: every
+/// connection to it is lost at once, and reconnected.
+pub async fn hanging_up_tls_server(pki: &Pki, leaf: &str) -> (String, JoinHandle<()>, Accepted) {
+    tls_server(pki, leaf, true).await
+}
+
+/// How many connections a test server accepted.
+pub type Accepted = Arc<AtomicUsize>;
+
+/// Accepts at most this many connections, then closes its listener.
+const MAX_CONNECTIONS: usize = 200;
+
+async fn tls_server(pki: &Pki, leaf: &str, hang_up: bool) -> (String, JoinHandle<()>, Accepted) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs =
@@ -94,16 +122,23 @@ pub async fn https_server(pki: &Pki, leaf: &str) -> (String, tokio::task::JoinHa
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Accepted::default();
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
-        for _ in 0..64 {
+        for _ in 0..MAX_CONNECTIONS {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, Ordering::Relaxed);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                if hang_up {
+                    let _ = tls.shutdown().await;
+                    return;
+                }
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
                 for _ in 0..64 {
@@ -122,5 +157,5 @@ pub async fn https_server(pki: &Pki, leaf: &str) -> (String, tokio::task::JoinHa
             });
         }
     });
-    (addr, task)
+    (addr, task, accepted)
 }
