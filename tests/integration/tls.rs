@@ -48,6 +48,12 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(pki: &Pki, leaf: &str) -> TlsRedis {
+        TlsRedis::start_with(pki, leaf, "no")
+    }
+
+    /// `auth_clients`: redis's `--tls-auth-clients`, `yes` to require a client
+    /// certificate signed by the CA.
+    fn start_with(pki: &Pki, leaf: &str, auth_clients: &str) -> TlsRedis {
         let tls_port = free_port();
         let (cert, key, ca) = (
             pki.path(&format!("{leaf}.crt")),
@@ -64,7 +70,7 @@ impl TlsRedis {
             "--tls-ca-cert-file",
             &ca.display().to_string(),
             "--tls-auth-clients",
-            "no",
+            auth_clients,
         ]);
         TlsRedis { server, tls_port }
     }
@@ -201,6 +207,43 @@ async fn a_tls_redis_with_a_wrong_ca_a_wrong_name_or_an_expired_certificate_fail
     assert!(
         stdout(&wrong).contains("not valid for name db.example"),
         "{wrong:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_requires_client_certificates_accepts_the_configured_one_only() {
+    let pki = Pki::new();
+    let redis = blocking(|| TlsRedis::start_with(&pki, "good", "yes"));
+    let addr = redis.tls_addr();
+    let (cert, key) = (pki.path("good.crt"), pki.path("good.key"));
+    let with_cert = tls(
+        &pki.ca(),
+        &format!(
+            ", cert_file = \"{}\", key_file = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let conn = attempt(&target(
+        "cache",
+        &addr,
+        &format!("probe = \"redis\"\n{with_cert}"),
+    ))
+    .await
+    .expect("the client certificate is accepted");
+    assert!(conn.reusable);
+    // Without one, TLS 1.3 finishes the handshake before the server says no: the
+    // refusal arrives as the answer to the first command.
+    let e = attempt(&target(
+        "cache",
+        &addr,
+        &format!("probe = \"redis\"\n{}", tls(&pki.ca(), "")),
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e,
+        format!("redis probe {addr}: received fatal alert: CertificateRequired")
     );
 }
 
