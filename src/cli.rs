@@ -207,6 +207,24 @@ pub struct CheckArgs {
     /// With --probe http: the status that means healthy
     #[arg(long, value_name = "CODE", default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..600))]
     pub expect_status: u16,
+
+    /// With --probe redis: the environment variable holding the AUTH password
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+
+    /// Speak TLS (PostgreSQL: after SSLRequest), verifying the server's certificate
+    /// against the public roots, or --ca-file
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: the PEM file of the CA certificates to trust instead of the public
+    /// roots
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca_file: Option<PathBuf>,
+
+    /// With --tls: the name the certificate must carry [default: the address's host]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
 }
 
 impl CheckArgs {
@@ -215,6 +233,15 @@ impl CheckArgs {
     pub fn probe(&self) -> Result<config::Probe, String> {
         let kind =
             kinds::find(&self.probe).ok_or_else(|| format!("unknown probe {}", self.probe))?;
+        if let Some(var) = &self.password_env {
+            if kind.name != kinds::REDIS.name {
+                return Err("--password-env applies only to --probe redis".to_owned());
+            }
+            return Ok(config::Probe::Redis {
+                password_env: Some(var.clone()),
+                password_file: None,
+            });
+        }
         if kind.name == kinds::HTTP.name {
             return Ok(config::Probe::Http {
                 path: self.path.clone(),
@@ -225,7 +252,36 @@ impl CheckArgs {
         if self.path != "/" || self.expect_status != 200 {
             return Err("--path and --expect-status apply only to --probe http".to_owned());
         }
+        if self.tls && kind.name == kinds::MYSQL.name {
+            return Err("--tls is not supported with --probe mysql yet".to_owned());
+        }
         Ok((kind.bare)())
+    }
+
+    /// The TLS settings of `address`, loaded once as [`crate::tls::TlsClient`] by the
+    /// caller; `None` without --tls.
+    pub fn tls(&self, address: &Address, client: &crate::tls::TlsClient) -> Option<config::Tls> {
+        self.tls.then(|| config::Tls {
+            server_name: self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| address.host().to_owned()),
+            ca_file: self.ca_file.clone(),
+            cert_file: None,
+            key_file: None,
+            warn_before: config::HumanDuration(config::builtin::TLS_WARN_BEFORE),
+            client: client.clone(),
+        })
+    }
+
+    /// The TLS client settings of --tls and --ca-file; `None` without --tls.
+    pub fn tls_client(&self) -> Result<Option<crate::tls::TlsClient>, String> {
+        if !self.tls {
+            return Ok(None);
+        }
+        crate::tls::TlsClient::load(self.ca_file.as_deref(), None)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::time::timeout;
 
 use crate::config::{self, Address, kinds};
 use crate::net;
+use crate::tls::{Handshake, Stream, TlsError};
 
 pub use role::Role;
 
@@ -83,6 +84,8 @@ pub enum ProbeError {
         protocol: &'static str,
         detail: String,
     },
+    #[error("TLS handshake: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// One protocol's check.
@@ -92,7 +95,7 @@ pub trait Protocol {
     /// The caller bounds the time; a check only needs to read until it can decide.
     fn check(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         fresh: bool,
     ) -> impl Future<Output = Result<Healthy, ProbeError>> + Send;
 }
@@ -100,7 +103,14 @@ pub trait Protocol {
 /// The probe of one target, ready to run: settings resolved (the Redis password read from
 /// its environment variable) once, when the target's actor starts.
 #[derive(Debug)]
-pub enum Prober {
+pub struct Prober {
+    kind: Kind,
+    /// `None`: plain TCP.
+    tls: Option<Handshake>,
+}
+
+#[derive(Debug)]
+enum Kind {
     Tcp(tcp::Tcp),
     Redis(redis::Redis),
     Postgres(postgres::Postgres),
@@ -110,36 +120,63 @@ pub enum Prober {
 
 impl Prober {
     /// Builds the probe for `probe`; `address` is the target's, for the HTTP `Host` header.
-    pub fn new(probe: &config::Probe, address: &Address) -> Prober {
-        match probe {
-            config::Probe::Tcp => Prober::Tcp(tcp::Tcp),
-            config::Probe::Redis { .. } => Prober::Redis(redis::Redis::new(probe.password())),
-            config::Probe::Postgres { user, database, .. } => Prober::Postgres(
+    /// `tls`: the handshake every new connection goes through first.
+    pub fn new(probe: &config::Probe, address: &Address, tls: Option<&config::Tls>) -> Prober {
+        let kind = match probe {
+            config::Probe::Tcp => Kind::Tcp(tcp::Tcp),
+            config::Probe::Redis { .. } => Kind::Redis(redis::Redis::new(probe.password())),
+            config::Probe::Postgres { user, database, .. } => Kind::Postgres(
                 postgres::Postgres::new(user.as_deref(), database.as_deref(), probe.password()),
             ),
-            config::Probe::Mysql => Prober::Mysql(mysql::Mysql),
+            config::Probe::Mysql => Kind::Mysql(mysql::Mysql),
             config::Probe::Http {
                 path,
                 expect_status,
                 host,
-            } => Prober::Http(http::Http::new(
+            } => Kind::Http(http::Http::new(
                 path,
                 *expect_status,
                 host.clone().unwrap_or_else(|| address.to_string()),
             )),
-        }
+        };
+        // The server name was validated with the config; one that rustls still refuses
+        // leaves the probe plain rather than the actor dead, and says so.
+        let tls = tls.and_then(|t| match Handshake::new(&t.client, &t.server_name) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS settings unusable; probing without TLS");
+                None
+            }
+        });
+        Prober { kind, tls }
     }
 
     /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
     pub fn kind(&self) -> &'static str {
-        let kind = match self {
-            Prober::Tcp(_) => &kinds::TCP,
-            Prober::Redis(_) => &kinds::REDIS,
-            Prober::Postgres(_) => &kinds::POSTGRES,
-            Prober::Mysql(_) => &kinds::MYSQL,
-            Prober::Http(_) => &kinds::HTTP,
+        let kind = match &self.kind {
+            Kind::Tcp(_) => &kinds::TCP,
+            Kind::Redis(_) => &kinds::REDIS,
+            Kind::Postgres(_) => &kinds::POSTGRES,
+            Kind::Mysql(_) => &kinds::MYSQL,
+            Kind::Http(_) => &kinds::HTTP,
         };
         kind.name
+    }
+
+    /// Makes a new connection ready for its first check: as it is without TLS; else
+    /// through the handshake, after PostgreSQL's `SSLRequest` for a postgres target.
+    /// The handshake has `limit` to finish, as an answer does.
+    pub async fn open(&self, tcp: TcpStream, limit: Duration) -> Result<Stream, ProbeError> {
+        let Some(handshake) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let mut tcp = tcp;
+        if let Kind::Postgres(_) = self.kind {
+            timeout(limit, postgres::start_tls(&mut tcp))
+                .await
+                .unwrap_or(Err(ProbeError::Timeout(limit)))?;
+        }
+        Ok(handshake.run(tcp, limit).await?)
     }
 
     /// Whether the server may speak on the held connection between checks, in messages
@@ -147,24 +184,24 @@ impl Prober {
     /// `FATAL` goodbye): the checker then runs a check when bytes arrive instead of
     /// draining them, which would cut a message in two.
     pub fn hears_between_checks(&self) -> bool {
-        matches!(self, Prober::Postgres(p) if p.is_session())
+        matches!(&self.kind, Kind::Postgres(p) if p.is_session())
     }
 
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the
     /// server `limit` to answer.
     pub async fn check(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         fresh: bool,
         limit: Duration,
     ) -> Result<Healthy, ProbeError> {
         let check = async {
-            match self {
-                Prober::Tcp(p) => p.check(stream, fresh).await,
-                Prober::Redis(p) => p.check(stream, fresh).await,
-                Prober::Postgres(p) => p.check(stream, fresh).await,
-                Prober::Mysql(p) => p.check(stream, fresh).await,
-                Prober::Http(p) => p.check(stream, fresh).await,
+            match &self.kind {
+                Kind::Tcp(p) => p.check(stream, fresh).await,
+                Kind::Redis(p) => p.check(stream, fresh).await,
+                Kind::Postgres(p) => p.check(stream, fresh).await,
+                Kind::Mysql(p) => p.check(stream, fresh).await,
+                Kind::Http(p) => p.check(stream, fresh).await,
             }
         };
         timeout(limit, check)

@@ -426,6 +426,7 @@ mod tests {
             event: Some(Event::Connect),
             fallback: state == State::Failed,
             role: None,
+            tls_not_after: None,
         };
         Document {
             version: "0.1.0".to_owned(),

@@ -24,7 +24,7 @@ pub struct Kind {
 pub const TCP: Kind = Kind {
     name: "tcp",
     summary: "The TCP handshake completes",
-    healthy: "the handshake completes",
+    healthy: "the handshake completes (with `tls`, the TLS handshake too)",
     repeats: "nothing is repeated: readiness and keepalive watch the held connection",
     settings: &[],
     bare: || Probe::Tcp,

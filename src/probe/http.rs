@@ -5,12 +5,12 @@
 //! a body delimited by `Content-Length` or chunked encoding, up to [`MAX_BODY`] bytes.
 //! When the server will close the connection (`Connection: close`, HTTP/1.0 without
 //! keep-alive, a body that runs to the end of the connection or is too large), the
-//! connection is dropped and each check opens a fresh one. Plain HTTP only.
-
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+//! connection is dropped and each check opens a fresh one. With `tls`, HTTPS: the same
+//! exchange through TLS.
 
 use super::{Afterwards, Healthy, ProbeError, Protocol, quote, read_line};
+use crate::tls::Stream;
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Bodies up to this size are read and discarded to keep the connection; a larger one
 /// costs the connection instead.
@@ -43,7 +43,7 @@ impl Http {
 }
 
 impl Protocol for Http {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         stream.write_all(&self.request).await?;
         let mut reader = BufReader::new(stream);
         let head = loop {

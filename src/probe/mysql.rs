@@ -11,10 +11,9 @@
 //! a stampede to the overload), and the connection is dropped rather than held. Every
 //! other error packet (a blocked host, a host not allowed to connect) is unhealthy.
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-
 use super::{Afterwards, Healthy, ProbeError, Protocol, quote};
+use crate::tls::Stream;
+use tokio::io::AsyncReadExt;
 
 /// The first payload byte of the handshake every MySQL since 3.21 and MariaDB sends.
 const PROTOCOL_VERSION: u8 = 10;
@@ -31,7 +30,7 @@ const MAX_PACKET: usize = 16 * 1024;
 pub struct Mysql;
 
 impl Protocol for Mysql {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         // Packet header: 3-byte little-endian payload length, then a sequence number.
         let mut header = [0u8; 4];
         read_exact(stream, &mut header).await?;
@@ -55,7 +54,7 @@ impl Protocol for Mysql {
     }
 }
 
-async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), ProbeError> {
+async fn read_exact(stream: &mut Stream, buf: &mut [u8]) -> Result<(), ProbeError> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProbeError::Closed),

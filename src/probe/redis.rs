@@ -25,11 +25,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
 use super::{Afterwards, Healthy, ProbeError, Protocol, Role, quote, read_line};
 use crate::secrets::{self, Source};
+use crate::tls::Stream;
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 const ROLE_AND_PING: &[u8] = b"*1\r\n$4\r\nROLE\r\n*1\r\n$4\r\nPING\r\n";
@@ -63,7 +62,7 @@ impl Redis {
 }
 
 impl Protocol for Redis {
-    async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
         let mut reader = BufReader::new(stream);
         if let (true, Some(source)) = (fresh, &self.password) {
             // As last loaded (at start or reload): a rotated password is used from the

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -171,6 +171,8 @@ struct TargetSeries {
     state: AtomicUsize,
     /// Index into [`ROLES`] of the role last reported.
     role: AtomicUsize,
+    /// The server certificate's notAfter in Unix seconds; 0 before any TLS connection.
+    cert_not_after: AtomicU64,
     consecutive_failures: AtomicU64,
     /// Indexed like [`ATTEMPT_RESULTS`].
     attempts: [AtomicU64; 2],
@@ -387,6 +389,7 @@ impl Metrics {
             owner: AtomicU64::new(owner),
             state: AtomicUsize::new(state_index(State::Connecting)),
             role: AtomicUsize::new(role_index(None)),
+            cert_not_after: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             attempts: Default::default(),
             disconnects: AtomicU64::new(0),
@@ -456,6 +459,8 @@ struct Family {
 enum Samples {
     /// One sample, labelled by the target alone.
     Value(fn(&TargetSeries) -> u64),
+    /// One sample where the target has one (a certificate seen), none elsewhere.
+    Some(fn(&TargetSeries) -> Option<u64>),
     /// One sample per value of a closed label set, written whole by the function
     /// (`out`, family name, escaped target, series): labels go in name order, so
     /// where `target` falls differs from family to family.
@@ -501,6 +506,12 @@ const FAMILIES: &[Family] = &[
                 let _ = writeln!(out, "{name}{{role=\"{role}\",target=\"{t}\"}} {v}");
             }
         }),
+    },
+    Family {
+        name: "tether_tls_cert_expiry_timestamp_seconds",
+        kind: "gauge",
+        help: "When the certificate of the target's server expires (its notAfter), in Unix seconds, as seen at the last TLS connection; only for targets with tls.",
+        samples: Samples::Some(|s| Some(load(&s.cert_not_after)).filter(|v| *v != 0)),
     },
     Family {
         name: "tether_target_consecutive_failures",
@@ -591,6 +602,11 @@ impl Samples {
             Samples::Value(read) => {
                 let _ = writeln!(out, "{name}{{target=\"{t}\"}} {}", read(s));
             }
+            Samples::Some(read) => {
+                if let Some(v) = read(s) {
+                    let _ = writeln!(out, "{name}{{target=\"{t}\"}} {v}");
+                }
+            }
             Samples::Each(write) => write(out, name, t, s),
             Samples::Histogram(read) => read(s).write(out, name, &format!("target=\"{t}\"")),
             Samples::HookRuns => {
@@ -620,8 +636,12 @@ fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
     let any_hooks = targets
         .iter()
         .any(|(_, s)| s.hook_series_set().next().is_some());
+    let any_certificate = targets.iter().any(|(_, s)| load(&s.cert_not_after) != 0);
     for family in FAMILIES {
         if family.samples.is_hooks() && !any_hooks {
+            continue;
+        }
+        if matches!(family.samples, Samples::Some(_)) && !any_certificate {
             continue;
         }
         let Family {
@@ -732,6 +752,10 @@ impl Observer for Metrics {
                 // does not hold yet.
                 series.owner.store(actor.0, Ordering::Release);
                 series.role.store(role_index(None), Ordering::Relaxed);
+                if target.tls.is_none() {
+                    // A reload took TLS away: there is no certificate to tell of.
+                    series.cert_not_after.store(0, Ordering::Relaxed);
+                }
             }
             None => {
                 self.add(target, actor.0);
@@ -774,6 +798,15 @@ impl Observer for Metrics {
     fn role(&self, target: &Arc<Target>, role: Option<Role>) {
         if let Some(s) = self.series(target) {
             s.role.store(role_index(role), Ordering::Relaxed);
+        }
+    }
+
+    fn certificate(&self, target: &Target, not_after: SystemTime) {
+        if let Some(s) = self.series(target) {
+            let secs = not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            s.cert_not_after.store(secs, Ordering::Relaxed);
         }
     }
 

@@ -205,6 +205,11 @@ pub struct TargetStatus {
     /// Absent from an older sidecar's document.
     #[serde(default)]
     pub role: Option<Role>,
+    /// When the certificate of the target's server expires (the leaf's notAfter), as
+    /// seen at the last TLS connection; absent for a target without `tls`, or before
+    /// its first handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_not_after: Option<Timestamp>,
 }
 
 /// A wall-clock time, written as RFC 3339 in UTC with milliseconds.
@@ -402,6 +407,7 @@ impl Status {
                 event: None,
                 fallback: false,
                 role: None,
+                tls_not_after: None,
             }),
             grouped: AtomicBool::new(grouped),
         })
@@ -591,6 +597,9 @@ impl Observer for Status {
         let mut e = lock(&slot.entry);
         // The new actor holds no connection yet, so nothing is known of the role.
         e.role = None;
+        if target.tls.is_none() {
+            e.tls_not_after = None;
+        }
         e.address = target.address.to_string();
         e.probe = target.probe.kind().name.to_owned();
         let held = holds_readiness(&e, slot.grouped());
@@ -633,6 +642,10 @@ impl Observer for Status {
 
     fn role(&self, target: &Arc<Target>, role: Option<Role>) {
         self.update(target, |e| e.role = role);
+    }
+
+    fn certificate(&self, target: &Target, not_after: SystemTime) {
+        self.update(target, |e| e.tls_not_after = Some(Timestamp(not_after)));
     }
 
     // `stopped` changes nothing: which targets are listed follows the config, applied

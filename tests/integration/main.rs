@@ -32,5 +32,6 @@ mod status_cmd;
 mod status_page;
 mod supervision;
 mod support;
+mod tls;
 mod unix_socket;
 mod watcher;

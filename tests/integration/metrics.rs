@@ -15,6 +15,7 @@ use crate::support::TestServer;
 use crate::support::eventually;
 use crate::support::harness::dead_port;
 use crate::support::redis::RedisServer;
+use crate::support::tls::{Pki, https_server};
 
 /// Reconnects fast so outages and returns take milliseconds.
 const FAST: &str = "backoff = { initial = \"10ms\", max = \"50ms\" }\nfailure_threshold = 3\n";
@@ -408,25 +409,31 @@ async fn the_dashboard_and_alert_queries_parse_and_name_only_metrics_tether_expo
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Every metric they name is in a live scrape of a tether whose hook has run, with
-    // a group.
+    // Every metric they name is in a live scrape of a tether whose hook has run, that
+    // holds a TLS connection and has a group.
     let dead = dead_port();
+    let pki = Pki::new();
+    let (https, server) = https_server(&pki, "good").await;
     let sidecar = Sidecar::start(&format!(
         "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:{dead}\"\n{FAST}\
          hooks.on_failure = {{ command = [\"true\"] }}\n\
-         [[groups]]\nname = \"store\"\nmembers = [\"db\"]\n"
+         [[targets]]\nname = \"edge\"\naddress = \"{https}\"\ntls = {{ ca_file = \"{}\" }}\n\
+         [[groups]]\nname = \"store\"\nmembers = [\"db\"]\n",
+        pki.ca()
     ))
     .await;
     sidecar
         .recorder
         .nth_event("db", Event::Failure, 1, Duration::from_secs(10))
         .await;
-    let exposed = scrape_until(&sidecar, "the hook's run counted", |r| {
+    let exposed = scrape_until(&sidecar, "the hook's run and a certificate counted", |r| {
         r.body.contains("tether_hook_duration_seconds_bucket")
+            && r.body.contains("tether_tls_cert_expiry_timestamp_seconds{")
     })
     .await
     .body;
     sidecar.stop().await;
+    server.abort();
     let exposed: std::collections::BTreeSet<&str> = exposed
         .lines()
         .filter(|l| !l.starts_with('#'))
