@@ -164,17 +164,22 @@ impl Prober {
     }
 
     /// Makes a new connection ready for its first check: as it is without TLS; else
-    /// through the handshake, after PostgreSQL's `SSLRequest` for a postgres target.
+    /// through the handshake, after PostgreSQL's `SSLRequest` for a postgres target and
+    /// after the greeting and an `SSLRequest` packet for a mysql one.
     /// The handshake has `limit` to finish, as an answer does.
     pub async fn open(&self, tcp: TcpStream, limit: Duration) -> Result<Stream, ProbeError> {
         let Some(handshake) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
         let mut tcp = tcp;
-        if let Kind::Postgres(_) = self.kind {
-            timeout(limit, postgres::start_tls(&mut tcp))
+        match self.kind {
+            Kind::Postgres(_) => timeout(limit, postgres::start_tls(&mut tcp))
                 .await
-                .unwrap_or(Err(ProbeError::Timeout(limit)))?;
+                .unwrap_or(Err(ProbeError::Timeout(limit)))?,
+            Kind::Mysql(_) => timeout(limit, mysql::start_tls(&mut tcp))
+                .await
+                .unwrap_or(Err(ProbeError::Timeout(limit)))?,
+            _ => {}
         }
         Ok(handshake.run(tcp, limit).await?)
     }

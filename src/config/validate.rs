@@ -463,8 +463,8 @@ impl Ctx<'_> {
         let backoff = self.backoff(i, t.backoff.as_ref(), d.backoff.as_ref());
         let keepalive = self.keepalive(i, t.keepalive.as_ref(), d.keepalive.as_ref());
         let tls = match (&t.tls, &d.tls) {
-            (Some(v), _) => self.tls(v, &key("tls"), &address, &probe),
-            (None, Some(v)) => self.tls(v, "defaults.tls", &address, &probe),
+            (Some(v), _) => self.tls(v, &key("tls"), &address),
+            (None, Some(v)) => self.tls(v, "defaults.tls", &address),
             (None, None) => None,
         };
         let hooks = self.hooks(i, t.hooks.as_ref(), d.hooks.as_ref());
@@ -493,29 +493,13 @@ impl Ctx<'_> {
     /// A `tls` value, whole: a target's replaces the inherited one, keys and all, so
     /// that what a target's table says is all there is to it. `None` for `tls = false`
     /// or an error.
-    fn tls(
-        &mut self,
-        v: &Spanned<RawTls>,
-        key: &str,
-        address: &Address,
-        probe: &Probe,
-    ) -> Option<Tls> {
+    fn tls(&mut self, v: &Spanned<RawTls>, key: &str, address: &Address) -> Option<Tls> {
         let default_table = RawTlsTable::default();
         let table = match v.get_ref() {
             RawTls::Enabled(false) => return None,
             RawTls::Enabled(true) => &default_table,
             RawTls::Table(t) => t,
         };
-        if *probe == Probe::Mysql {
-            self.err(
-                Some(v.span()),
-                key,
-                "TLS on mysql targets is not supported yet: the probe reads only the server's \
-                 greeting, which MySQL sends before any TLS (remove `tls`, or set tls = false \
-                 on a mysql target that inherits it)",
-            );
-            return None;
-        }
         let mut ok = true;
         let server_name = match &table.server_name {
             Some(n) => {
@@ -643,14 +627,9 @@ impl Ctx<'_> {
         }
         self.hooks(0, None, d.hooks.as_ref());
         if let Some(v) = &d.tls {
-            // Checked as a `tcp` target at a placeholder address would use it: the
-            // server name and files are the same for every target that inherits it.
-            self.tls(
-                v,
-                "defaults.tls",
-                &Address::new("localhost", 1),
-                &Probe::Tcp,
-            );
+            // Checked as a target at a placeholder address would use it: the server
+            // name and files are the same for every target that inherits it.
+            self.tls(v, "defaults.tls", &Address::new("localhost", 1));
         }
     }
 

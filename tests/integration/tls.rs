@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::TestServer;
 use crate::support::harness::{Recorder, target};
+use crate::support::mariadb::MariadbServer;
 use crate::support::postgres::{PostgresServer, USER};
 use crate::support::redis::RedisServer;
 use crate::support::tether_process::TetherProcess;
@@ -421,6 +422,56 @@ async fn tls_against_a_postgres_with_ssl_off_fails_saying_the_server_does_not_su
     assert!(
         e.starts_with(&format!(
             "postgres probe {addr}: the server does not support TLS"
+        )),
+        "{e}"
+    );
+}
+
+// === MySQL / MariaDB ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mariadb_with_tls_is_reached_over_tls_after_its_greeting_and_one_without_says_so() {
+    let pki = Pki::new();
+    let (cert, key, ca) = (
+        pki.path("good.crt").display().to_string(),
+        pki.path("good.key").display().to_string(),
+        pki.path("ca.pem").display().to_string(),
+    );
+    let with_tls = blocking(|| {
+        MariadbServer::start_with(&[("ssl-cert", &cert), ("ssl-key", &key), ("ssl-ca", &ca)])
+    });
+    let conn = attempt(&target(
+        "db",
+        &with_tls.addr(),
+        &format!("probe = \"mysql\"\n{}", tls(&pki.ca(), "")),
+    ))
+    .await
+    .expect("the greeting offers CLIENT_SSL and the handshake completes");
+    assert!(conn.stream.as_ref().is_some_and(|s| s.is_tls()));
+    assert_eq!(conn.not_after.map(unix_seconds), Some(expected_not_after()));
+
+    let other = Pki::new();
+    let e = attempt(&target(
+        "db",
+        &with_tls.addr(),
+        &format!("probe = \"mysql\"\n{}", tls(&other.ca(), "")),
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.contains("certificate is not trusted"), "{e}");
+
+    let plain = blocking(MariadbServer::start);
+    let addr = plain.addr();
+    let e = attempt(&target(
+        "db",
+        &addr,
+        &format!("probe = \"mysql\"\n{}", tls(&pki.ca(), "")),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "mysql probe {addr}: the server does not support TLS"
         )),
         "{e}"
     );
