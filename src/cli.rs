@@ -228,6 +228,20 @@ pub struct CheckArgs {
     /// With --probe grpc: the service to ask about [default: the whole server]
     #[arg(long, value_name = "NAME", value_parser = parse_service)]
     pub service: Option<String>,
+
+    /// Speak TLS (PostgreSQL and MySQL: after their SSLRequest), verifying the server's
+    /// certificate against the public roots, or --ca-file
+    #[arg(long)]
+    pub tls: bool,
+
+    /// With --tls: the PEM file of the CA certificates to trust instead of the public
+    /// roots
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca_file: Option<PathBuf>,
+
+    /// With --tls: the name the certificate must carry [default: the address's host]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
 }
 
 impl CheckArgs {
@@ -260,6 +274,32 @@ impl CheckArgs {
         (kind.finish)(&mut settings)
             .map_err(|m| format!("--probe {}: {}", kind.name, m.message))?;
         Ok(config::Probe { kind, settings })
+    }
+
+    /// The TLS settings of `address`, loaded once as [`crate::tls::TlsClient`] by the
+    /// caller; `None` without --tls.
+    pub fn tls(&self, address: &Address, client: &crate::tls::TlsClient) -> Option<config::Tls> {
+        self.tls.then(|| config::Tls {
+            server_name: self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| address.host().to_owned()),
+            ca_file: self.ca_file.clone(),
+            cert_file: None,
+            key_file: None,
+            warn_before: config::HumanDuration(config::builtin::TLS_WARN_BEFORE),
+            client: client.clone(),
+        })
+    }
+
+    /// The TLS client settings of --tls and --ca-file; `None` without --tls.
+    pub fn tls_client(&self) -> Result<Option<crate::tls::TlsClient>, String> {
+        if !self.tls {
+            return Ok(None);
+        }
+        crate::tls::TlsClient::load(self.ca_file.as_deref(), None)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -127,6 +127,30 @@ pub struct Target {
     /// Shared by every target that inherits the same actions: 10,000 targets with the
     /// hooks of `[defaults]` hold one copy, not 10,000.
     pub hooks: Arc<Hooks>,
+    /// TLS on the probe's connection; `None`: plain TCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// `tls`: the probe speaks through TLS (PostgreSQL after its `SSLRequest`, every other
+/// kind from the first byte), verifying the server's certificate.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tls {
+    /// The name the certificate must carry: as written, else the address's host.
+    pub server_name: String,
+    /// The CA certificates to trust; `None`: the bundled public (Mozilla) roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A certificate that expires sooner than this is warned about (once a day).
+    pub warn_before: HumanDuration,
+    /// The files above, loaded when the config was read: equal only if their contents are.
+    #[serde(skip)]
+    pub client: crate::tls::TlsClient,
 }
 
 /// When a protocol probe asks, and how long its answer may take: a frozen server is

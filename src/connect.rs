@@ -4,13 +4,12 @@
 //! connection. An attempt succeeds only when the server itself has answered.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::net::TcpStream;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{self, Address, Keepalive};
 use crate::net::{self, ConnectError};
 use crate::probe::{Afterwards, Healthy, ProbeError, Prober, Role};
+use crate::tls::Stream;
 
 /// The time each step of an attempt may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,19 +54,22 @@ pub enum AttemptError {
 pub struct Connection {
     /// `None` when the server closes the connection after its answer (see
     /// [`Afterwards::Drop`]): there is nothing to hold, and checks use fresh connections.
-    pub stream: Option<TcpStream>,
+    pub stream: Option<Stream>,
     /// The address that answered; later checks and moves compare against it.
     pub peer: SocketAddr,
     /// Whether `stream` can carry the next check.
     pub reusable: bool,
     /// The role the server reported at the last check.
     pub role: Option<Role>,
+    /// The notAfter of the server's certificate, over TLS; kept when the stream is not.
+    pub not_after: Option<SystemTime>,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, healthy: Healthy) -> Connection {
+    fn new(stream: Stream, peer: SocketAddr, healthy: Healthy) -> Connection {
         let after = healthy.afterwards;
         Connection {
+            not_after: stream.not_after(),
             stream: (after != Afterwards::Drop).then_some(stream),
             peer,
             reusable: after == Afterwards::Reuse,
@@ -129,15 +131,17 @@ pub async fn connect_one(
     limits: Limits,
     keepalive: &Keepalive,
 ) -> Result<Connection, AttemptError> {
-    let mut stream = net::connect_addr(addr, limits.connect, keepalive).await?;
+    let failed = |source| AttemptError::Probe {
+        kind: prober.kind(),
+        addr,
+        source,
+        others: 0,
+    };
+    let tcp = net::connect_addr(addr, limits.connect, keepalive).await?;
+    let mut stream = prober.open(tcp, limits.check).await.map_err(failed)?;
     match prober.check(&mut stream, true, limits.check).await {
         Ok(healthy) => Ok(Connection::new(stream, addr, healthy)),
-        Err(source) => Err(AttemptError::Probe {
-            kind: prober.kind(),
-            addr,
-            source,
-            others: 0,
-        }),
+        Err(source) => Err(failed(source)),
     }
 }
 
@@ -190,7 +194,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let address = Address::new("127.0.0.1", port);
-        let tcp = Prober::new(&config::Probe::tcp(), &address);
+        let tcp = Prober::new(&config::Probe::tcp(), &address, None);
         let Err(e) = connect(&address, &tcp, LIMITS, &keepalive()).await else {
             panic!("nothing listens on port {port}");
         };
@@ -210,7 +214,7 @@ mod tests {
             .unwrap();
         assert!(addrs.iter().any(|a| a.ip().is_loopback()));
         // localhost may resolve to ::1 first where nothing listens: the next address is tried.
-        let tcp = Prober::new(&config::Probe::tcp(), &address);
+        let tcp = Prober::new(&config::Probe::tcp(), &address, None);
         connect(&address, &tcp, LIMITS, &keepalive())
             .await
             .expect("127.0.0.1 answers");

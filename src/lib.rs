@@ -21,4 +21,5 @@ pub mod secrets;
 pub mod sidecar;
 pub mod signals;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;

@@ -30,6 +30,7 @@ use tokio::time::timeout;
 
 use crate::config::{self, Address, kinds::Kind};
 use crate::net;
+use crate::tls::{Handshake, Stream, TlsError};
 
 pub use role::Role;
 
@@ -89,6 +90,8 @@ pub enum ProbeError {
         protocol: &'static str,
         detail: String,
     },
+    #[error("TLS handshake: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// One protocol's check.
@@ -98,41 +101,64 @@ pub trait Protocol {
     /// The caller bounds the time; a check only needs to read until it can decide.
     fn check(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         fresh: bool,
     ) -> impl Future<Output = Result<Healthy, ProbeError>> + Send;
+
+    /// With `tls`, what a fresh connection says in plain text before the TLS handshake:
+    /// nothing for protocols that start TLS on the first byte; PostgreSQL's
+    /// `SSLRequest`, MySQL's greeting and `SSLRequest` packet, NATS's `INFO` for those
+    /// that negotiate it. An error fails the attempt (a server that offers no TLS is not
+    /// talked to in plain text).
+    fn start_tls(
+        &self,
+        _tcp: &mut TcpStream,
+    ) -> impl Future<Output = Result<(), ProbeError>> + Send {
+        async { Ok(()) }
+    }
 }
 
-/// Registers the protocols: each line names the [`Prober`] variant and the module's
-/// type, whose module declares its `KIND` (name, settings, builder). Adding a protocol
-/// is its module and one line here.
+/// The probe of one target, ready to run: settings resolved (a password's source, a
+/// request built) once, when the target's actor starts.
+#[derive(Debug)]
+pub struct Prober {
+    check: Check,
+    /// `None`: plain TCP.
+    tls: Option<Handshake>,
+}
+
+/// Registers the protocols: each line names the variant and the module's type, whose
+/// module declares its `KIND` (name, settings, builder). Adding a protocol is its module
+/// and one line here.
 macro_rules! protocols {
     ($($variant:ident($module:ident::$ty:ident)),* $(,)?) => {
-        /// The probe of one target, ready to run: settings resolved (a password's source,
-        /// a request built) once, when the target's actor starts.
+        /// One protocol's check with its settings resolved (a password's source, a
+        /// request built), as a kind's builder makes it.
         #[derive(Debug)]
-        pub enum Prober {
+        pub enum Check {
             $($variant($module::$ty),)*
         }
 
         /// Every kind, in the order the docs and the command line list them.
         pub const KINDS: &[&Kind] = &[$(&$module::KIND,)*];
 
-        impl Prober {
-            /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
-            pub fn kind(&self) -> &'static str {
+        impl Check {
+            /// The kind's registered name.
+            fn name(&self) -> &'static str {
                 match self {
-                    $(Prober::$variant(_) => $module::KIND.name,)*
+                    $(Check::$variant(_) => $module::KIND.name,)*
                 }
             }
 
-            async fn dispatch(
-                &self,
-                stream: &mut TcpStream,
-                fresh: bool,
-            ) -> Result<Healthy, ProbeError> {
+            async fn start_tls(&self, tcp: &mut TcpStream) -> Result<(), ProbeError> {
                 match self {
-                    $(Prober::$variant(p) => p.check(stream, fresh).await,)*
+                    $(Check::$variant(p) => p.start_tls(tcp).await,)*
+                }
+            }
+
+            async fn run(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
+                match self {
+                    $(Check::$variant(p) => p.check(stream, fresh).await,)*
                 }
             }
         }
@@ -155,8 +181,39 @@ protocols! {
 
 impl Prober {
     /// Builds the probe for `probe`; `address` is the target's, for the HTTP `Host` header.
-    pub fn new(probe: &config::Probe, address: &Address) -> Prober {
-        (probe.kind.build)(&probe.settings, address)
+    /// `tls`: the handshake every new connection goes through first.
+    pub fn new(probe: &config::Probe, address: &Address, tls: Option<&config::Tls>) -> Prober {
+        let check = (probe.kind.build)(&probe.settings, address);
+        // The server name was validated with the config; one that rustls still refuses
+        // leaves the probe plain rather than the actor dead, and says so.
+        let tls = tls.and_then(|t| match Handshake::new(&t.client, &t.server_name) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS settings unusable; probing without TLS");
+                None
+            }
+        });
+        Prober { check, tls }
+    }
+
+    /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
+    pub fn kind(&self) -> &'static str {
+        self.check.name()
+    }
+
+    /// Makes a new connection ready for its first check: as it is without TLS; else
+    /// through the handshake, after what the protocol says first in plain text (see
+    /// [`Protocol::start_tls`]).
+    /// The handshake has `limit` to finish, as an answer does.
+    pub async fn open(&self, tcp: TcpStream, limit: Duration) -> Result<Stream, ProbeError> {
+        let Some(handshake) = &self.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let mut tcp = tcp;
+        timeout(limit, self.check.start_tls(&mut tcp))
+            .await
+            .unwrap_or(Err(ProbeError::Timeout(limit)))?;
+        Ok(handshake.run(tcp, limit).await?)
     }
 
     /// Whether the server may speak on the held connection between checks, in messages
@@ -165,18 +222,19 @@ impl Prober {
     /// when bytes arrive instead of draining them, which would cut a message in two or
     /// leave it unanswered.
     pub fn hears_between_checks(&self) -> bool {
-        matches!(self, Prober::Postgres(p) if p.is_session()) || matches!(self, Prober::Nats(_))
+        matches!(&self.check, Check::Postgres(p) if p.is_session())
+            || matches!(self.check, Check::Nats(_))
     }
 
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the
     /// server `limit` to answer.
     pub async fn check(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         fresh: bool,
         limit: Duration,
     ) -> Result<Healthy, ProbeError> {
-        timeout(limit, self.dispatch(stream, fresh))
+        timeout(limit, self.check.run(stream, fresh))
             .await
             .unwrap_or(Err(ProbeError::Timeout(limit)))
     }

@@ -163,7 +163,7 @@ impl Running {
 
     /// Applies a config the hook runner has already taken.
     fn apply(&mut self, new: Config) {
-        self.telemetry.status().apply(&new);
+        self.telemetry.apply(&new);
         let summary = self.supervisor.reload(&new);
         let status = self.telemetry.status().clone();
         self.groups.apply(&new, |name| member_now(&status, name));

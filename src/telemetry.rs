@@ -143,6 +143,14 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// A reload's targets and groups, taken over by the status registry in one step and
+    /// by the group series of the metrics; before the groups decide on the new config,
+    /// so their first decisions land on entries that exist.
+    pub fn apply(&self, config: &Config) {
+        self.status.apply(config);
+        self.metrics.apply_groups(config);
+    }
+
     /// A reload has been applied: the targets it added and removed are events of the
     /// stream, after the status registry shows the new set.
     pub fn targets_changed(&self, added: &[String], removed: &[String]) {

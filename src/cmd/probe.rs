@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::config::{self, Address, HumanDuration, Keepalive, Probe};
+use crate::config::{self, Address, HumanDuration, Keepalive, Probe, Tls};
 use crate::connect::{self, Limits};
 use crate::probe::Prober;
 use crate::watch::backoff::ReconnectBackoff;
@@ -30,8 +30,13 @@ pub const WAIT_BACKOFF: config::Backoff = config::Backoff {
 const WAIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Checks an address once with `probe`; the error says why it is not healthy.
-pub async fn probe_once(address: &Address, probe: &Probe, limit: Duration) -> Result<(), String> {
-    let prober = Prober::new(probe, address);
+pub async fn probe_once(
+    address: &Address,
+    probe: &Probe,
+    tls: Option<&Tls>,
+    limit: Duration,
+) -> Result<(), String> {
+    let prober = Prober::new(probe, address, tls);
     let limits = Limits {
         connect: limit,
         check: limit,
@@ -46,9 +51,12 @@ pub async fn probe_once(address: &Address, probe: &Probe, limit: Duration) -> Re
 
 /// Waits until every address answers or `limit` passes; returns the addresses still
 /// failing, with their last error.
+/// `tls` gives each address's TLS settings (its host as the server name, unless one was
+/// given).
 pub async fn wait_all(
     addresses: &[Address],
     probe: &Probe,
+    tls: impl Fn(&Address) -> Option<Tls>,
     limit: Duration,
 ) -> Result<(), Vec<(Address, String)>> {
     let deadline = Instant::now() + limit;
@@ -56,8 +64,9 @@ pub async fn wait_all(
     for address in addresses {
         let address = address.clone();
         let probe = probe.clone();
+        let tls = tls(&address);
         set.spawn(async move {
-            let result = wait_one(&address, &probe, deadline).await;
+            let result = wait_one(&address, &probe, tls.as_ref(), deadline).await;
             (address, result)
         });
     }
@@ -75,7 +84,12 @@ pub async fn wait_all(
     }
 }
 
-async fn wait_one(address: &Address, probe: &Probe, deadline: Instant) -> Result<(), String> {
+async fn wait_one(
+    address: &Address,
+    probe: &Probe,
+    tls: Option<&Tls>,
+    deadline: Instant,
+) -> Result<(), String> {
     let started = Instant::now();
     let mut backoff = ReconnectBackoff::new(&WAIT_BACKOFF);
     let mut reported = false;
@@ -84,7 +98,7 @@ async fn wait_one(address: &Address, probe: &Probe, deadline: Instant) -> Result
         if left.is_zero() {
             return Err("timed out".to_owned());
         }
-        match probe_once(address, probe, left.min(WAIT_ATTEMPT_TIMEOUT)).await {
+        match probe_once(address, probe, tls, left.min(WAIT_ATTEMPT_TIMEOUT)).await {
             Ok(()) => {
                 say(format_args!(
                     "{address} is up (after {:.1?})",
@@ -123,21 +137,24 @@ pub fn once_command(
     timeout: Duration,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let probe = match args.probe() {
-        Ok(probe) => probe,
+    let (probe, client) = match args.probe().and_then(|p| Ok((p, args.tls_client()?))) {
+        Ok(both) => both,
         Err(e) => return super::usage_error(&e),
     };
+    let tls = client.and_then(|c| args.tls(address, &c));
     super::block_on(async {
-        Ok::<_, std::convert::Infallible>(match probe_once(address, &probe, timeout).await {
-            Ok(()) => {
-                println!("{address} is healthy");
-                ExitCode::from(crate::exit::OK)
-            }
-            Err(e) => {
-                println!("{address} is not healthy: {e}");
-                ExitCode::from(crate::exit::FAILURE)
-            }
-        })
+        Ok::<_, std::convert::Infallible>(
+            match probe_once(address, &probe, tls.as_ref(), timeout).await {
+                Ok(()) => {
+                    println!("{address} is healthy");
+                    ExitCode::from(crate::exit::OK)
+                }
+                Err(e) => {
+                    println!("{address} is not healthy: {e}");
+                    ExitCode::from(crate::exit::FAILURE)
+                }
+            },
+        )
     })
 }
 
@@ -148,12 +165,13 @@ pub fn wait_command(
     timeout: Duration,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let probe = match args.probe() {
-        Ok(probe) => probe,
+    let (probe, client) = match args.probe().and_then(|p| Ok((p, args.tls_client()?))) {
+        Ok(both) => both,
         Err(e) => return super::usage_error(&e),
     };
+    let tls = |address: &Address| client.as_ref().and_then(|c| args.tls(address, c));
     super::block_on(async {
-        Ok::<_, std::convert::Infallible>(match wait_all(addresses, &probe, timeout).await {
+        Ok::<_, std::convert::Infallible>(match wait_all(addresses, &probe, tls, timeout).await {
             Ok(()) => ExitCode::from(crate::exit::OK),
             Err(failed) => {
                 for (address, error) in failed {

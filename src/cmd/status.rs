@@ -1,9 +1,10 @@
 //! `tether status`: a person's view of a running sidecar, read from its `/status`.
 //!
-//! One row per target with its state, for how long, its failures and its last error;
-//! coloured on a terminal and plain when piped, so scripts can `grep` it. The exit code
-//! answers "is everything required up?" for shell scripts: 0 yes, 1 no, 2 the sidecar
-//! could not be asked.
+//! One row per target with its state, for how long, its failures and its last error,
+//! then one per failover group with what it uses; coloured on a terminal and plain when
+//! piped, so scripts can `grep` it. The exit code answers "is everything required up?"
+//! for shell scripts: 0 yes, 1 no (a required group in its fallback or undecided counts
+//! as no), 2 the sidecar could not be asked.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -16,7 +17,7 @@ use tokio::time::timeout;
 
 use crate::cmd::client::{self, ClientError, Url};
 use crate::exit;
-use crate::telemetry::status::Document;
+use crate::telemetry::status::{Document, GroupStatus};
 use crate::watch::machine::State;
 
 /// Every required target is up.
@@ -176,27 +177,52 @@ const HEADER: [&str; 7] = [
 /// servers, or probes that cannot tell roles.
 const ROLE: &str = "ROLE";
 
-/// One line of the table: its cells, and the colour of each on a terminal.
+/// The columns of the groups' table.
+const GROUP_HEADER: [&str; 5] = ["GROUP", "ACTIVE", "FOR", "CONFLICT", "REASON"];
+
+/// One line of a table: its cells, and the colour of each on a terminal.
 struct Row {
     cells: Vec<String>,
     colours: Vec<Option<&'static str>>,
 }
 
-/// The table for `doc`, fetched from `url`.
+/// The tables for `doc`, fetched from `url`: the targets, then the groups if any.
 pub fn render(doc: &Document, url: &Url, colour: bool) -> String {
     let mut out = headline(doc, url);
     print_rows(&mut out, &rows(doc), colour);
+    if !doc.groups.is_empty() {
+        out.push('\n');
+        print_rows(&mut out, &group_rows(doc), colour);
+    }
     out
 }
 
-/// The line above the table: the verdict and how many required targets are up.
+/// The line above the table: the verdict, how many required targets are up (members of
+/// groups count through their groups) and how many required groups use a member.
 fn headline(doc: &Document, url: &Url) -> String {
-    let required = doc.targets.iter().filter(|t| t.required).count();
-    let required_up = doc
-        .targets
+    let grouped: std::collections::HashSet<&str> = doc
+        .groups
         .iter()
-        .filter(|t| t.required && t.state == State::Up)
-        .count();
+        .flat_map(|g| g.members.iter().map(String::as_str))
+        .collect();
+    let counted = || {
+        doc.targets
+            .iter()
+            .filter(|t| t.required && !grouped.contains(t.name.as_str()))
+    };
+    let required = counted().count();
+    let required_up = counted().filter(|t| t.state == State::Up).count();
+    let groups = if doc.groups.is_empty() {
+        String::new()
+    } else {
+        let required = doc.groups.iter().filter(|g| g.required).count();
+        let serving = doc
+            .groups
+            .iter()
+            .filter(|g| g.required && g.serving())
+            .count();
+        format!(", {serving}/{required} required groups on a member")
+    };
     let verdict = if doc.stopping {
         "stopping"
     } else if doc.ready {
@@ -205,9 +231,46 @@ fn headline(doc: &Document, url: &Url) -> String {
         "not ready"
     };
     format!(
-        "tether {} at {url}: {verdict}, {required_up}/{required} required targets up\n",
+        "tether {} at {url}: {verdict}, {required_up}/{required} required targets up{groups}\n",
         doc.version
     )
+}
+
+/// The header row, then one row per group.
+fn group_rows(doc: &Document) -> Vec<Row> {
+    let header = Row {
+        cells: GROUP_HEADER.map(str::to_owned).to_vec(),
+        colours: vec![Some("1"); GROUP_HEADER.len()],
+    };
+    let groups = doc.groups.iter().map(|g| {
+        let (active, active_colour) = active_cell(g);
+        let (conflict, conflict_colour) = if g.conflict {
+            (format!("yes: {}", g.claimants.join(", ")), Some("31"))
+        } else {
+            ("no".to_owned(), None)
+        };
+        Row {
+            cells: vec![
+                g.name.clone(),
+                active,
+                format_age(g.since.until(doc.generated_at)),
+                conflict,
+                g.reason.clone().unwrap_or_else(|| "-".to_owned()),
+            ],
+            colours: vec![None, Some(active_colour), None, conflict_colour, None],
+        }
+    });
+    std::iter::once(header).chain(groups).collect()
+}
+
+/// What a group uses, and its colour: a member in green, the fallback in red, nothing
+/// yet in cyan (like a target still connecting).
+fn active_cell(g: &GroupStatus) -> (String, &'static str) {
+    match &g.active {
+        None => ("undecided".to_owned(), "36"),
+        Some(name) if g.fallback_active => (format!("{name} (fallback)"), "31"),
+        Some(name) => (name.clone(), "32"),
+    }
 }
 
 /// The header row, then one row per target.
@@ -363,6 +426,7 @@ mod tests {
             event: Some(Event::Connect),
             fallback: state == State::Failed,
             role: None,
+            tls_not_after: None,
         };
         Document {
             version: "0.1.0".to_owned(),
@@ -374,6 +438,7 @@ mod tests {
                 target("cache", State::Failed, false, Some("connection refused")),
                 target("db", State::Up, true, None),
             ],
+            groups: Vec::new(),
         }
     }
 
@@ -441,5 +506,77 @@ mod tests {
         assert_eq!(exit_code(&Ok((d.clone(), body.clone()))), EXIT_NOT_UP);
         let err = FetchError::TimedOut(Duration::from_secs(1));
         assert_eq!(exit_code(&Err(err)), EXIT_UNREACHABLE);
+    }
+
+    /// db and cache in the group "store", on `active`.
+    fn grouped(active: Option<&str>, fallback: bool) -> Document {
+        let mut d = doc();
+        d.groups.push(GroupStatus {
+            name: "store".to_owned(),
+            members: vec!["db".to_owned(), "cache".to_owned()],
+            role: None,
+            fallback: "memory".to_owned(),
+            failback: crate::config::Failback::Immediate,
+            active: active.map(str::to_owned),
+            fallback_active: fallback,
+            since: Timestamp(d.generated_at.0 - Duration::from_secs(12)),
+            conflict: false,
+            claimants: Vec::new(),
+            reason: active.map(|_| "active-lost".to_owned()),
+            event_id: active.map(|_| "store:3".to_owned()),
+            required: true,
+        });
+        d
+    }
+
+    #[test]
+    fn a_group_gets_a_row_under_the_targets_and_decides_the_exit_code() {
+        let url = Url::from_listen("127.0.0.1:9464".parse().unwrap());
+        let body = Bytes::new();
+        let mut d = grouped(Some("cache"), false);
+        d.targets[1].state = State::Down;
+        let table = render(&d, &url, false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].ends_with("0/0 required targets up, 1/1 required groups on a member"),
+            "{table}"
+        );
+        assert_eq!(lines[4], "", "{table}");
+        assert!(
+            lines[5].starts_with("GROUP  ACTIVE  FOR  CONFLICT  REASON"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[6], "store  cache   12s  no        active-lost",
+            "{table}"
+        );
+        assert_eq!(
+            exit_code(&Ok((d.clone(), body.clone()))),
+            EXIT_UP,
+            "db is down but counts only through its group"
+        );
+
+        let fallback = grouped(Some("memory"), true);
+        assert_eq!(
+            exit_code(&Ok((fallback.clone(), body.clone()))),
+            EXIT_NOT_UP
+        );
+        let table = render(&fallback, &url, true);
+        assert!(
+            table.contains("\x1b[31mmemory (fallback)\x1b[0m"),
+            "{table:?}"
+        );
+        let undecided = grouped(None, false);
+        assert_eq!(
+            exit_code(&Ok((undecided.clone(), body.clone()))),
+            EXIT_NOT_UP
+        );
+        assert!(render(&undecided, &url, false).contains("store  undecided"));
+
+        let mut conflict = grouped(Some("db"), false);
+        conflict.groups[0].conflict = true;
+        conflict.groups[0].claimants = vec!["db".to_owned(), "cache".to_owned()];
+        let table = render(&conflict, &url, true);
+        assert!(table.contains("\x1b[31myes: db, cache\x1b[0m"), "{table:?}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{HookAction, HumanDuration};
 pub use crate::probe::Role;
@@ -70,7 +70,7 @@ impl Group {
 }
 
 /// When a more preferred member takes over from an eligible active one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Failback {
     Immediate,

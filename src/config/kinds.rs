@@ -3,7 +3,7 @@
 //! prober and the README's table of probes all take them from [`ALL`].
 
 use super::{Address, ProbeSettings};
-use crate::probe::Prober;
+use crate::probe::Check;
 
 /// A kind of probe as users name it.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ pub struct Kind {
     pub learns_roles: fn(&ProbeSettings) -> bool,
     /// The ready probe, from settings that passed validation and [`Kind::finish`];
     /// `address` is the target's (the HTTP `Host` header).
-    pub build: fn(&ProbeSettings, &Address) -> Prober,
+    pub build: fn(&ProbeSettings, &Address) -> Check,
 }
 
 /// Settings that do not fit together, and the key to blame (`None`: the kind itself,

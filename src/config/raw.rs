@@ -122,6 +122,7 @@ pub struct RawDefaults {
     pub required: Option<bool>,
     pub hooks: Option<RawHooks>,
     pub max_concurrent_hooks: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 /// `[[targets]]`: one watched dependency; every key of `[defaults]` but the
@@ -143,6 +144,50 @@ pub struct RawTarget {
     pub check_interval: Option<Spanned<HumanDuration>>,
     pub check_timeout: Option<Spanned<HumanDuration>>,
     pub hooks: Option<RawHooks>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `tls = true` (the bundled roots, the address's host as server name), `tls = false`
+/// (none, also to turn off what `[defaults]` set), or a table.
+#[derive(Debug)]
+pub enum RawTls {
+    Enabled(bool),
+    Table(Box<RawTlsTable>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsTable {
+    pub server_name: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub warn_before: Option<Spanned<HumanDuration>>,
+}
+
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TlsVisitor;
+
+        impl<'de> Visitor<'de> for TlsVisitor {
+            type Value = RawTls;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a table (`{ ca_file = \"...\" }`)")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawTls, E> {
+                Ok(RawTls::Enabled(v))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
+                RawTlsTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawTls::Table(Box::new(t)))
+            }
+        }
+
+        deserializer.deserialize_any(TlsVisitor)
+    }
 }
 
 /// Every field optional: a target may override just `max` and inherit the rest.

@@ -14,12 +14,13 @@ mod groups;
 
 use super::raw::{
     RawAction, RawActions, RawBackoff, RawConfig, RawDefaults, RawHooks, RawKeepalive, RawListen,
-    RawProbe, RawProbeTable, RawTarget,
+    RawProbe, RawProbeTable, RawTarget, RawTls, RawTlsTable,
 };
 use super::{
     Address, Backoff, Check, Config, Diagnostic, Globals, HookAction, Hooks, HumanDuration,
-    Keepalive, Probe, ProbeSettings, Server, Supervision, Target, kinds,
+    Keepalive, Probe, ProbeSettings, Server, Supervision, Target, Tls, kinds,
 };
+use crate::tls::TlsClient;
 
 /// The built-in defaults, documented in the README's config reference.
 pub mod builtin {
@@ -55,6 +56,8 @@ pub mod builtin {
     pub const MAX_SUBSCRIBERS: usize = 1024;
     pub const FAILBACK_AFTER: Duration = Duration::from_secs(30);
     pub const GROUP_FALLBACK: &str = "fallback";
+    /// Two weeks: room for a renewal that failed to be noticed and redone by hand.
+    pub const TLS_WARN_BEFORE: Duration = Duration::from_secs(14 * 24 * 3600);
 }
 
 /// The kernel takes keepalive times in whole seconds up to this value.
@@ -74,6 +77,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, Vec<Diagnostic>> {
         lines: OnceCell::new(),
         diags: Vec::new(),
         last_hooks: None,
+        tls_clients: HashMap::new(),
     };
     let raw = match deserialize(text) {
         Ok(raw) => raw,
@@ -144,7 +148,14 @@ struct Ctx<'a> {
     /// The hooks of the target before, shared with the next target if its are the same
     /// (inherited from `[defaults]`, the usual case).
     last_hooks: Option<Arc<Hooks>>,
+    /// The TLS settings loaded so far, by their files: 10,000 targets with the `tls` of
+    /// `[defaults]` read and parse the files once. A failure is kept as its diagnostic
+    /// (whether it blames `key_file`, and the message) to repeat at each place it is used.
+    tls_clients: HashMap<TlsFiles, Result<TlsClient, (bool, String)>>,
 }
+
+/// `ca_file`, `cert_file` and `key_file` of a `tls` table.
+type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
 
 /// A value and where it was written; `key` names it in messages.
 struct At<T> {
@@ -451,6 +462,11 @@ impl Ctx<'_> {
         ));
         let backoff = self.backoff(i, t.backoff.as_ref(), d.backoff.as_ref());
         let keepalive = self.keepalive(i, t.keepalive.as_ref(), d.keepalive.as_ref());
+        let tls = match (&t.tls, &d.tls) {
+            (Some(v), _) => self.tls(v, &key("tls"), &address),
+            (None, Some(v)) => self.tls(v, "defaults.tls", &address),
+            (None, None) => None,
+        };
         let hooks = self.hooks(i, t.hooks.as_ref(), d.hooks.as_ref());
         let hooks = match &self.last_hooks {
             Some(last) if **last == hooks => last.clone(),
@@ -470,6 +486,121 @@ impl Ctx<'_> {
             recover_after,
             resolve_interval,
             hooks,
+            tls,
+        }
+    }
+
+    /// A `tls` value, whole: a target's replaces the inherited one, keys and all, so
+    /// that what a target's table says is all there is to it. `None` for `tls = false`
+    /// or an error.
+    fn tls(&mut self, v: &Spanned<RawTls>, key: &str, address: &Address) -> Option<Tls> {
+        let default_table = RawTlsTable::default();
+        let table = match v.get_ref() {
+            RawTls::Enabled(false) => return None,
+            RawTls::Enabled(true) => &default_table,
+            RawTls::Table(t) => t,
+        };
+        let mut ok = true;
+        let server_name = match &table.server_name {
+            Some(n) => {
+                let name = n.get_ref();
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    self.err(
+                        Some(n.span()),
+                        format!("{key}.server_name"),
+                        format!("\"{name}\" is neither a DNS name nor an IP address"),
+                    );
+                    ok = false;
+                }
+                name.clone()
+            }
+            None => address.host().to_owned(),
+        };
+        let mut path = |v: &Option<Spanned<String>>, name: &str| -> Option<PathBuf> {
+            let v = v.as_ref()?;
+            if v.get_ref().trim().is_empty() {
+                self.err(
+                    Some(v.span()),
+                    format!("{key}.{name}"),
+                    "must be the path of a file",
+                );
+                ok = false;
+            }
+            Some(PathBuf::from(v.get_ref()))
+        };
+        let ca_file = path(&table.ca_file, "ca_file");
+        let cert_file = path(&table.cert_file, "cert_file");
+        let key_file = path(&table.key_file, "key_file");
+        match (&table.cert_file, &table.key_file) {
+            (Some(c), None) => {
+                self.err(
+                    Some(c.span()),
+                    format!("{key}.cert_file"),
+                    "a client certificate needs its key: set `key_file` too",
+                );
+                ok = false;
+            }
+            (None, Some(k)) => {
+                self.err(
+                    Some(k.span()),
+                    format!("{key}.key_file"),
+                    "a client key needs its certificate: set `cert_file` too",
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        let warn_before = self.duration(
+            table
+                .warn_before
+                .as_ref()
+                .map(|w| at(w, format!("{key}.warn_before"))),
+            builtin::TLS_WARN_BEFORE,
+            true,
+        );
+        if !ok {
+            return None;
+        }
+        let files = (ca_file.clone(), cert_file.clone(), key_file.clone());
+        let loaded = self
+            .tls_clients
+            .entry(files)
+            .or_insert_with(|| {
+                let client = cert_file.as_deref().zip(key_file.as_deref());
+                TlsClient::load(ca_file.as_deref(), client)
+                    .map_err(|e| (e.is_key_file(), e.to_string()))
+            })
+            .clone();
+        match loaded {
+            Ok(client) => Some(Tls {
+                server_name,
+                ca_file,
+                cert_file,
+                key_file,
+                warn_before,
+                client,
+            }),
+            Err((blame_key, message)) => {
+                // Blame the key naming the file that failed, as written.
+                let blamed = [
+                    ("key_file", &table.key_file),
+                    ("cert_file", &table.cert_file),
+                    ("ca_file", &table.ca_file),
+                ]
+                .into_iter()
+                .filter(|(name, _)| !blame_key || *name == "key_file")
+                .find_map(|(name, v)| {
+                    v.as_ref()
+                        .filter(|v| blame_key || message.contains(v.get_ref().as_str()))
+                        .map(|v| (name, v.span()))
+                });
+                let (span, k) = match blamed {
+                    Some((name, span)) => (span, format!("{key}.{name}")),
+                    None => (v.span(), key.to_owned()),
+                };
+                self.err(Some(span), k, message);
+                None
+            }
         }
     }
 
@@ -495,6 +626,11 @@ impl Ctx<'_> {
             self.probe(p, "defaults.probe");
         }
         self.hooks(0, None, d.hooks.as_ref());
+        if let Some(v) = &d.tls {
+            // Checked as a target at a placeholder address would use it: the server
+            // name and files are the same for every target that inherits it.
+            self.tls(v, "defaults.tls", &Address::new("localhost", 1));
+        }
     }
 
     /// `check_interval` and `check_timeout` of a target. Written on a `tcp` target they
@@ -1339,6 +1475,69 @@ mod tests {
             Some(crate::secrets::Source::Env("PGPASS".into()))
         );
         assert!(t[1].probe.password().is_none());
+    }
+
+    #[test]
+    fn a_targets_tls_replaces_the_inherited_one_whole_and_true_means_public_roots() {
+        let t = targets(
+            r#"
+            [defaults]
+            tls = { server_name = "cache.example", warn_before = "30d" }
+            [[targets]]
+            name = "inherits"
+            address = "10.0.0.7:6380"
+            [[targets]]
+            name = "own"
+            address = "cache.internal:6380"
+            tls = true
+            [[targets]]
+            name = "off"
+            address = "10.0.0.8:6379"
+            tls = false
+            "#,
+        );
+        let inherited = t[0].tls.as_ref().unwrap();
+        assert_eq!(inherited.server_name, "cache.example");
+        assert_eq!(inherited.warn_before.get(), Duration::from_secs(30 * 86400));
+        // Nothing of the defaults' table is merged in: the address's host, the built-in
+        // warning.
+        let own = t[1].tls.as_ref().unwrap();
+        assert_eq!(own.server_name, "cache.internal");
+        assert_eq!(own.warn_before.get(), builtin::TLS_WARN_BEFORE);
+        assert!(own.ca_file.is_none());
+        assert!(t[2].tls.is_none());
+    }
+
+    #[test]
+    fn tls_settings_are_equal_only_while_their_files_hold_the_same_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.self_signed(&key).unwrap().pem()
+        };
+        let text = format!(
+            "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\ntls = {{ ca_file = \"{}\" }}\n",
+            ca.display()
+        );
+        std::fs::write(&ca, cert("one.example")).unwrap();
+        let first = targets(&text);
+        assert_eq!(
+            first,
+            targets(&text),
+            "the same files load as the same settings"
+        );
+        std::fs::write(&ca, cert("two.example")).unwrap();
+        assert_ne!(first, targets(&text), "a rotated CA is a changed target");
+        std::fs::write(&ca, "not PEM").unwrap();
+        let e = parse(&text, Path::new("t.toml")).unwrap_err();
+        assert_eq!(e[0].key, "targets[0].tls.ca_file");
+        assert!(
+            e[0].message.contains(&ca.display().to_string()),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]

@@ -11,10 +11,10 @@
 //! A server that speaks another version answers with its own protocol header and closes:
 //! that is unhealthy, naming the version it wants.
 
+use crate::tls::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote};
 use crate::config::kinds::{self, Kind};
 
 pub const KIND: Kind = Kind {
@@ -25,7 +25,7 @@ pub const KIND: Kind = Kind {
     settings: &[],
     finish: kinds::fits,
     learns_roles: kinds::no_roles,
-    build: |_, _| Prober::Amqp(Amqp),
+    build: |_, _| Check::Amqp(Amqp),
 };
 
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -41,7 +41,7 @@ const MAX_FRAME: usize = 64 * 1024;
 pub struct Amqp;
 
 impl Protocol for Amqp {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         start(stream).await
     }
 }

@@ -19,11 +19,11 @@
 //! does not match is unhealthy at once, with what the server said, rather than a
 //! timeout. The pattern is the `regex` crate's, matched on bytes in linear time.
 
+use crate::tls::Stream;
 use regex::bytes::{Regex, RegexBuilder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote};
 use crate::config::ProbeSettings;
 use crate::config::kinds::{self, Kind, Misfit};
 
@@ -36,7 +36,7 @@ pub const KIND: Kind = Kind {
     finish: needs_pattern,
     learns_roles: kinds::no_roles,
     build: |s, _| {
-        Prober::Expect(Expect::new(
+        Check::Expect(Expect::new(
             s.send
                 .as_deref()
                 .map(|send| unescape(send).expect("validated")),
@@ -134,7 +134,7 @@ impl Expect {
 }
 
 impl Protocol for Expect {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         check(stream, self.send.as_deref(), &self.expect).await
     }
 }

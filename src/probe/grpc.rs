@@ -14,12 +14,12 @@
 //! check, while a check only borrows the held socket. The cost to the server is one
 //! connection, an HTTP/2 handshake and one unary call per check.
 
+use crate::tls::Stream;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hyper::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote};
 use crate::config::kinds::{self, Kind};
 
 pub const KIND: Kind = Kind {
@@ -31,7 +31,7 @@ pub const KIND: Kind = Kind {
     finish: kinds::fits,
     learns_roles: kinds::no_roles,
     build: |s, address| {
-        Prober::Grpc(Grpc::new(
+        Check::Grpc(Grpc::new(
             address.to_string(),
             s.service.clone().unwrap_or_default(),
         ))
@@ -70,7 +70,7 @@ impl Grpc {
 }
 
 impl Protocol for Grpc {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         let status = health_check(stream, &self.authority, self.request.clone()).await?;
         judge(status, &self.service)?;
         Ok(Afterwards::Hold.into())

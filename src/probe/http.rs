@@ -5,14 +5,14 @@
 //! a body delimited by `Content-Length` or chunked encoding, up to [`MAX_BODY`] bytes.
 //! When the server will close the connection (`Connection: close`, HTTP/1.0 without
 //! keep-alive, a body that runs to the end of the connection or is too large), the
-//! connection is dropped and each check opens a fresh one. Plain HTTP only.
+//! connection is dropped and each check opens a fresh one. With `tls`, HTTPS: the same
+//! exchange through TLS.
 
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote, read_line};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote, read_line};
 use crate::config::kinds::{self, Kind, Misfit};
 use crate::config::{ProbeSettings, builtin};
+use crate::tls::Stream;
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 pub const KIND: Kind = Kind {
     name: "http",
@@ -23,7 +23,7 @@ pub const KIND: Kind = Kind {
     finish: defaults,
     learns_roles: kinds::no_roles,
     build: |s, address| {
-        Prober::Http(Http::new(
+        Check::Http(Http::new(
             s.path.as_deref().unwrap_or(builtin::HTTP_PATH),
             s.expect_status.unwrap_or(builtin::HTTP_STATUS),
             s.host.clone().unwrap_or_else(|| address.to_string()),
@@ -70,7 +70,7 @@ impl Http {
 }
 
 impl Protocol for Http {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         stream.write_all(&self.request).await?;
         let mut reader = BufReader::new(stream);
         let head = loop {

@@ -2,10 +2,10 @@
 //! every interval. It is the cheapest command memcached has: no key is read or written,
 //! no item is touched, and it needs no credentials (ASCII protocol without SASL).
 
+use crate::tls::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote, read_line};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote, read_line};
 use crate::config::kinds::{self, Kind};
 
 pub const KIND: Kind = Kind {
@@ -16,7 +16,7 @@ pub const KIND: Kind = Kind {
     settings: &[],
     finish: kinds::fits,
     learns_roles: kinds::no_roles,
-    build: |_, _| Prober::Memcached(Memcached),
+    build: |_, _| Check::Memcached(Memcached),
 };
 
 /// A `VERSION` line is about twenty bytes.
@@ -26,7 +26,7 @@ const MAX_LINE: usize = 1024;
 pub struct Memcached;
 
 impl Protocol for Memcached {
-    async fn check(&self, stream: &mut TcpStream, _fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
         version(stream).await
     }
 }

@@ -19,10 +19,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::tls::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote};
 use crate::config::ProbeSettings;
 use crate::config::kinds::{self, Kind, Misfit};
 use crate::secrets::{self, Source};
@@ -35,7 +35,7 @@ pub const KIND: Kind = Kind {
     settings: &["user", "password_env", "password_file"],
     finish: password_needs_user,
     learns_roles: kinds::no_roles,
-    build: |s, _| Prober::Mqtt(Mqtt::new(s.user.clone(), s.password())),
+    build: |s, _| Check::Mqtt(Mqtt::new(s.user.clone(), s.password())),
 };
 
 /// Seconds of silence the broker allows (times one and a half): ten minutes.
@@ -107,7 +107,7 @@ impl Mqtt {
 }
 
 impl Protocol for Mqtt {
-    async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
         if fresh {
             let connect = self.connect_packet()?;
             handshake(stream, &connect, self.user.is_some()).await

@@ -14,10 +14,10 @@
 //! it comes with the server closing the connection, and a NATS that wants credentials
 //! tether lacks is one the application cannot use either if tether's are its own.
 
+use crate::tls::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, quote, read_line};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote, read_line};
 use crate::config::kinds::{self, Kind};
 use crate::secrets::{self, Source};
 
@@ -29,7 +29,7 @@ pub const KIND: Kind = Kind {
     settings: &["user", "password_env", "password_file"],
     finish: kinds::fits,
     learns_roles: kinds::no_roles,
-    build: |s, _| Prober::Nats(Nats::new(s.user.clone(), s.password())),
+    build: |s, _| Check::Nats(Nats::new(s.user.clone(), s.password())),
 };
 
 /// `INFO` lists the cluster's URLs and can run to a few KiB; other lines are short.
@@ -73,7 +73,7 @@ impl Nats {
 }
 
 impl Protocol for Nats {
-    async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
         let hello = if fresh {
             Some(self.connect_and_ping()?)
         } else {

@@ -8,8 +8,12 @@
 //! a fresh one and holds that instead (see [`Afterwards::Hold`]). A client that hangs up
 //! after `N` is not logged by the server. The role stays unknown.
 //!
-//! **With `user`**: a real session. A fresh connection sends the startup message (no
-//! `SSLRequest`: the session is plain TCP for now) and authenticates as the server asks
+//! **With `tls`**: the `SSLRequest` must be answered `S` (an `N` is a failed attempt: the
+//! server does not support TLS), and the TLS handshake follows; without `user`, a
+//! completed handshake is the check, and the connection is held as above.
+//!
+//! **With `user`**: a real session. A fresh connection sends the startup message (through
+//! TLS with `tls`, else in plain TCP) and authenticates as the server asks
 //! (trust, cleartext, md5 or SCRAM-SHA-256, through `postgres-protocol`: no crypto of
 //! tether's own). Every check, the first included, then runs `SELECT
 //! pg_is_in_recovery()` on the held session: `f` is [`Role::Primary`], `t` is
@@ -33,10 +37,11 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, Role, quote};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, Role, quote};
 use crate::config::ProbeSettings;
 use crate::config::kinds::{Kind, Misfit};
 use crate::secrets::{self, Source};
+use crate::tls::Stream;
 
 pub const KIND: Kind = Kind {
     name: "postgres",
@@ -47,7 +52,7 @@ pub const KIND: Kind = Kind {
     finish: needs_user,
     learns_roles: |s| s.user.is_some(),
     build: |s, _| {
-        Prober::Postgres(Postgres::new(
+        Check::Postgres(Postgres::new(
             s.user.as_deref(),
             s.database.as_deref(),
             s.password(),
@@ -125,8 +130,16 @@ impl Postgres {
 }
 
 impl Protocol for Postgres {
-    async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn start_tls(&self, tcp: &mut TcpStream) -> Result<(), ProbeError> {
+        start_tls(tcp).await
+    }
+
+    async fn check(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
         let Some(session) = &self.session else {
+            if stream.is_tls() {
+                // The server answered `S` and completed the handshake: that was the check.
+                return Ok(Afterwards::Hold.into());
+            }
             return ssl_request(stream).await.map(Healthy::from);
         };
         if fresh {
@@ -140,7 +153,27 @@ impl Protocol for Postgres {
     }
 }
 
-async fn ssl_request(stream: &mut TcpStream) -> Result<Afterwards, ProbeError> {
+async fn ssl_request(stream: &mut Stream) -> Result<Afterwards, ProbeError> {
+    classify(ssl_answer(stream).await?)
+}
+
+/// Asks a fresh connection for TLS: `S` and the handshake may begin; `N` is a server
+/// that cannot, which a target with `tls` must not silently talk to in plain text.
+async fn start_tls(tcp: &mut TcpStream) -> Result<(), ProbeError> {
+    match ssl_answer(tcp).await? {
+        b'S' => Ok(()),
+        b'N' => Err(ProbeError::Unhealthy(
+            "the server does not support TLS (it answered N to SSLRequest; is ssl = on?)"
+                .to_owned(),
+        )),
+        other => classify(other).map(|_| ()),
+    }
+}
+
+/// Sends an `SSLRequest` and reads its one-byte answer.
+async fn ssl_answer(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+) -> Result<u8, ProbeError> {
     let mut request = [0u8; 8];
     request[..4].copy_from_slice(&8u32.to_be_bytes());
     request[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
@@ -148,7 +181,7 @@ async fn ssl_request(stream: &mut TcpStream) -> Result<Afterwards, ProbeError> {
     let mut answer = [0u8; 1];
     match stream.read(&mut answer).await? {
         0 => Err(ProbeError::Closed),
-        _ => classify(answer[0]),
+        _ => Ok(answer[0]),
     }
 }
 
@@ -169,7 +202,7 @@ fn classify(answer: u8) -> Result<Afterwards, ProbeError> {
 
 impl Session {
     /// Starts the session and authenticates, up to the first `ReadyForQuery`.
-    async fn login(&self, stream: &mut TcpStream) -> Result<(), ProbeError> {
+    async fn login(&self, stream: &mut Stream) -> Result<(), ProbeError> {
         let mut out = BytesMut::new();
         frontend::startup_message(
             [
@@ -209,7 +242,8 @@ impl Session {
                             offered.join(", ")
                         )));
                     }
-                    // Plain TCP: there is no TLS channel to bind to.
+                    // No channel binding (SCRAM-SHA-256, not -PLUS), over TLS too: the
+                    // certificate was verified, and binding adds nothing a probe needs.
                     let s = ScramSha256::new(
                         &self.password("scram-sha-256")?,
                         ChannelBinding::unsupported(),
@@ -274,7 +308,7 @@ impl Session {
 
 /// Runs the role query on an established session and reads to its `ReadyForQuery`,
 /// skipping what the server said unprompted since the last check.
-async fn ask_role(stream: &mut TcpStream) -> Result<Role, ProbeError> {
+async fn ask_role(stream: &mut Stream) -> Result<Role, ProbeError> {
     let mut out = BytesMut::new();
     frontend::query(ROLE_QUERY, &mut out)?;
     stream.write_all(&out).await?;
@@ -324,7 +358,7 @@ fn role_of(row: &postgres_protocol::message::backend::DataRowBody) -> Result<Rol
 
 /// Reads exactly one message: nothing beyond it is taken off the socket, so what the
 /// server sends next stays for the next read, and the checker's readiness watch.
-async fn read_message(stream: &mut TcpStream) -> Result<Message, ProbeError> {
+async fn read_message(stream: &mut Stream) -> Result<Message, ProbeError> {
     let mut header = [0u8; 5];
     read_exact(stream, &mut header).await?;
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
@@ -345,7 +379,7 @@ async fn read_message(stream: &mut TcpStream) -> Result<Message, ProbeError> {
     }
 }
 
-async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), ProbeError> {
+async fn read_exact(stream: &mut Stream, buf: &mut [u8]) -> Result<(), ProbeError> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProbeError::Closed),

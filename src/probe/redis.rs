@@ -25,12 +25,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-use super::{Afterwards, Healthy, ProbeError, Prober, Protocol, Role, quote, read_line};
+use super::{Afterwards, Check, Healthy, ProbeError, Protocol, Role, quote, read_line};
 use crate::config::kinds::{self, Kind};
 use crate::secrets::{self, Source};
+use crate::tls::Stream;
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 pub const KIND: Kind = Kind {
     name: "redis",
@@ -40,7 +39,7 @@ pub const KIND: Kind = Kind {
     settings: &["password_env", "password_file"],
     finish: kinds::fits,
     learns_roles: |_| true,
-    build: |s, _| Prober::Redis(Redis::new(s.password())),
+    build: |s, _| Check::Redis(Redis::new(s.password())),
 };
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
@@ -75,7 +74,7 @@ impl Redis {
 }
 
 impl Protocol for Redis {
-    async fn check(&self, stream: &mut TcpStream, fresh: bool) -> Result<Healthy, ProbeError> {
+    async fn check(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
         let mut reader = BufReader::new(stream);
         if let (true, Some(source)) = (fresh, &self.password) {
             // As last loaded (at start or reload): a rotated password is used from the

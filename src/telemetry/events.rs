@@ -1,6 +1,7 @@
-//! The position of tether's event stream: every transition it announces, and every
-//! target a reload adds or removes, moves it on by one, process-wide, so a client that has seen position N knows whether anything
-//! happened since. Positions are only comparable within one run of tether, so they
+//! The position of tether's event stream: every transition it announces, every decision
+//! of a failover group, and every target a reload adds or removes, moves it on by one,
+//! process-wide, so a client that has seen position N knows whether anything happened
+//! since. Positions are only comparable within one run of tether, so they
 //! travel as an [`Index`]: the instance id with the position.
 //!
 //! `GET /status?index=I&wait=D` waits here until the position passes I (see
@@ -15,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Target;
+use crate::config::{Group, Target};
+use crate::watch::groups::GroupEvent;
 use crate::watch::machine::Transition;
 use crate::watch::observe::Observer;
 
@@ -60,10 +62,12 @@ impl Default for Events {
 #[derive(Debug)]
 pub struct Entry {
     pub position: u64,
-    /// The SSE event name: `transition`, `target_added` or `target_removed`.
+    /// The SSE event name: `transition`, `group`, `target_added` or `target_removed`.
     pub kind: &'static str,
+    /// The target's name, or the group's for a `group` event (names never clash).
     pub target: String,
-    /// The JSON: a transition's is the hook payload with its `position`.
+    /// The JSON: a transition's or a group event's is the hook payload with its
+    /// `position`.
     pub data: String,
 }
 
@@ -238,13 +242,24 @@ impl Observer for Events {
             .expect("a payload always serializes")
         });
     }
+
+    fn group_event(&self, group: &Arc<Group>, e: &GroupEvent) {
+        let payload = crate::hooks::GroupPayload::new(group, e);
+        self.publish("group", &group.name, |index| {
+            serde_json::to_string(&Positioned {
+                payload: &payload,
+                position: index.to_string(),
+            })
+            .expect("a payload always serializes")
+        });
+    }
 }
 
-/// A transition's data on the stream: the hook payload and where it stands.
+/// An event's data on the stream: the hook payload and where it stands.
 #[derive(serde::Serialize)]
-struct Positioned<'a> {
+struct Positioned<'a, P> {
     #[serde(flatten)]
-    payload: &'a crate::hooks::Payload,
+    payload: &'a P,
     position: String,
 }
 
@@ -303,6 +318,64 @@ mod tests {
         assert!("5".parse::<Index>().is_err());
         assert!(":5".parse::<Index>().is_err());
         assert!("abc:x".parse::<Index>().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_decision_is_a_group_event_that_moves_the_position_and_wakes_waiters() {
+        let config = crate::config::Config::parse(
+            r#"
+            [[targets]]
+            name = "a"
+            address = "127.0.0.1:6379"
+            [[targets]]
+            name = "b"
+            address = "127.0.0.1:6380"
+            [[groups]]
+            name = "store"
+            members = ["a", "b"]
+            fallback = "memory"
+            "#,
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        let store = Arc::new(config.groups[0].clone());
+        let events = Arc::new(Events::default());
+        let seen = events.index();
+        let mut sub = events.subscribe(Some(&seen));
+        let waiter = tokio::spawn({
+            let events = events.clone();
+            let seen = seen.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                events.wait_past(&seen, Duration::from_secs(30)).await;
+                started.elapsed()
+            }
+        });
+        tokio::task::yield_now().await;
+        let e = GroupEvent {
+            seq: 4,
+            kind: crate::watch::groups::GroupEventKind::Change,
+            active: "b".into(),
+            fallback: false,
+            previous_active: Some("a".into()),
+            reason: crate::watch::group::Reason::ActiveLost,
+            claimants: Vec::new(),
+            conflict: false,
+            at: std::time::SystemTime::now(),
+        };
+        events.group_event(&store, &e);
+        assert!(waiter.await.unwrap() < Duration::from_secs(30));
+        let entry = sub.feed.try_recv().unwrap();
+        assert_eq!((entry.kind, entry.target.as_str()), ("group", "store"));
+        assert_eq!(entry.position, seen.position + 1);
+        let data: serde_json::Value = serde_json::from_str(&entry.data).unwrap();
+        assert_eq!(data["event_id"], "store:4");
+        assert_eq!(data["group"], "store");
+        assert_eq!(data["event"], "change");
+        assert_eq!(data["active"], "b");
+        assert_eq!(data["previous_active"], "a");
+        assert_eq!(data["reason"], "active-lost");
+        assert_eq!(data["position"], Index::here(entry.position).to_string());
     }
 
     #[tokio::test(start_paused = true)]

@@ -619,8 +619,30 @@ fn readyz(status: &Status) -> Response<Body> {
     }
     text(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("not ready: {} not up\n", names(&status.not_ready())),
+        &format!("not ready: {}\n", not_ready(status)),
     )
+}
+
+/// What holds `/readyz` at 503: `db not up; group store in fallback`.
+fn not_ready(status: &Status) -> String {
+    let mut parts = Vec::new();
+    let targets = status.not_ready();
+    if !targets.is_empty() {
+        parts.push(format!("{} not up", names(&targets)));
+    }
+    let groups = status.groups_not_ready();
+    for (in_fallback, what) in [(true, "in fallback"), (false, "undecided")] {
+        let named: Vec<String> = groups
+            .iter()
+            .filter(|g| g.in_fallback == in_fallback)
+            .map(|g| g.name.clone())
+            .collect();
+        if !named.is_empty() {
+            let noun = if named.len() == 1 { "group" } else { "groups" };
+            parts.push(format!("{noun} {} {what}", names(&named)));
+        }
+    }
+    parts.join("; ")
 }
 
 /// The first few of `targets`: a mass outage must not turn a probe's answer into a

@@ -5,7 +5,8 @@
 //! events), never from errors or addresses, so the number of series is bounded by the
 //! config. Each target's series exist from the start at their initial values (a
 //! `rate()` or `increase()` then sees the first increment) and are removed when the
-//! target stops for good.
+//! target stops for good. A failover group's series likewise exist from the config
+//! that adds the group and go with the config that removes it.
 //!
 //! Per-target series are plain atomics, written out in the text format at scrape
 //! time: as children of the `prometheus` crate's vectors, the twenty-odd series of a
@@ -17,15 +18,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Group, Target};
 use crate::probe::Role;
+use crate::watch::groups::{GroupEvent, GroupEventKind};
 use crate::watch::machine::{Event, State, Transition};
 use crate::watch::observe::{ActorId, HookResult, Observer};
 
@@ -77,6 +79,87 @@ pub struct Metrics {
     last_reload_ok: IntGauge,
     /// The series of each live target, by name (the exposition lists them in order).
     targets: RwLock<BTreeMap<String, Arc<TargetSeries>>>,
+    /// The series of each configured group, by name.
+    groups: RwLock<BTreeMap<String, Arc<GroupSeries>>>,
+}
+
+/// One group's series.
+struct GroupSeries {
+    /// The values of `member` in `tether_group_active`: the members, then the fallback,
+    /// escaped. Replaced when a reload changes them.
+    names: Mutex<Vec<String>>,
+    /// The escaped name of what is active; `None` before the first decision.
+    active: Mutex<Option<String>>,
+    changes: AtomicU64,
+    conflict: AtomicU64,
+    /// 1 while the group uses its fallback.
+    fallback: AtomicU64,
+    /// Indexed like [`GroupEventKind::ALL`], then [`HookResult::ALL`].
+    hook_runs: [[AtomicU64; 4]; 3],
+    /// Indexed like [`GroupEventKind::ALL`]: whether the event has hook series, set for
+    /// the events the group has hooks for (at start, on a reload that adds some, or at a
+    /// first run).
+    hooked: [std::sync::atomic::AtomicBool; 3],
+}
+
+impl GroupSeries {
+    fn new(group: &Group) -> GroupSeries {
+        let series = GroupSeries {
+            names: Mutex::new(Vec::new()),
+            active: Mutex::new(None),
+            changes: AtomicU64::new(0),
+            conflict: AtomicU64::new(0),
+            fallback: AtomicU64::new(0),
+            hook_runs: Default::default(),
+            hooked: Default::default(),
+        };
+        series.configure(group);
+        series
+    }
+
+    /// Takes over a reloaded group's members, fallback and hooks; the counters go on.
+    fn configure(&self, group: &Group) {
+        let names = group
+            .members
+            .iter()
+            .chain(std::iter::once(&group.fallback))
+            .map(|n| escape(n))
+            .collect();
+        *lock(&self.names) = names;
+        for (kind, hooked) in GroupEventKind::ALL.iter().zip(&self.hooked) {
+            let actions = match kind {
+                GroupEventKind::Change => &group.hooks.on_change,
+                GroupEventKind::Conflict | GroupEventKind::ConflictResolved => {
+                    &group.hooks.on_conflict
+                }
+            };
+            if !actions.is_empty() {
+                hooked.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The hook run counters that exist, with their events.
+    fn hook_runs_set(&self) -> impl Iterator<Item = (GroupEventKind, &[AtomicU64; 4])> {
+        GroupEventKind::ALL
+            .iter()
+            .zip(&self.hook_runs)
+            .zip(&self.hooked)
+            .filter(|(_, hooked)| hooked.load(Ordering::Relaxed))
+            .map(|((kind, runs), _)| (*kind, runs))
+    }
+}
+
+fn kind_index(kind: GroupEventKind) -> usize {
+    GroupEventKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("GroupEventKind::ALL lists every kind")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each value behind these locks is replaced whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One target's series.
@@ -88,6 +171,8 @@ struct TargetSeries {
     state: AtomicUsize,
     /// Index into [`ROLES`] of the role last reported.
     role: AtomicUsize,
+    /// The server certificate's notAfter in Unix seconds; 0 before any TLS connection.
+    cert_not_after: AtomicU64,
     consecutive_failures: AtomicU64,
     /// Indexed like [`ATTEMPT_RESULTS`].
     attempts: [AtomicU64; 2],
@@ -239,11 +324,39 @@ impl Metrics {
             ],
             last_reload_ok,
             targets: RwLock::new(BTreeMap::new()),
+            groups: RwLock::new(BTreeMap::new()),
         };
         for target in &config.targets {
             metrics.add(target, 0);
         }
+        metrics.apply_groups(config);
         Ok(metrics)
+    }
+
+    /// Takes over the groups of a (reloaded) config: added groups get their series at
+    /// their initial values, removed ones lose theirs, kept ones go on counting.
+    pub fn apply_groups(&self, config: &Config) {
+        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = BTreeMap::new();
+        for g in &config.groups {
+            let series = match groups.remove(&g.name) {
+                Some(kept) => {
+                    kept.configure(g);
+                    kept
+                }
+                None => Arc::new(GroupSeries::new(g)),
+            };
+            next.insert(g.name.clone(), series);
+        }
+        *groups = next;
+    }
+
+    fn group_series(&self, group: &Group) -> Option<Arc<GroupSeries>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group.name)
+            .cloned()
     }
 
     /// The text exposition of every series.
@@ -253,8 +366,16 @@ impl Metrics {
             .iter()
             .map(|(n, s)| (escape(n), s.clone()))
             .collect();
-        let mut out = String::with_capacity(1024 + targets.len() * 2048);
+        let groups: Vec<(String, Arc<GroupSeries>)> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, s)| (escape(n), s.clone()))
+            .collect();
+        let mut out = String::with_capacity(1024 + targets.len() * 2048 + groups.len() * 512);
         write_families(&mut out, &targets);
+        write_group_families(&mut out, &groups);
         let mut bytes = out.into_bytes();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut bytes)
@@ -268,6 +389,7 @@ impl Metrics {
             owner: AtomicU64::new(owner),
             state: AtomicUsize::new(state_index(State::Connecting)),
             role: AtomicUsize::new(role_index(None)),
+            cert_not_after: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             attempts: Default::default(),
             disconnects: AtomicU64::new(0),
@@ -337,6 +459,8 @@ struct Family {
 enum Samples {
     /// One sample, labelled by the target alone.
     Value(fn(&TargetSeries) -> u64),
+    /// One sample where the target has one (a certificate seen), none elsewhere.
+    Some(fn(&TargetSeries) -> Option<u64>),
     /// One sample per value of a closed label set, written whole by the function
     /// (`out`, family name, escaped target, series): labels go in name order, so
     /// where `target` falls differs from family to family.
@@ -382,6 +506,12 @@ const FAMILIES: &[Family] = &[
                 let _ = writeln!(out, "{name}{{role=\"{role}\",target=\"{t}\"}} {v}");
             }
         }),
+    },
+    Family {
+        name: "tether_tls_cert_expiry_timestamp_seconds",
+        kind: "gauge",
+        help: "When the certificate of the target's server expires (its notAfter), in Unix seconds, as seen at the last TLS connection; only for targets with tls.",
+        samples: Samples::Some(|s| Some(load(&s.cert_not_after)).filter(|v| *v != 0)),
     },
     Family {
         name: "tether_target_consecutive_failures",
@@ -472,6 +602,11 @@ impl Samples {
             Samples::Value(read) => {
                 let _ = writeln!(out, "{name}{{target=\"{t}\"}} {}", read(s));
             }
+            Samples::Some(read) => {
+                if let Some(v) = read(s) {
+                    let _ = writeln!(out, "{name}{{target=\"{t}\"}} {v}");
+                }
+            }
             Samples::Each(write) => write(out, name, t, s),
             Samples::Histogram(read) => read(s).write(out, name, &format!("target=\"{t}\"")),
             Samples::HookRuns => {
@@ -501,8 +636,12 @@ fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
     let any_hooks = targets
         .iter()
         .any(|(_, s)| s.hook_series_set().next().is_some());
+    let any_certificate = targets.iter().any(|(_, s)| load(&s.cert_not_after) != 0);
     for family in FAMILIES {
         if family.samples.is_hooks() && !any_hooks {
+            continue;
+        }
+        if matches!(family.samples, Samples::Some(_)) && !any_certificate {
             continue;
         }
         let Family {
@@ -514,6 +653,86 @@ fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (t, s) in targets {
             samples.write(out, name, t, s);
+        }
+    }
+}
+
+/// Writes the group families; none while no group is configured.
+fn write_group_families(out: &mut String, groups: &[(String, Arc<GroupSeries>)]) {
+    if groups.is_empty() {
+        return;
+    }
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let name = "tether_group_active";
+    header(
+        out,
+        name,
+        "gauge",
+        "1 for the member the group uses (or its fallback), 0 for the others; all 0 before the group's first decision.",
+    );
+    for (g, s) in groups {
+        let active = lock(&s.active).clone();
+        for member in lock(&s.names).iter() {
+            let v = u8::from(active.as_ref() == Some(member));
+            let _ = writeln!(out, "{name}{{group=\"{g}\",member=\"{member}\"}} {v}");
+        }
+    }
+    let name = "tether_group_changes_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Changes of the group's active member, the first decision included.",
+    );
+    for (g, s) in groups {
+        let _ = writeln!(out, "{name}{{group=\"{g}\"}} {}", load(&s.changes));
+    }
+    let name = "tether_group_conflict";
+    header(
+        out,
+        name,
+        "gauge",
+        "1 while two or more members of the group claim to be primary, else 0.",
+    );
+    for (g, s) in groups {
+        let _ = writeln!(out, "{name}{{group=\"{g}\"}} {}", load(&s.conflict));
+    }
+    let name = "tether_group_fallback";
+    header(
+        out,
+        name,
+        "gauge",
+        "1 while no member of the group is eligible and it uses its fallback, else 0 (0 before its first decision).",
+    );
+    for (g, s) in groups {
+        let _ = writeln!(out, "{name}{{group=\"{g}\"}} {}", load(&s.fallback));
+    }
+    if groups
+        .iter()
+        .all(|(_, s)| s.hook_runs_set().next().is_none())
+    {
+        return;
+    }
+    let name = "tether_group_hook_runs_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Group hook actions run, by event (change, conflict, conflict_resolved) and result (ok, failed, timeout, error).",
+    );
+    for (g, s) in groups {
+        for (kind, runs) in s.hook_runs_set() {
+            for (result, v) in HookResult::ALL.iter().zip(runs) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{event=\"{}\",group=\"{g}\",result=\"{}\"}} {}",
+                    kind.as_str(),
+                    result.as_str(),
+                    load(v)
+                );
+            }
         }
     }
 }
@@ -533,6 +752,10 @@ impl Observer for Metrics {
                 // does not hold yet.
                 series.owner.store(actor.0, Ordering::Release);
                 series.role.store(role_index(None), Ordering::Relaxed);
+                if target.tls.is_none() {
+                    // A reload took TLS away: there is no certificate to tell of.
+                    series.cert_not_after.store(0, Ordering::Relaxed);
+                }
             }
             None => {
                 self.add(target, actor.0);
@@ -578,6 +801,15 @@ impl Observer for Metrics {
         }
     }
 
+    fn certificate(&self, target: &Target, not_after: SystemTime) {
+        if let Some(s) = self.series(target) {
+            let secs = not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            s.cert_not_after.store(secs, Ordering::Relaxed);
+        }
+    }
+
     fn address_changed(
         &self,
         target: &Target,
@@ -614,6 +846,34 @@ impl Observer for Metrics {
     fn reloaded(&self, ok: bool) {
         self.reloads[usize::from(!ok)].inc();
         self.last_reload_ok.set(i64::from(ok));
+    }
+
+    fn group_event(&self, group: &Arc<Group>, e: &GroupEvent) {
+        // A group a reload removed, deciding late, gets no series back.
+        let Some(s) = self.group_series(group) else {
+            return;
+        };
+        if e.kind == GroupEventKind::Change {
+            s.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        *lock(&s.active) = Some(escape(&e.active));
+        s.conflict.store(u64::from(e.conflict), Ordering::Relaxed);
+        s.fallback.store(u64::from(e.fallback), Ordering::Relaxed);
+    }
+
+    fn group_hook_run(
+        &self,
+        group: &Group,
+        event: GroupEventKind,
+        result: HookResult,
+        _elapsed: Duration,
+    ) {
+        let Some(s) = self.group_series(group) else {
+            return;
+        };
+        let i = kind_index(event);
+        s.hooked[i].store(true, Ordering::Relaxed);
+        s.hook_runs[i][result_index(result)].fetch_add(1, Ordering::Relaxed);
     }
 
     fn stopped(&self, target: &Target, actor: ActorId) {
@@ -877,6 +1137,154 @@ mod tests {
         assert!(
             !self::text(&m).contains("target=\"db\""),
             "a late hook run revived db"
+        );
+    }
+
+    fn grouped(extra: &str) -> Config {
+        Config::parse(
+            &format!(
+                r#"
+                [[targets]]
+                name = "a"
+                address = "127.0.0.1:6379"
+                [[targets]]
+                name = "b"
+                address = "127.0.0.1:6380"
+                [[groups]]
+                name = "store"
+                members = ["a", "b"]
+                fallback = "memory"
+                {extra}
+                "#
+            ),
+            "test.toml".as_ref(),
+        )
+        .unwrap()
+    }
+
+    fn change(seq: u64, active: &str, conflict: bool) -> GroupEvent {
+        GroupEvent {
+            seq,
+            kind: GroupEventKind::Change,
+            active: active.to_owned(),
+            fallback: active == "memory",
+            previous_active: None,
+            reason: crate::watch::group::Reason::ActiveLost,
+            claimants: Vec::new(),
+            conflict,
+            at: SystemTime::now(),
+        }
+    }
+
+    fn active(m: &Metrics, member: &str) -> Option<f64> {
+        value(
+            m,
+            &format!("tether_group_active{{group=\"store\",member=\"{member}\"}}"),
+        )
+    }
+
+    #[test]
+    fn a_groups_series_exist_from_the_start_and_follow_its_decisions() {
+        let config = grouped("");
+        let store = &Arc::new(config.groups[0].clone());
+        let m = Metrics::new(&config).unwrap();
+        for member in ["a", "b", "memory"] {
+            assert_eq!(active(&m, member), Some(0.0), "undecided: all 0");
+        }
+        assert_eq!(
+            value(&m, "tether_group_changes_total{group=\"store\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&m, "tether_group_conflict{group=\"store\"}"),
+            Some(0.0)
+        );
+        assert!(
+            !text(&m).contains("tether_group_hook_runs_total"),
+            "no hooks"
+        );
+
+        let fallback = |m: &Metrics| value(m, "tether_group_fallback{group=\"store\"}");
+        assert_eq!(fallback(&m), Some(0.0), "undecided is not the fallback");
+        m.group_event(store, &change(0, "a", false));
+        assert_eq!(
+            [active(&m, "a"), active(&m, "b"), active(&m, "memory")],
+            [Some(1.0), Some(0.0), Some(0.0)]
+        );
+        assert_eq!(fallback(&m), Some(0.0));
+        m.group_event(store, &change(1, "memory", true));
+        assert_eq!(
+            [active(&m, "a"), active(&m, "b"), active(&m, "memory")],
+            [Some(0.0), Some(0.0), Some(1.0)]
+        );
+        assert_eq!(fallback(&m), Some(1.0), "on its fallback");
+        assert_eq!(
+            value(&m, "tether_group_changes_total{group=\"store\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&m, "tether_group_conflict{group=\"store\"}"),
+            Some(1.0)
+        );
+        // A conflict ending is no change of member.
+        let mut resolved = change(2, "memory", false);
+        resolved.kind = GroupEventKind::ConflictResolved;
+        m.group_event(store, &resolved);
+        assert_eq!(
+            value(&m, "tether_group_changes_total{group=\"store\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&m, "tether_group_conflict{group=\"store\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn group_hook_runs_are_counted_by_event_and_result() {
+        let config = grouped("hooks.on_change = { command = [\"true\"] }");
+        let store = &Arc::new(config.groups[0].clone());
+        let m = Metrics::new(&config).unwrap();
+        let series = |event: &str, result: &str| {
+            format!(
+                "tether_group_hook_runs_total{{event=\"{event}\",group=\"store\",result=\"{result}\"}}"
+            )
+        };
+        assert_eq!(value(&m, &series("change", "ok")), Some(0.0));
+        assert_eq!(value(&m, &series("conflict", "ok")), None, "no on_conflict");
+        m.group_hook_run(
+            store,
+            GroupEventKind::Change,
+            HookResult::Timeout,
+            Duration::from_secs(1),
+        );
+        assert_eq!(value(&m, &series("change", "timeout")), Some(1.0));
+    }
+
+    #[test]
+    fn a_reload_adds_and_removes_group_series_and_keeps_the_counts_of_kept_groups() {
+        let config = grouped("");
+        let store = &Arc::new(config.groups[0].clone());
+        let m = Metrics::new(&config).unwrap();
+        m.group_event(store, &change(0, "b", false));
+        let reloaded =
+            grouped("[[groups]]\nname = \"jobs\"\nmembers = [\"a\"]\nfallback = \"inline\"");
+        m.apply_groups(&reloaded);
+        assert_eq!(
+            value(&m, "tether_group_changes_total{group=\"store\"}"),
+            Some(1.0)
+        );
+        assert_eq!(active(&m, "b"), Some(1.0));
+        assert_eq!(
+            value(&m, "tether_group_active{group=\"jobs\",member=\"inline\"}"),
+            Some(0.0)
+        );
+        m.apply_groups(&self::config());
+        assert!(!text(&m).contains("tether_group_"), "{}", text(&m));
+        m.group_event(store, &change(1, "a", false));
+        assert!(
+            !text(&m).contains("group=\"store\""),
+            "a late decision revived store"
         );
     }
 

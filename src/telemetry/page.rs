@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::telemetry::events::{Entry, Index};
 use crate::telemetry::http::{App, Body};
-use crate::telemetry::status::{Document, TargetStatus, Timestamp};
+use crate::telemetry::status::{Document, GroupStatus, TargetStatus, Timestamp};
 use crate::watch::machine::State;
 
 /// The skeleton, with `{{name}}` where the values go.
@@ -105,6 +105,16 @@ pub fn render(doc: &Document, index: &Index, events: &[Arc<Entry>]) -> String {
             "instance" => out.push_str(&escape(&doc.instance)),
             "version" => out.push_str(&escape(&doc.version)),
             "stopping" => out.push_str(if doc.stopping { "true" } else { "false" }),
+            "groups_hidden" => {
+                if doc.groups.is_empty() {
+                    out.push_str(" hidden");
+                }
+            }
+            "groups" => {
+                for g in &doc.groups {
+                    group_row(&mut out, g, doc.generated_at);
+                }
+            }
             "targets" => {
                 for t in &doc.targets {
                     target_row(&mut out, t, doc.generated_at);
@@ -179,6 +189,78 @@ fn target_row(out: &mut String, t: &TargetStatus, now: Timestamp) {
     );
 }
 
+/// One group's row: the cells the script renders, in the same order, and the fields it
+/// takes over in `data-` attributes (member names never hold a comma).
+fn group_row(out: &mut String, g: &GroupStatus, now: Timestamp) {
+    let active = g.active.as_deref().unwrap_or("");
+    let active_cell = match &g.active {
+        None => "<span class=\"badge undecided\">undecided</span>".to_owned(),
+        Some(name) if g.fallback_active => {
+            format!(
+                "<span class=\"fallback\">{}</span> (fallback)",
+                escape(name)
+            )
+        }
+        Some(name) => format!("<span class=\"badge up\">{}</span>", escape(name)),
+    };
+    let members = g
+        .members
+        .iter()
+        .map(|m| {
+            if Some(m.as_str()) == g.active.as_deref() {
+                format!("<span class=\"on\">{}</span>", escape(m))
+            } else {
+                format!("<span>{}</span>", escape(m))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let conflict = if g.conflict {
+        format!(
+            "<span class=\"conflict\">{}</span>",
+            escape(&conflict_text(&g.claimants))
+        )
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        out,
+        "\n<tr data-group=\"{name}\" data-members=\"{members_list}\" data-fallback=\"{fallback}\" \
+         data-active=\"{active}\" data-fallback-active=\"{fallback_active}\" data-since=\"{since}\" \
+         data-conflict=\"{in_conflict}\" data-claimants=\"{claimants}\" data-required=\"{required}\">\
+         <th scope=\"row\">{name}{optional}</th>\
+         <td class=\"active\">{active_cell}</td><td class=\"for\">{for_}</td>\
+         <td class=\"members\">{members}</td><td class=\"conflict\">{conflict}</td>\
+         <td class=\"reason\">{reason}</td><td class=\"id\">{id}</td></tr>",
+        name = escape(&g.name),
+        members_list = escape(&g.members.join(",")),
+        fallback = escape(&g.fallback),
+        active = escape(active),
+        fallback_active = g.fallback_active,
+        since = g.since,
+        in_conflict = g.conflict,
+        claimants = escape(&g.claimants.join(",")),
+        required = g.required,
+        optional = if g.required {
+            ""
+        } else {
+            " <span class=\"opt\">(optional)</span>"
+        },
+        for_ = if g.active.is_some() {
+            duration(g.since.until(now).as_secs())
+        } else {
+            String::new()
+        },
+        reason = escape(g.reason.as_deref().unwrap_or("")),
+        id = escape(g.event_id.as_deref().unwrap_or("")),
+    );
+}
+
+/// `conflict: a, b claim primary`, as the script writes it too.
+fn conflict_text(claimants: &[String]) -> String {
+    format!("conflict: {} claim primary", claimants.join(", "))
+}
+
 /// The fields of an event's data that the page lists.
 #[derive(Deserialize)]
 struct Listed {
@@ -192,6 +274,14 @@ struct Listed {
     previous_state: Option<String>,
     #[serde(default)]
     event_id: Option<String>,
+    #[serde(default)]
+    active: Option<String>,
+    #[serde(default)]
+    previous_active: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    claimants: Vec<String>,
 }
 
 fn event_row(out: &mut String, entry: &Entry) {
@@ -210,6 +300,21 @@ fn event_row(out: &mut String, entry: &Entry) {
                 _ => format!("{state} ({event})"),
             }
         }
+        // `a → b (active-lost)`; `conflict: a, b claim primary`.
+        "group" => match data.event.as_deref() {
+            Some("conflict") => conflict_text(&data.claimants),
+            Some("conflict_resolved") => "conflict over".to_owned(),
+            _ => format!(
+                "{}{} ({})",
+                data.previous_active
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| format!("{p} \u{2192} "))
+                    .unwrap_or_default(),
+                data.active.as_deref().unwrap_or("?"),
+                data.reason.as_deref().unwrap_or("?"),
+            ),
+        },
         "target_added" => "added".to_owned(),
         "target_removed" => "removed".to_owned(),
         other => other.to_owned(),
@@ -338,6 +443,64 @@ mod tests {
     }
 
     #[test]
+    fn groups_are_listed_above_the_targets_only_when_configured_with_their_decision() {
+        let html = render(&doc_with_error("db", ""), &Index::here(0), &[]);
+        assert!(html.contains("<div class=\"wrap\" id=\"groups-wrap\" hidden>"));
+
+        let config = Config::parse(
+            "[[targets]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\
+             [[targets]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n\
+             [[groups]]\nname = \"store\"\nmembers = [\"a\", \"b\"]\nfallback = \"memory\"\n",
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        let mut doc = Status::new(&config).document();
+        let html = render(&doc, &Index::here(0), &[]);
+        assert!(
+            html.contains("<div class=\"wrap\" id=\"groups-wrap\">"),
+            "{html}"
+        );
+        assert!(html.contains("<span class=\"badge undecided\">undecided</span>"));
+        assert!(html.find("id=\"groups\"").unwrap() < html.find("id=\"targets\"").unwrap());
+
+        let g = &mut doc.groups[0];
+        g.active = Some("b".into());
+        g.conflict = true;
+        g.claimants = vec!["a".into(), "b".into()];
+        let html = render(&doc, &Index::here(0), &[]);
+        assert!(
+            html.contains("<td class=\"active\"><span class=\"badge up\">b</span></td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span>a</span>, <span class=\"on\">b</span>"),
+            "{html}"
+        );
+        assert!(html.contains("<span class=\"conflict\">conflict: a, b claim primary</span>"));
+
+        let g = &mut doc.groups[0];
+        g.active = Some("memory".into());
+        g.fallback_active = true;
+        let html = render(&doc, &Index::here(0), &[]);
+        assert!(
+            html.contains("<span class=\"fallback\">memory</span> (fallback)"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn a_group_event_is_listed_with_what_the_group_uses_now() {
+        let events = [Arc::new(Entry {
+            position: 1,
+            kind: "group",
+            target: "store".into(),
+            data: r#"{"event":"change","active":"b","previous_active":"a","reason":"active-lost","claimants":[],"event_id":"store:1","timestamp":"2025-01-31T10:15:02.114Z"}"#.into(),
+        })];
+        let html = render(&doc_with_error("db", ""), &Index::here(1), &events);
+        assert!(html.contains("<th scope=\"row\">store</th><td class=\"what\">a \u{2192} b (active-lost)</td><td class=\"id\">store:1</td>"), "{html}");
+    }
+
+    #[test]
     fn durations_read_in_the_largest_two_units() {
         assert_eq!(duration(12), "12 s");
         assert_eq!(duration(184), "3 min 4 s");
@@ -349,6 +512,6 @@ mod tests {
     fn the_page_of_a_few_targets_stays_small() {
         let doc = doc_with_error("db", "connect db.internal:5432: connection refused");
         let size = render(&doc, &Index::here(0), &[]).len();
-        assert!(size < 16 * 1024, "{size} bytes");
+        assert!(size < 20 * 1024, "{size} bytes");
     }
 }

@@ -6,6 +6,12 @@
 //! behind its own mutex: a transition locks only its target's slot, and the map of slots
 //! is only write-locked when a target is added or removed. Readiness is a counter kept
 //! up to date on each transition, so `/readyz` never visits every target.
+//!
+//! Failover groups have their entries here too, fed by the groups' decisions. A member
+//! of a group counts toward readiness only through its group(s): the application is
+//! meant to work while any member is active, so one member going down must not make
+//! it unready, and a group that does not count must not make it stricter than one that
+//! does.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -16,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::Notify;
 
-use crate::config::{Config, Target};
-use crate::probe::Role;
+use crate::config::{Config, Failback, Group, Role, Target};
+use crate::watch::groups::{GroupEvent, GroupEventKind};
 use crate::watch::machine::{Event, State, Transition};
 use crate::watch::observe::{ActorId, Observer};
 
@@ -32,22 +38,141 @@ pub struct Document {
     /// When this document was taken; `tether status` measures "for how long" from it,
     /// so a skewed reader clock does not matter.
     pub generated_at: Timestamp,
-    /// What `/readyz` answers: every required target is up and the sidecar is not
-    /// stopping.
+    /// What `/readyz` answers: every required target outside groups is up, every
+    /// required group has an active member, and the sidecar is not stopping.
     pub ready: bool,
     /// The sidecar received SIGTERM/SIGINT and is closing its connections.
     pub stopping: bool,
     /// One entry per target, sorted by name.
     pub targets: Vec<TargetStatus>,
+    /// One entry per failover group, sorted by name; left out when there are none, so
+    /// the document of a config without groups is what it always was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
 }
 
 impl Document {
-    /// Whether every required target is up (what `tether status` exits 0 on).
+    /// Whether every required target outside groups is up and every required group
+    /// has an active member (what `tether status` exits 0 on).
     pub fn required_up(&self) -> bool {
+        let grouped: HashSet<&str> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.members.iter().map(String::as_str))
+            .collect();
         self.targets
             .iter()
-            .all(|t| !t.required || t.state == State::Up)
+            .all(|t| !t.required || grouped.contains(t.name.as_str()) || t.state == State::Up)
+            && self.groups.iter().all(|g| !g.required || g.serving())
     }
+}
+
+/// One failover group in the `/status` document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    /// Target names, in order of preference.
+    pub members: Vec<String>,
+    /// The role members must report to be eligible; `null` when any member that is up
+    /// will do.
+    pub role: Option<Role>,
+    /// The name `active` takes while no member is eligible.
+    pub fallback: String,
+    pub failback: Failback,
+    /// The member in use, or the fallback's name; `null` before the group's first
+    /// decision.
+    pub active: Option<String>,
+    /// Whether `active` is the fallback.
+    pub fallback_active: bool,
+    /// When `active` last changed (or the group was configured, before its first
+    /// decision).
+    pub since: Timestamp,
+    /// Whether members disagree on which is primary.
+    pub conflict: bool,
+    /// The members claiming `primary` while in conflict; empty otherwise.
+    #[serde(default)]
+    pub claimants: Vec<String>,
+    /// Why `active` last changed (`active-lost`, `preferred-eligible`, ...).
+    pub reason: Option<String>,
+    /// The id of the group's last event, `<group>:<sequence>`, as hooks received it.
+    pub event_id: Option<String>,
+    /// Whether the group counts toward `/readyz`.
+    pub required: bool,
+}
+
+impl GroupStatus {
+    fn new(group: &Group, now: SystemTime) -> GroupStatus {
+        let mut status = GroupStatus {
+            name: group.name.clone(),
+            members: Vec::new(),
+            role: None,
+            fallback: String::new(),
+            failback: group.failback,
+            active: None,
+            fallback_active: false,
+            since: Timestamp(now),
+            conflict: false,
+            claimants: Vec::new(),
+            reason: None,
+            event_id: None,
+            required: group.required,
+        };
+        status.configure(group);
+        status
+    }
+
+    /// Takes over a reloaded group's settings, keeping its decision while that still
+    /// names one of its members or its fallback.
+    fn configure(&mut self, group: &Group) {
+        if self.fallback_active {
+            self.active = Some(group.fallback.clone());
+        } else if self
+            .active
+            .as_ref()
+            .is_some_and(|a| !group.members.contains(a))
+        {
+            self.active = None;
+        }
+        self.members = group.members.clone();
+        self.role = group.role;
+        self.fallback = group.fallback.clone();
+        self.failback = group.failback;
+        self.required = group.required;
+    }
+
+    /// Whether a member is active: what a required group needs for `/readyz`.
+    pub fn serving(&self) -> bool {
+        self.active.is_some() && !self.fallback_active
+    }
+
+    /// Whether the group holds `/readyz` at 503.
+    fn holds_readiness(&self) -> bool {
+        self.required && !self.serving()
+    }
+
+    fn record(&mut self, group: &Group, e: &GroupEvent) {
+        self.active = Some(e.active.clone());
+        self.fallback_active = e.fallback;
+        self.conflict = e.conflict;
+        if !e.conflict {
+            self.claimants.clear();
+        } else if !e.claimants.is_empty() {
+            self.claimants = e.claimants.clone();
+        }
+        if e.kind == GroupEventKind::Change {
+            self.since = Timestamp(e.at);
+            self.reason = Some(e.reason.as_str().to_owned());
+        }
+        self.event_id = Some(e.event_id(&group.name));
+    }
+}
+
+/// A required group that holds `/readyz` at 503, for the body of the answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupNotReady {
+    pub name: String,
+    /// In its fallback (`true`) or still undecided.
+    pub in_fallback: bool,
 }
 
 /// One target in the `/status` document.
@@ -80,6 +205,11 @@ pub struct TargetStatus {
     /// Absent from an older sidecar's document.
     #[serde(default)]
     pub role: Option<Role>,
+    /// When the certificate of the target's server expires (the leaf's notAfter), as
+    /// seen at the last TLS connection; absent for a target without `tls`, or before
+    /// its first handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_not_after: Option<Timestamp>,
 }
 
 /// A wall-clock time, written as RFC 3339 in UTC with milliseconds.
@@ -118,8 +248,12 @@ impl<'de> Deserialize<'de> for Timestamp {
 pub struct Status {
     /// One slot per target, by name. Write-locked only to add or remove a target.
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
-    /// Required targets that are not up; `/readyz` is 200 when this is 0.
+    /// Required targets outside groups that are not up, and required groups without an
+    /// active member; `/readyz` is 200 when this is 0.
     not_ready: AtomicUsize,
+    /// Each group's entry, by name. Locked after `slots` when both are needed, so a
+    /// document and a reload see targets and groups of the same config.
+    groups: Mutex<BTreeMap<String, GroupStatus>>,
     /// Set on SIGTERM: `/readyz` turns 503 and removed targets keep their last state, so
     /// the state file left behind still tells the application its mode.
     stopping: AtomicBool,
@@ -135,6 +269,29 @@ pub struct Status {
 /// One target's slot.
 struct Slot {
     entry: Mutex<TargetStatus>,
+    /// Whether the target is a member of a group, and so counts toward readiness only
+    /// through it. Changed only under the entry's lock.
+    grouped: AtomicBool,
+}
+
+impl Slot {
+    fn grouped(&self) -> bool {
+        self.grouped.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether a target holds `/readyz` at 503.
+fn holds_readiness(e: &TargetStatus, grouped: bool) -> bool {
+    e.required && !grouped && e.state != State::Up
+}
+
+/// Every target that is a member of some group of `config`.
+fn members(config: &Config) -> HashSet<&str> {
+    config
+        .groups
+        .iter()
+        .flat_map(|g| g.members.iter().map(String::as_str))
+        .collect()
 }
 
 impl Status {
@@ -144,6 +301,7 @@ impl Status {
         let status = Status {
             slots: RwLock::new(BTreeMap::new()),
             not_ready: AtomicUsize::new(0),
+            groups: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
             version: AtomicU64::new(0),
@@ -152,9 +310,12 @@ impl Status {
         {
             let mut slots = status.write_slots();
             let now = SystemTime::now();
+            let grouped = members(config);
             for target in &config.targets {
-                slots.insert(target.name.clone(), status.new_slot(target, now));
+                let slot = status.new_slot(target, grouped.contains(target.name.as_str()), now);
+                slots.insert(target.name.clone(), slot);
             }
+            status.apply_groups(config, now);
         }
         status
     }
@@ -162,35 +323,76 @@ impl Status {
     /// Takes over the target set of a reloaded config in one step: removed targets
     /// leave and added ones appear (`connecting`) together, so no reader ever sees a
     /// mix of the two configs, whatever the actors are doing meanwhile. Kept targets
-    /// keep their state.
+    /// keep their state; groups likewise: kept ones keep their decision, added ones are
+    /// undecided until they decide.
     pub fn apply(&self, config: &Config) {
         let now = SystemTime::now();
         let mut slots = self.write_slots();
         let wanted: HashSet<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        let grouped = members(config);
         slots.retain(|name, slot| {
             let keep = wanted.contains(name.as_str());
-            if !keep {
-                let e = lock(&slot.entry);
-                if e.required && e.state != State::Up {
-                    self.not_ready.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
+            let e = lock(&slot.entry);
+            let held = holds_readiness(&e, slot.grouped());
+            let now_grouped = grouped.contains(name.as_str());
+            let holds = keep && holds_readiness(&e, now_grouped);
+            slot.grouped.store(now_grouped, Ordering::Relaxed);
+            self.count(held, holds);
             keep
         });
         for target in &config.targets {
             if !slots.contains_key(&target.name) {
-                let slot = self.new_slot(target, now);
+                let slot = self.new_slot(target, grouped.contains(target.name.as_str()), now);
                 slots.insert(target.name.clone(), slot);
             }
         }
+        self.apply_groups(config, now);
         drop(slots);
         self.bump();
     }
 
-    fn new_slot(&self, target: &Target, now: SystemTime) -> Arc<Slot> {
-        if target.required {
-            self.not_ready.fetch_add(1, Ordering::AcqRel);
+    /// Takes over the groups of `config`; called with the slots write-locked.
+    fn apply_groups(&self, config: &Config, now: SystemTime) {
+        let mut groups = self.lock_groups();
+        let mut next = BTreeMap::new();
+        for g in &config.groups {
+            let entry = match groups.remove(&g.name) {
+                Some(mut kept) => {
+                    let held = kept.holds_readiness();
+                    kept.configure(g);
+                    self.count(held, kept.holds_readiness());
+                    kept
+                }
+                None => {
+                    let added = GroupStatus::new(g, now);
+                    self.count(false, added.holds_readiness());
+                    added
+                }
+            };
+            next.insert(g.name.clone(), entry);
         }
+        for removed in groups.values() {
+            self.count(removed.holds_readiness(), false);
+        }
+        *groups = next;
+    }
+
+    /// Moves the readiness count for one target or group that held `/readyz` at 503
+    /// (`was`) and now does (`is`).
+    fn count(&self, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => {
+                self.not_ready.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.not_ready.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+
+    fn new_slot(&self, target: &Target, grouped: bool, now: SystemTime) -> Arc<Slot> {
+        self.count(false, target.required && !grouped);
         Arc::new(Slot {
             entry: Mutex::new(TargetStatus {
                 name: target.name.clone(),
@@ -205,7 +407,9 @@ impl Status {
                 event: None,
                 fallback: false,
                 role: None,
+                tls_not_after: None,
             }),
+            grouped: AtomicBool::new(grouped),
         })
     }
 
@@ -214,15 +418,32 @@ impl Status {
         !self.stopping.load(Ordering::Acquire) && self.not_ready.load(Ordering::Acquire) == 0
     }
 
-    /// The required targets that are not up, for the body of a 503.
+    /// The required targets outside groups that are not up, for the body of a 503.
     pub fn not_ready(&self) -> Vec<String> {
         self.read_slots()
             .values()
             .filter_map(|slot| {
                 let e = lock(&slot.entry);
-                (e.required && e.state != State::Up).then(|| e.name.clone())
+                holds_readiness(&e, slot.grouped()).then(|| e.name.clone())
             })
             .collect()
+    }
+
+    /// The required groups without an active member, for the body of a 503.
+    pub fn groups_not_ready(&self) -> Vec<GroupNotReady> {
+        self.lock_groups()
+            .values()
+            .filter(|g| g.holds_readiness())
+            .map(|g| GroupNotReady {
+                name: g.name.clone(),
+                in_fallback: g.fallback_active,
+            })
+            .collect()
+    }
+
+    /// The status of one group.
+    pub fn group(&self, name: &str) -> Option<GroupStatus> {
+        self.lock_groups().get(name).cloned()
     }
 
     /// Whether every target has finished its first attempt, up or down: what
@@ -283,11 +504,13 @@ impl Status {
 
     /// A consistent-per-target snapshot of every target.
     pub fn document(&self) -> Document {
-        let targets: Vec<TargetStatus> = self
-            .read_slots()
+        let slots = self.read_slots();
+        let targets: Vec<TargetStatus> = slots
             .values()
             .map(|slot| lock(&slot.entry).clone())
             .collect();
+        let groups = self.lock_groups().values().cloned().collect();
+        drop(slots);
         Document {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instance: crate::instance::id().to_owned(),
@@ -295,6 +518,7 @@ impl Status {
             ready: self.ready(),
             stopping: self.is_stopping(),
             targets,
+            groups,
         }
     }
 
@@ -329,16 +553,9 @@ impl Status {
             return;
         };
         let mut entry = lock(&slot.entry);
-        let was_up = entry.state == State::Up;
+        let held = holds_readiness(&entry, slot.grouped());
         f(&mut entry);
-        let is_up = entry.state == State::Up;
-        if entry.required && was_up != is_up {
-            if is_up {
-                self.not_ready.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                self.not_ready.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        self.count(held, holds_readiness(&entry, slot.grouped()));
         drop(entry);
         drop(slots);
         self.bump();
@@ -352,6 +569,11 @@ impl Status {
 
     fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Slot>>> {
         self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_groups(&self) -> MutexGuard<'_, BTreeMap<String, GroupStatus>> {
+        // Each group's entry is changed by one call that leaves it whole.
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -375,18 +597,14 @@ impl Observer for Status {
         let mut e = lock(&slot.entry);
         // The new actor holds no connection yet, so nothing is known of the role.
         e.role = None;
+        if target.tls.is_none() {
+            e.tls_not_after = None;
+        }
         e.address = target.address.to_string();
         e.probe = target.probe.kind().name.to_owned();
-        if e.required != target.required {
-            if e.state != State::Up {
-                if target.required {
-                    self.not_ready.fetch_add(1, Ordering::AcqRel);
-                } else {
-                    self.not_ready.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
-            e.required = target.required;
-        }
+        let held = holds_readiness(&e, slot.grouped());
+        e.required = target.required;
+        self.count(held, holds_readiness(&e, slot.grouped()));
         drop(e);
         self.bump();
     }
@@ -426,8 +644,25 @@ impl Observer for Status {
         self.update(target, |e| e.role = role);
     }
 
+    fn certificate(&self, target: &Target, not_after: SystemTime) {
+        self.update(target, |e| e.tls_not_after = Some(Timestamp(not_after)));
+    }
+
     // `stopped` changes nothing: which targets are listed follows the config, applied
     // whole by `apply`, not the order in which old actors happen to end.
+
+    fn group_event(&self, group: &Arc<Group>, event: &GroupEvent) {
+        let mut groups = self.lock_groups();
+        // No entry: a group a reload removed, deciding late. It does not come back.
+        let Some(entry) = groups.get_mut(&group.name) else {
+            return;
+        };
+        let held = entry.holds_readiness();
+        entry.record(group, event);
+        self.count(held, entry.holds_readiness());
+        drop(groups);
+        self.bump();
+    }
 }
 
 #[cfg(test)]
@@ -767,6 +1002,279 @@ mod tests {
             // Milliseconds survive; finer digits are not written.
             assert!(read.since.until(kept.since) < Duration::from_millis(1));
         }
+    }
+
+    /// db outside any group; a and b in the group "store" (fallback "memory").
+    fn grouped(extra: &str) -> Config {
+        config(&format!(
+            r#"
+            [[targets]]
+            name = "db"
+            address = "127.0.0.1:5432"
+            [[targets]]
+            name = "a"
+            address = "127.0.0.1:6379"
+            probe = "redis"
+            [[targets]]
+            name = "b"
+            address = "127.0.0.1:6380"
+            probe = "redis"
+            [[groups]]
+            name = "store"
+            members = ["a", "b"]
+            fallback = "memory"
+            {extra}
+            "#
+        ))
+    }
+
+    fn group_event(
+        seq: u64,
+        kind: GroupEventKind,
+        active: &str,
+        previous: Option<&str>,
+        reason: crate::watch::group::Reason,
+        claimants: &[&str],
+        conflict: bool,
+    ) -> GroupEvent {
+        GroupEvent {
+            seq,
+            kind,
+            active: active.to_owned(),
+            fallback: active == "memory",
+            previous_active: previous.map(str::to_owned),
+            reason,
+            claimants: claimants.iter().map(|c| (*c).to_owned()).collect(),
+            conflict,
+            at: SystemTime::now(),
+        }
+    }
+
+    fn change(seq: u64, active: &str, previous: Option<&str>, reason: Reason) -> GroupEvent {
+        group_event(
+            seq,
+            GroupEventKind::Change,
+            active,
+            previous,
+            reason,
+            &[],
+            false,
+        )
+    }
+
+    use crate::watch::group::Reason;
+
+    #[test]
+    fn a_group_is_listed_undecided_then_shows_each_decision_and_conflict() {
+        let config = grouped("");
+        let store = &Arc::new(config.groups[0].clone());
+        let status = Status::new(&config);
+        let g = &status.document().groups[0];
+        assert_eq!(
+            (g.name.as_str(), g.members.as_slice(), g.fallback.as_str()),
+            ("store", &["a".to_owned(), "b".to_owned()][..], "memory")
+        );
+        assert_eq!(
+            (g.active.as_deref(), g.role, g.failback),
+            (None, None, Failback::Immediate)
+        );
+        assert!(!g.fallback_active && !g.conflict && g.claimants.is_empty() && g.required);
+        assert_eq!((g.reason.as_deref(), g.event_id.as_deref()), (None, None));
+
+        let first = change(0, "a", None, Reason::PreferredEligible);
+        status.group_event(store, &first);
+        let g = status.group("store").unwrap();
+        assert_eq!(g.active.as_deref(), Some("a"));
+        assert_eq!(g.since, Timestamp(first.at));
+        assert_eq!(g.reason.as_deref(), Some("preferred-eligible"));
+        assert_eq!(g.event_id.as_deref(), Some("store:0"));
+
+        let mut conflict = group_event(
+            1,
+            GroupEventKind::Conflict,
+            "a",
+            Some("a"),
+            Reason::Conflict,
+            &["a", "b"],
+            true,
+        );
+        conflict.at = first.at + Duration::from_secs(3);
+        status.group_event(store, &conflict);
+        let g = status.group("store").unwrap();
+        assert!(g.conflict);
+        assert_eq!(g.claimants, ["a", "b"]);
+        assert_eq!(g.since, Timestamp(first.at), "a conflict changes no member");
+        assert_eq!(g.reason.as_deref(), Some("preferred-eligible"));
+        assert_eq!(g.event_id.as_deref(), Some("store:1"));
+
+        // Still in conflict when the active member is lost: the claimants stay listed.
+        let mut lost = change(2, "memory", Some("a"), Reason::Conflict);
+        lost.conflict = true;
+        status.group_event(store, &lost);
+        let g = status.group("store").unwrap();
+        assert_eq!(
+            (g.active.as_deref(), g.fallback_active),
+            (Some("memory"), true)
+        );
+        assert_eq!(g.claimants, ["a", "b"]);
+        assert_eq!(g.reason.as_deref(), Some("conflict"));
+
+        let resolved = group_event(
+            3,
+            GroupEventKind::ConflictResolved,
+            "memory",
+            Some("memory"),
+            Reason::Conflict,
+            &[],
+            false,
+        );
+        status.group_event(store, &resolved);
+        let g = status.group("store").unwrap();
+        assert!(!g.conflict && g.claimants.is_empty());
+        assert_eq!(g.event_id.as_deref(), Some("store:3"));
+    }
+
+    #[test]
+    fn a_required_group_counts_once_for_readiness_and_its_members_only_through_it() {
+        let config = grouped("");
+        let store = &Arc::new(config.groups[0].clone());
+        let [db, a, b] = [0, 1, 2].map(|i| Arc::new(config.targets[i].clone()));
+        let status = Status::new(&config);
+        assert_eq!(
+            status.not_ready(),
+            ["db"],
+            "members count only through the group"
+        );
+        let undecided = GroupNotReady {
+            name: "store".into(),
+            in_fallback: false,
+        };
+        assert_eq!(status.groups_not_ready(), [undecided]);
+        let up = transition(0, Event::Connect, State::Connecting, State::Up);
+        status.transition(&db, &up);
+        status.transition(&a, &up);
+        assert!(
+            !status.ready(),
+            "a member is up but the group has not decided"
+        );
+        status.group_event(store, &change(0, "a", None, Reason::PreferredEligible));
+        assert!(status.ready());
+        assert!(status.document().ready);
+
+        // b never came up and a goes down: the group still uses a until it decides.
+        status.transition(
+            &b,
+            &transition(0, Event::Disconnect, State::Connecting, State::Down),
+        );
+        status.transition(
+            &a,
+            &transition(1, Event::Disconnect, State::Up, State::Down),
+        );
+        assert!(status.ready(), "members do not count on their own");
+        status.group_event(
+            store,
+            &change(1, "memory", Some("a"), Reason::NoEligibleMember),
+        );
+        assert!(
+            !status.ready(),
+            "a required group in its fallback is not ready"
+        );
+        assert!(status.not_ready().is_empty());
+        assert_eq!(
+            status.groups_not_ready(),
+            [GroupNotReady {
+                name: "store".into(),
+                in_fallback: true
+            }]
+        );
+        assert!(!status.document().required_up());
+        status.group_event(
+            store,
+            &change(2, "b", Some("memory"), Reason::PreferredEligible),
+        );
+        assert!(status.ready());
+        assert!(status.document().required_up());
+
+        // A group that does not count: its members still count only through it.
+        let optional = grouped("required = false");
+        let status = Status::new(&optional);
+        assert!(status.groups_not_ready().is_empty());
+        status.transition(&db, &up);
+        assert!(
+            status.ready(),
+            "neither the group nor its members hold readiness"
+        );
+        assert!(status.document().required_up());
+    }
+
+    #[test]
+    fn a_reload_keeps_kept_groups_decisions_adds_undecided_ones_and_drops_removed_ones() {
+        let config = grouped("");
+        let store = &Arc::new(config.groups[0].clone());
+        let db = &Arc::new(config.targets[0].clone());
+        let status = Status::new(&config);
+        status.transition(
+            db,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        status.group_event(store, &change(0, "b", None, Reason::PreferredEligible));
+        assert!(status.ready());
+        let reloaded = grouped(
+            r#"
+            [[groups]]
+            name = "jobs"
+            members = ["db"]
+            fallback = "inline"
+            "#,
+        );
+        status.apply(&reloaded);
+        let doc = status.document();
+        let names: Vec<&str> = doc.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["jobs", "store"]);
+        assert_eq!(doc.groups[1].active.as_deref(), Some("b"), "kept as it was");
+        assert_eq!(doc.groups[0].active, None);
+        assert!(!status.ready(), "the added group has not decided");
+        assert!(status.not_ready().is_empty(), "db now counts through jobs");
+
+        // The groups go: their members count on their own again.
+        status.apply(&two_targets());
+        assert!(status.document().groups.is_empty());
+        assert!(status.ready());
+        // A removed group deciding late comes back nowhere.
+        status.group_event(store, &change(1, "a", Some("b"), Reason::ActiveLost));
+        assert!(status.group("store").is_none());
+        assert!(status.ready());
+    }
+
+    #[test]
+    fn the_document_has_groups_only_when_some_are_configured() {
+        let json = Status::new(&two_targets()).document_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(value.get("groups").is_none(), "{value}");
+
+        let status = Status::new(&grouped("role = \"primary\"\nfailback = \"manual\""));
+        let value: serde_json::Value = serde_json::from_slice(&status.document_json()).unwrap();
+        let g = &value["groups"][0];
+        assert_eq!(g["role"], "primary");
+        assert_eq!(g["failback"], "manual");
+        assert_eq!(g["active"], serde_json::Value::Null);
+        assert_eq!(g["claimants"], serde_json::json!([]));
+        for key in [
+            "fallback_active",
+            "since",
+            "conflict",
+            "reason",
+            "event_id",
+            "required",
+        ] {
+            assert!(g.get(key).is_some(), "no {key} in {g}");
+        }
+        let mut read: Document = serde_json::from_slice(&status.document_json()).unwrap();
+        let kept = status.document().groups;
+        // Milliseconds survive; finer digits are not written.
+        assert!(read.groups[0].since.until(kept[0].since) < Duration::from_millis(1));
+        read.groups[0].since = kept[0].since;
+        assert_eq!(read.groups, kept);
     }
 
     #[test]

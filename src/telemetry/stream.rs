@@ -3,7 +3,8 @@
 //! event after it, in order, each with `id: <instance>:<position>`. `Last-Event-ID`
 //! or `?since=` resumes after a position from the history; a position the history no
 //! longer holds, or one from another run of tether, gets `reset` and a new snapshot.
-//! `?target=a,b` keeps only those targets' events. A subscriber that falls behind its
+//! `?target=a,b` keeps only those targets' events; a group's name keeps its `group`
+//! events. A subscriber that falls behind its
 //! buffer also gets `reset` and a snapshot: it never makes tether hold more, and never
 //! delays a checker, a hook or another subscriber.
 

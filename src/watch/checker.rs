@@ -11,9 +11,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +21,7 @@ use crate::connect::{self, AttemptError, Connection, Limits};
 use crate::net::{self, Hangup, Readiness};
 use crate::probe::{Prober, Role};
 use crate::secrets;
+use crate::tls::Stream;
 use crate::watch::loss::Loss;
 use crate::watch::machine::{Input, Machine, Next, Snapshot};
 use crate::watch::observe::Observer;
@@ -43,7 +43,20 @@ pub struct Checker {
     /// The role last reported; a restarted actor starts from unknown, as the
     /// listeners do on `started`.
     role: Mutex<Option<Role>>,
+    /// What was last told of the server's certificate.
+    certificate: Mutex<Certificate>,
 }
+
+/// The certificate's expiry as last reported, and when its nearness was last warned of.
+#[derive(Default)]
+struct Certificate {
+    not_after: Option<SystemTime>,
+    warned: Option<Instant>,
+}
+
+/// A certificate that keeps nearing its expiry is warned of again after this long: a
+/// line a day stays visible in logs without flooding them at every reconnect.
+const EXPIRY_WARNING_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The connection an up target holds, and what is due on it.
 struct Link {
@@ -68,7 +81,7 @@ impl Checker {
         memory: Arc<Mutex<Snapshot>>,
     ) -> Checker {
         let machine = Machine::resume(&target, &memory.lock().unwrap_or_else(|p| p.into_inner()));
-        let prober = Prober::new(&target.probe, &target.address);
+        let prober = Prober::new(&target.probe, &target.address, target.tls.as_ref());
         Checker {
             target,
             prober,
@@ -77,6 +90,7 @@ impl Checker {
             cancel,
             memory,
             role: Mutex::new(None),
+            certificate: Mutex::default(),
         }
     }
 
@@ -98,6 +112,9 @@ impl Checker {
                 Input::ConnectFailed(_) | Input::Lost(_) | Input::Failed(_) => None,
             };
             self.report_role(role);
+            if let (Input::Connected | Input::Tick, Some(link)) = (&input, &held) {
+                self.report_certificate(link.conn.not_after);
+            }
             let step = self.machine.on(input, Instant::now(), SystemTime::now());
             *self.memory.lock().unwrap_or_else(|p| p.into_inner()) = self.machine.snapshot();
             for t in &step.transitions {
@@ -188,8 +205,8 @@ impl Checker {
                         Ok(()) => match link
                             .conn
                             .stream
-                            .as_ref()
-                            .map(|s| if listen { net::peek(s) } else { net::drain(s) })
+                            .as_mut()
+                            .map(|s| if listen { s.peek() } else { s.drain() })
                         {
                             Some(Readiness::Ended(hangup)) => hangup,
                             Some(Readiness::Data(_)) if listen => {
@@ -222,6 +239,7 @@ impl Checker {
                     if link.next_resolve.is_some_and(|at| now >= at) {
                         Box::pin(self.follow(link)).await;
                         self.report_role(link.conn.role);
+                        self.report_certificate(link.conn.not_after);
                     }
                 }
             }
@@ -236,6 +254,7 @@ impl Checker {
         match Box::pin(self.recheck(link)).await {
             Ok(()) => {
                 self.report_role(link.conn.role);
+                self.report_certificate(link.conn.not_after);
                 None
             }
             Err(e) => Some(if closed_under_us(&e) {
@@ -253,6 +272,39 @@ impl Checker {
             *reported = role;
             drop(reported);
             self.observer.role(&self.target, role);
+        }
+    }
+
+    /// Tells the observers the expiry of the server's certificate if it changed, and
+    /// warns, once a day, when it is nearer than the target's `warn_before`.
+    fn report_certificate(&self, not_after: Option<SystemTime>) {
+        let (Some(not_after), Some(tls)) = (not_after, &self.target.tls) else {
+            return;
+        };
+        let mut cert = self.certificate.lock().unwrap_or_else(|p| p.into_inner());
+        if cert.not_after != Some(not_after) {
+            cert.not_after = Some(not_after);
+            cert.warned = None;
+            self.observer.certificate(&self.target, not_after);
+        }
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let due = cert
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= EXPIRY_WARNING_EVERY);
+        if left < tls.warn_before.get() && due {
+            cert.warned = Some(now);
+            let t = &self.target;
+            tracing::warn!(
+                target_name = %t.name,
+                address = %t.address,
+                not_after = %humantime::format_rfc3339_seconds(not_after),
+                "the TLS certificate of {} expires in {} (at {})", t.name,
+                humantime::format_duration(Duration::from_secs(left.as_secs())),
+                humantime::format_rfc3339_seconds(not_after),
+            );
         }
     }
 
@@ -352,9 +404,9 @@ fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() && a.port() == b.port()
 }
 
-async fn readable(stream: Option<&TcpStream>) -> io::Result<()> {
+async fn readable(stream: Option<&Stream>) -> io::Result<()> {
     match stream {
-        Some(stream) => stream.readable().await,
+        Some(stream) => stream.tcp().readable().await,
         None => std::future::pending().await,
     }
 }

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{Group, Target};
 use crate::probe::Role;
@@ -55,6 +55,11 @@ pub trait Observer: Send + Sync + 'static {
     /// not been told about; on a loss, the role turns unknown before the target leaves
     /// `up`, so "up and primary" is never seen of a connection that is gone.
     fn role(&self, _target: &Arc<Target>, _role: Option<Role>) {}
+
+    /// A TLS connection was made and its server's certificate expires at `not_after`;
+    /// told again only when that changes (a renewed certificate). Kept while the target
+    /// is down: the certificate does not go away with the connection.
+    fn certificate(&self, _target: &Target, _not_after: SystemTime) {}
 
     /// The held connection was moved to another address because the target's name
     /// now resolves elsewhere (DNS failover, a re-pointed service).
@@ -182,6 +187,10 @@ impl Observer for Observers {
 
     fn role(&self, target: &Arc<Target>, role: Option<Role>) {
         self.each("role", |o| o.role(target, role));
+    }
+
+    fn certificate(&self, target: &Target, not_after: SystemTime) {
+        self.each("certificate", |o| o.certificate(target, not_after));
     }
 
     fn address_changed(&self, target: &Target, from: SocketAddr, to: SocketAddr) {

@@ -8,12 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tether::watch::machine::Event;
+use tether::watch::observe::Observer;
 
 use crate::endpoint::{Reply, Sidecar};
 use crate::support::TestServer;
 use crate::support::eventually;
 use crate::support::harness::dead_port;
 use crate::support::redis::RedisServer;
+use crate::support::tls::{Pki, https_server};
 
 /// Reconnects fast so outages and returns take milliseconds.
 const FAST: &str = "backoff = { initial = \"10ms\", max = \"50ms\" }\nfailure_threshold = 3\n";
@@ -258,7 +260,9 @@ async fn promtool_finds_nothing_to_fix_in_the_exposition() {
     let sidecar = Sidecar::start(&format!(
         "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:{dead}\"\n{FAST}\
          hooks.on_failure = {{ command = [\"true\"] }}\n\
-         [[targets]]\nname = \"cache.v2\"\naddress = \"127.0.0.1:{dead}\"\nrequired = false\n"
+         [[targets]]\nname = \"cache.v2\"\naddress = \"127.0.0.1:{dead}\"\nrequired = false\n\
+         [[groups]]\nname = \"store\"\nmembers = [\"db\", \"cache.v2\"]\nfallback = \"memory\"\n\
+         hooks.on_change = {{ command = [\"true\"] }}\n"
     ))
     .await;
     // Every family with samples in it, histograms included.
@@ -266,7 +270,37 @@ async fn promtool_finds_nothing_to_fix_in_the_exposition() {
         .recorder
         .nth_event("db", Event::Failure, 1, Duration::from_secs(10))
         .await;
+    // This sidecar runs no group machine: its first decision is told to the metrics.
+    let config = tether::config::Config::parse(
+        "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:1\"\n\
+         [[groups]]\nname = \"store\"\nmembers = [\"db\"]\nfallback = \"memory\"\n",
+        "t.toml".as_ref(),
+    )
+    .unwrap();
+    let store = std::sync::Arc::new(config.groups[0].clone());
+    sidecar.telemetry.metrics().group_event(
+        &store,
+        &tether::watch::groups::GroupEvent {
+            seq: 0,
+            kind: tether::watch::groups::GroupEventKind::Change,
+            active: "memory".into(),
+            fallback: true,
+            previous_active: None,
+            reason: tether::watch::group::Reason::NoEligibleMember,
+            claimants: Vec::new(),
+            conflict: false,
+            at: std::time::SystemTime::now(),
+        },
+    );
     let body = scrape(&sidecar).await.body;
+    for family in [
+        "tether_group_active{group=\"store\",member=\"memory\"} 1",
+        "tether_group_changes_total{group=\"store\"} 1",
+        "tether_group_conflict{group=\"store\"} 0",
+        "tether_group_hook_runs_total{event=\"change\",group=\"store\",result=\"ok\"} 0",
+    ] {
+        assert!(body.contains(family), "no {family} in:\n{body}");
+    }
     sidecar.stop().await;
 
     let mut child = promtool
@@ -375,23 +409,31 @@ async fn the_dashboard_and_alert_queries_parse_and_name_only_metrics_tether_expo
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Every metric they name is in a live scrape of a tether whose hook has run.
+    // Every metric they name is in a live scrape of a tether whose hook has run, that
+    // holds a TLS connection and has a group.
     let dead = dead_port();
+    let pki = Pki::new();
+    let (https, server) = https_server(&pki, "good").await;
     let sidecar = Sidecar::start(&format!(
         "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:{dead}\"\n{FAST}\
-         hooks.on_failure = {{ command = [\"true\"] }}\n"
+         hooks.on_failure = {{ command = [\"true\"] }}\n\
+         [[targets]]\nname = \"edge\"\naddress = \"{https}\"\ntls = {{ ca_file = \"{}\" }}\n\
+         [[groups]]\nname = \"store\"\nmembers = [\"db\"]\n",
+        pki.ca()
     ))
     .await;
     sidecar
         .recorder
         .nth_event("db", Event::Failure, 1, Duration::from_secs(10))
         .await;
-    let exposed = scrape_until(&sidecar, "the hook's run counted", |r| {
+    let exposed = scrape_until(&sidecar, "the hook's run and a certificate counted", |r| {
         r.body.contains("tether_hook_duration_seconds_bucket")
+            && r.body.contains("tether_tls_cert_expiry_timestamp_seconds{")
     })
     .await
     .body;
     sidecar.stop().await;
+    server.abort();
     let exposed: std::collections::BTreeSet<&str> = exposed
         .lines()
         .filter(|l| !l.starts_with('#'))

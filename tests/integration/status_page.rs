@@ -98,7 +98,7 @@ async fn the_page_renders_each_target_and_its_last_events_and_lets_only_its_own_
         html.contains("new EventSource('events"),
         "a relative stream URL"
     );
-    assert!(html.len() < 16 * 1024, "{} bytes", html.len());
+    assert!(html.len() < 20 * 1024, "{} bytes", html.len());
     println!(
         "the page of two targets and their events: {} bytes",
         html.len()
@@ -229,7 +229,14 @@ struct Browser {
 
 impl Browser {
     fn start(url: &str, screenshot: &Path, stderr: PathBuf) -> Browser {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/status_page.py");
+        Browser::run("status_page.py", url, screenshot, stderr)
+    }
+
+    /// `script` of `tests/browser/`, which takes the same arguments.
+    fn run(script: &str, url: &str, screenshot: &Path, stderr: PathBuf) -> Browser {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/browser")
+            .join(script);
         let mut child = Command::new(venv_python())
             .arg(script)
             .arg(url)
@@ -390,6 +397,72 @@ fn a_browser_shows_redis_going_down_live_without_reloading_the_page() {
         format!("loaded-once {navigations}"),
         "still the page first loaded"
     );
+    browser.expect("done", LIMIT);
+    tether.stop();
+}
+
+/// A failover group on the page in Chromium: its active member highlighted, then, within
+/// moments of that redis-server being killed, the other member, with the change listed,
+/// on the page first loaded.
+#[test]
+fn a_browser_shows_a_group_switch_to_its_other_member_live() {
+    let mut a = RedisServer::start();
+    let b = RedisServer::start();
+    let dir = workdir("group-page");
+    let config = dir.path().join("tether.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [[targets]]\nname = \"a\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\
+             [[targets]]\nname = \"b\"\naddress = \"{}\"\nprobe = \"redis\"\n{FAST}\
+             [[groups]]\nname = \"store\"\nmembers = [\"a\", \"b\"]\nfallback = \"memory\"\n",
+            a.addr(),
+            b.addr()
+        ),
+    )
+    .unwrap();
+    let tether = TetherProcess::run(&config, &[]);
+    let url = format!("http://{}/", tether.http_addr(LIMIT));
+    tether.wait_for("group store now uses a", LIMIT);
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("status-page-group.png");
+    let mut browser = Browser::run(
+        "group_page.py",
+        &url,
+        &screenshot,
+        dir.path().join("browser.log"),
+    );
+    let decided = browser.expect("decided", Duration::from_secs(90));
+    let (active, navigations) = decided.split_once(' ').unwrap();
+    assert_eq!(active, "a");
+
+    a.kill();
+    let killed = Instant::now();
+    browser.say("killed");
+    assert_eq!(browser.expect("switched", Duration::from_secs(30)), "b b");
+    println!(
+        "the page showed the group on b {:?} after a was killed",
+        killed.elapsed()
+    );
+    let event = browser.expect("event", LIMIT);
+    assert!(event.contains("a \u{2192} b (active-lost)"), "{event}");
+    assert!(event.contains("store:"), "the event id: {event}");
+    let summary = browser.expect("summary", LIMIT);
+    assert!(
+        summary.contains("\u{b7} ready \u{b7}"),
+        "a is down but the group has b: {summary}"
+    );
+    assert_eq!(
+        browser.expect("kept", LIMIT),
+        format!("loaded-once {navigations}"),
+        "the page was updated in place, never reloaded"
+    );
+    assert_eq!(browser.expect("console-errors", LIMIT), "[]");
+    browser.expect("screenshot", Duration::from_secs(30));
+    println!("screenshot: {}", screenshot.display());
     browser.expect("done", LIMIT);
     tether.stop();
 }

@@ -18,6 +18,7 @@ pub mod receiver;
 pub mod redis;
 pub mod server;
 pub mod tether_process;
+pub mod tls;
 
 pub use server::TestServer;
 

@@ -61,6 +61,32 @@ impl PostgresServer {
         server
     }
 
+    /// A server with `ssl = on`, presenting `cert_pem` (signed for the name clients
+    /// expect) with `key_pem`; the files are put in the data directory, owned by the
+    /// server's user and private, as the server insists for the key.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Self {
+        let mut server = Self::unstarted(&[
+            ("ssl", "on"),
+            ("ssl_cert_file", "server.crt"),
+            ("ssl_key_file", "server.key"),
+        ]);
+        let initdb = server.postgres.with_file_name("initdb");
+        server.create_cluster(&initdb);
+        let data = data_dir(server.dir.path());
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            fs::write(&path, pem).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .expect("make the TLS file private");
+            if let Some((uid, gid)) = server.owner {
+                chown(&path, Some(uid), Some(gid))
+                    .unwrap_or_else(|err| panic!("chown {} to postgres: {err}", path.display()));
+            }
+        }
+        server.launch_on_free_port();
+        server
+    }
+
     /// A streaming replica of `primary` (`pg_basebackup -R`, so it follows the primary by
     /// itself), started on its own free port; returns once it accepts a login, as a hot
     /// standby does.

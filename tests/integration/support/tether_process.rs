@@ -156,13 +156,21 @@ impl TetherProcess {
             .expect("query tether's status")
     }
 
-    /// Waits for tether to exit; panics (and kills it) after `limit`.
+    /// Waits for tether to exit, then for its log to be read to the end (what it said
+    /// last is why it exited); panics (and kills it) after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("tether was not waited for yet");
         let status = poll_until(limit, || child.try_wait().ok().flatten()).unwrap_or_else(|| {
             panic!("tether did not exit within {limit:?}; log:\n{}", self.log())
         });
         self.child = None;
+        // The reader sees end-of-file once tether is gone; let it catch up.
+        let (state, arrived) = &*self.log;
+        drop(
+            arrived
+                .wait_timeout_while(state.lock().unwrap(), DRAIN_TIMEOUT, |log| !log.closed)
+                .unwrap(),
+        );
         status
     }
 
@@ -171,13 +179,7 @@ impl TetherProcess {
     pub fn stop(mut self) -> (ExitStatus, String) {
         self.signal(Signal::SIGTERM);
         let status = self.wait_exit(STOP_TIMEOUT);
-        // The reader sees end-of-file once tether is gone; let it catch up.
-        let (state, arrived) = &*self.log;
-        let state = arrived
-            .wait_timeout_while(state.lock().unwrap(), DRAIN_TIMEOUT, |log| !log.closed)
-            .unwrap()
-            .0;
-        (status, state.lines.join("\n"))
+        (status, self.log())
     }
 }
 
