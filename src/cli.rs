@@ -229,8 +229,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_service)]
     pub service: Option<String>,
 
-    /// Speak TLS (PostgreSQL and MySQL: after their SSLRequest), verifying the server's
-    /// certificate against the public roots, or --ca-file
+    /// Speak TLS (PostgreSQL and MySQL after their SSLRequest, NATS after its INFO),
+    /// verifying the server's certificate against the public roots, or --ca-file
     #[arg(long)]
     pub tls: bool,
 

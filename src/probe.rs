@@ -96,6 +96,10 @@ pub enum ProbeError {
 
 /// One protocol's check.
 pub trait Protocol {
+    /// With `tls`, the application protocols offered by ALPN (none: the server picks
+    /// by port, as most do).
+    const ALPN: &'static [&'static [u8]] = &[];
+
     /// Asks the server on `stream` whether it is healthy. `stream` is either `fresh` (the
     /// TCP handshake just completed) or the connection this protocol said it could reuse.
     /// The caller bounds the time; a check only needs to read until it can decide.
@@ -150,6 +154,12 @@ macro_rules! protocols {
                 }
             }
 
+            fn alpn(&self) -> &'static [&'static [u8]] {
+                match self {
+                    $(Check::$variant(_) => <$module::$ty as Protocol>::ALPN,)*
+                }
+            }
+
             async fn start_tls(&self, tcp: &mut TcpStream) -> Result<(), ProbeError> {
                 match self {
                     $(Check::$variant(p) => p.start_tls(tcp).await,)*
@@ -186,13 +196,15 @@ impl Prober {
         let check = (probe.kind.build)(&probe.settings, address);
         // The server name was validated with the config; one that rustls still refuses
         // leaves the probe plain rather than the actor dead, and says so.
-        let tls = tls.and_then(|t| match Handshake::new(&t.client, &t.server_name) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!(error = %e, "TLS settings unusable; probing without TLS");
-                None
-            }
-        });
+        let tls = tls.and_then(
+            |t| match Handshake::new(&t.client, &t.server_name, check.alpn()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS settings unusable; probing without TLS");
+                    None
+                }
+            },
+        );
         Prober { check, tls }
     }
 

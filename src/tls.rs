@@ -201,11 +201,23 @@ impl std::fmt::Debug for Handshake {
 impl Handshake {
     /// `server_name` was checked when the config was validated; an invalid one here is
     /// an IP address or DNS name that rustls takes as it is.
-    pub fn new(client: &TlsClient, server_name: &str) -> Result<Handshake, TlsError> {
+    /// `alpn`: the application protocols to offer, if the protocol names them.
+    pub fn new(
+        client: &TlsClient,
+        server_name: &str,
+        alpn: &[&[u8]],
+    ) -> Result<Handshake, TlsError> {
         let server_name = ServerName::try_from(server_name.to_owned())
             .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
+        let config = if alpn.is_empty() {
+            client.config.clone()
+        } else {
+            let mut config = (*client.config).clone();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        };
         Ok(Handshake {
-            connector: TlsConnector::from(client.config.clone()),
+            connector: TlsConnector::from(config),
             server_name,
         })
     }

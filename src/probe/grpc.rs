@@ -8,6 +8,9 @@
 //! a protobuf message of one field each way (`service`, string 1, in; `status`, enum 1,
 //! out). Two fields do not justify a protobuf code generator and its build step.
 //!
+//! With `tls`, the same over TLS from the first byte, asking for `h2` by ALPN as gRPC
+//! clients do.
+//!
 //! Each check opens a fresh connection with its own HTTP/2 session, and the connection is
 //! held until the next check replaces it ([`Afterwards::Hold`]): an HTTP/2 session keeps
 //! state across requests (stream ids, header compression) that would have to outlive the
@@ -70,8 +73,13 @@ impl Grpc {
 }
 
 impl Protocol for Grpc {
+    /// gRPC servers over TLS serve HTTP/2 only to clients that ask for it by ALPN (Go's
+    /// take a client that does not for HTTP/1.1, and the HTTP/2 preface breaks the pipe).
+    const ALPN: &'static [&'static [u8]] = &[b"h2"];
+
     async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
-        let status = health_check(stream, &self.authority, self.request.clone()).await?;
+        let scheme = if stream.is_tls() { "https" } else { "http" };
+        let status = health_check(stream, scheme, &self.authority, self.request.clone()).await?;
         judge(status, &self.service)?;
         Ok(Afterwards::Hold.into())
     }
@@ -89,6 +97,7 @@ pub enum Answer {
 /// One `Health/Check` call over an HTTP/2 session of its own on `stream`.
 pub async fn health_check<S>(
     stream: S,
+    scheme: &str,
     authority: &str,
     request: Bytes,
 ) -> Result<Answer, ProbeError>
@@ -100,7 +109,7 @@ where
         let mut client = client.ready().await?;
         let head = hyper::Request::builder()
             .method("POST")
-            .uri(format!("http://{authority}{PATH}"))
+            .uri(format!("{scheme}://{authority}{PATH}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("user-agent", concat!("tether/", env!("CARGO_PKG_VERSION")))

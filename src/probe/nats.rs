@@ -8,6 +8,12 @@
 //! A server `PING` arriving between checks starts a check at once (see
 //! [`super::Prober::hears_between_checks`]), so it is answered in time.
 //!
+//! **With `tls`**, the `INFO` greeting is read in plain text and must offer TLS
+//! (`tls_required` or `tls_available`, as a server with a `tls` block says); the TLS
+//! handshake follows at once, as NATS clients do it, and `CONNECT` and `PING` go through
+//! TLS. A server that offers no TLS fails the attempt rather than being talked to in
+//! plain text.
+//!
 //! With `user` (and `password_env` or `password_file`), `CONNECT` carries them; the
 //! password is read at start or at the last reload and never logged. A refusal,
 //! `-ERR 'Authorization Violation'`, is unhealthy, saying so: unlike Redis's `-NOAUTH`
@@ -16,6 +22,7 @@
 
 use crate::tls::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote, read_line};
 use crate::config::kinds::{self, Kind};
@@ -48,12 +55,13 @@ impl Nats {
         Nats { user, password }
     }
 
-    /// `CONNECT` with the credentials as last loaded, then `PING`, in one write.
-    fn connect_and_ping(&self) -> Result<Vec<u8>, ProbeError> {
+    /// `CONNECT` with the credentials as last loaded, then `PING`, in one write; `tls`:
+    /// whether it goes through TLS.
+    fn connect_and_ping(&self, tls: bool) -> Result<Vec<u8>, ProbeError> {
         let mut options = serde_json::json!({
             "verbose": false,
             "pedantic": false,
-            "tls_required": false,
+            "tls_required": tls,
             "name": "tether",
             "lang": "rust",
             "version": env!("CARGO_PKG_VERSION"),
@@ -74,34 +82,92 @@ impl Nats {
 
 impl Protocol for Nats {
     async fn check(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
-        let hello = if fresh {
-            Some(self.connect_and_ping()?)
-        } else {
-            None
+        let hello = match (fresh, stream.is_tls()) {
+            (false, _) => Hello::Ping,
+            (true, false) => Hello::Greeted(self.connect_and_ping(false)?),
+            // The INFO was read in plain text before the handshake ([`start_tls`]).
+            (true, true) => Hello::Connect(self.connect_and_ping(true)?),
         };
-        check(stream, hello.as_deref()).await
+        check(stream, hello).await
+    }
+
+    async fn start_tls(&self, tcp: &mut TcpStream) -> Result<(), ProbeError> {
+        start_tls(tcp).await
     }
 }
 
-/// One check on `stream`: on a fresh connection, `hello` (`CONNECT` and `PING`) answers
-/// the server's greeting; on a held one, `PING` alone is sent.
-pub async fn check<S>(stream: &mut S, hello: Option<&[u8]>) -> Result<Healthy, ProbeError>
+/// Reads the `INFO` greeting of a fresh connection in plain text and checks that it
+/// offers TLS: the handshake may begin on `tcp` once this returns. The server says
+/// nothing more until the client's handshake, so nothing past the line is lost.
+async fn start_tls(tcp: &mut TcpStream) -> Result<(), ProbeError> {
+    let mut reader = BufReader::new(tcp);
+    let info = greeting(&mut reader).await?;
+    if !reader.buffer().is_empty() {
+        return Err(ProbeError::Garbled {
+            protocol: "NATS",
+            detail: "more than INFO before the TLS handshake".to_owned(),
+        });
+    }
+    if offers_tls(&info) {
+        Ok(())
+    } else {
+        Err(ProbeError::Unhealthy(
+            "the server does not offer TLS (its INFO has neither tls_required nor \
+             tls_available; is a tls block configured?)"
+                .to_owned(),
+        ))
+    }
+}
+
+/// Whether an `INFO` line's JSON says the server takes a TLS handshake now.
+fn offers_tls(info: &[u8]) -> bool {
+    let json = info.strip_prefix(b"INFO ").unwrap_or(info);
+    let Ok(info) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return false;
+    };
+    ["tls_required", "tls_available"]
+        .iter()
+        .any(|key| info.get(key).and_then(serde_json::Value::as_bool) == Some(true))
+}
+
+/// Reads the server's `INFO` greeting.
+async fn greeting<R>(reader: &mut BufReader<R>) -> Result<Vec<u8>, ProbeError>
+where
+    R: AsyncRead + Unpin,
+{
+    let greeting = read_line(reader, MAX_LINE, "NATS").await?;
+    if !greeting.starts_with(b"INFO ") {
+        return Err(ProbeError::Garbled {
+            protocol: "NATS",
+            detail: format!("greeted with {}", quote(&greeting)),
+        });
+    }
+    Ok(greeting)
+}
+
+/// What a check sends first.
+pub enum Hello {
+    /// On a fresh connection: read the `INFO` greeting, then send `CONNECT` and `PING`.
+    Greeted(Vec<u8>),
+    /// On a fresh connection whose greeting was read before TLS: `CONNECT` and `PING`.
+    Connect(Vec<u8>),
+    /// On a held connection: `PING` alone.
+    Ping,
+}
+
+/// One check on `stream`, starting with `hello`.
+pub async fn check<S>(stream: &mut S, hello: Hello) -> Result<Healthy, ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut reader = BufReader::new(stream);
     match hello {
-        Some(hello) => {
-            let greeting = read_line(&mut reader, MAX_LINE, "NATS").await?;
-            if !greeting.starts_with(b"INFO ") {
-                return Err(ProbeError::Garbled {
-                    protocol: "NATS",
-                    detail: format!("greeted with {}", quote(&greeting)),
-                });
-            }
-            reader.get_mut().write_all(hello).await?;
+        Hello::Greeted(hello) => {
+            greeting(&mut reader).await?;
+            reader.get_mut().write_all(&hello).await?;
         }
-        None => reader.get_mut().write_all(b"PING\r\n").await?,
+        Hello::Connect(hello) => reader.get_mut().write_all(&hello).await?,
+        Hello::Ping => reader.get_mut().write_all(b"PING\r\n").await?,
     }
     await_pong(&mut reader).await?;
     Ok(if reader.buffer().is_empty() {
@@ -208,7 +274,7 @@ mod tests {
             .write_all(b"PING\r\n+OK\r\nINFO {\"ldm\":true}\r\nPONG\r\n")
             .await
             .unwrap();
-        let healthy = check(&mut client, None).await.unwrap();
+        let healthy = check(&mut client, Hello::Ping).await.unwrap();
         assert_eq!(healthy.afterwards, Afterwards::Reuse);
         let mut sent = [0u8; 12];
         server.read_exact(&mut sent).await.unwrap();
@@ -221,11 +287,20 @@ mod tests {
     #[test]
     fn connect_carries_the_user_and_quotes_it_as_json() {
         let nats = Nats::new(Some("a\"b".into()), None);
-        let hello = String::from_utf8(nats.connect_and_ping().unwrap()).unwrap();
+        let hello = String::from_utf8(nats.connect_and_ping(false).unwrap()).unwrap();
         assert!(hello.starts_with("CONNECT {"), "{hello}");
         assert!(hello.ends_with("}\r\nPING\r\n"), "{hello}");
         assert!(hello.contains(r#""user":"a\"b""#), "{hello}");
         assert!(hello.contains(r#""verbose":false"#), "{hello}");
         assert!(!hello.contains("pass"), "{hello}");
+    }
+
+    #[test]
+    fn only_an_info_that_offers_tls_lets_the_handshake_start() {
+        assert!(offers_tls(br#"INFO {"server_id":"x","tls_required":true}"#));
+        assert!(offers_tls(br#"INFO {"tls_available":true}"#));
+        assert!(!offers_tls(br#"INFO {"server_id":"x"}"#));
+        assert!(!offers_tls(br#"INFO {"tls_required":false}"#));
+        assert!(!offers_tls(b"INFO not json"));
     }
 }

@@ -34,5 +34,6 @@ mod status_page;
 mod supervision;
 mod support;
 mod tls;
+mod tls_probes;
 mod unix_socket;
 mod watcher;

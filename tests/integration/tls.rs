@@ -460,6 +460,18 @@ async fn a_mariadb_with_tls_is_reached_over_tls_after_its_greeting_and_one_witho
     .unwrap_err();
     assert!(e.contains("certificate is not trusted"), "{e}");
 
+    // `tether probe` takes the same from its flags.
+    let ca = pki.ca();
+    let ok = tether_probe(&[
+        &with_tls.addr(),
+        "--probe",
+        "mysql",
+        "--tls",
+        "--ca-file",
+        &ca,
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+
     let plain = blocking(MariadbServer::start);
     let addr = plain.addr();
     let e = attempt(&target(

@@ -37,8 +37,19 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the server on a free port and returns once it serves.
     pub fn start(recipe: Recipe) -> Daemon {
+        Daemon::start_with_files(recipe, &[])
+    }
+
+    /// Like [`Daemon::start`], with `files` copied into its directory first under their
+    /// file names (certificates and keys its command names).
+    pub fn start_with_files(recipe: Recipe, files: &[PathBuf]) -> Daemon {
         let binary = require_binary(recipe.binary, recipe.package);
         let dir = workdir(recipe.name);
+        for file in files {
+            let name = file.file_name().expect("a file name");
+            std::fs::copy(file, dir.path().join(name))
+                .unwrap_or_else(|e| panic!("copy {} for {}: {e}", file.display(), recipe.name));
+        }
         let process = ServerProcess::new(recipe.name, dir.path().join("server.log"), None);
         let mut server = Daemon {
             process,

@@ -1,7 +1,8 @@
 //! A throwaway RabbitMQ node on loopback: its own node name, AMQP port, Erlang
 //! distribution port and epmd port, its data and logs in a scratch directory owned by the
 //! `rabbitmq` user (whom it runs as when the tests run as root). RabbitMQ takes seconds
-//! to boot, so a test binary should start one and keep it.
+//! to boot, so a test binary should start one and keep it. A node may also serve AMQP
+//! over TLS on a second port, with the test PKI's certificate.
 
 use std::io;
 use std::os::unix::fs::chown;
@@ -14,6 +15,7 @@ use tempfile::TempDir;
 
 use super::process::{ServerProcess, StartError};
 use super::server::TestServer;
+use super::tls::Pki;
 use super::{Exchange, free_port, require_binary, running_as_root, workdir};
 
 /// Booting the Erlang VM and the broker on a crowded machine.
@@ -28,12 +30,29 @@ pub struct RabbitMq {
     dist_port: u16,
     epmd_port: u16,
     owner: Option<(u32, u32)>,
+    /// The AMQP-over-TLS port, if the node has one.
+    tls_port: Option<u16>,
     dir: TempDir,
 }
 
 impl RabbitMq {
     /// Starts a node and returns once it answers the AMQP protocol header.
     pub fn start() -> RabbitMq {
+        RabbitMq::start_with(None)
+    }
+
+    /// Starts a node that also serves AMQP over TLS (`listeners.ssl`) with the good leaf
+    /// of `pki`, on [`RabbitMq::tls_addr`].
+    pub fn start_tls(pki: &Pki) -> RabbitMq {
+        RabbitMq::start_with(Some(pki))
+    }
+
+    pub fn tls_addr(&self) -> String {
+        let port = self.tls_port.expect("a node started with start_tls");
+        format!("127.0.0.1:{port}")
+    }
+
+    fn start_with(pki: Option<&Pki>) -> RabbitMq {
         require_binary("epmd", "rabbitmq-server");
         assert!(
             Path::new(SERVER).exists(),
@@ -45,6 +64,27 @@ impl RabbitMq {
             chown(dir.path(), Some(uid), Some(gid)).expect("chown the rabbitmq directory");
         }
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        let tls_port = pki.map(|pki| {
+            let port = free_port();
+            let mut conf = format!("listeners.ssl.local = 127.0.0.1:{port}\n");
+            for (key, name) in [
+                ("cacertfile", "ca.pem"),
+                ("certfile", "good.crt"),
+                ("keyfile", "good.key"),
+            ] {
+                let copy = dir.path().join(name);
+                std::fs::copy(pki.path(name), &copy).expect("copy a PEM file for rabbitmq");
+                if let Some((uid, gid)) = owner {
+                    chown(&copy, Some(uid), Some(gid)).expect("chown a PEM file");
+                }
+                conf.push_str(&format!("ssl_options.{key} = {}\n", copy.display()));
+            }
+            conf.push_str(
+                "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            );
+            std::fs::write(dir.path().join("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
+            port
+        });
         let process = ServerProcess::new("rabbitmq", dir.path().join("server.log"), None);
         let mut node = RabbitMq {
             process,
@@ -52,6 +92,7 @@ impl RabbitMq {
             dist_port: free_port(),
             epmd_port: free_port(),
             owner,
+            tls_port,
             dir,
         };
         let (dir, dist, epmd) = (node.dir.path().to_owned(), node.dist_port, node.epmd_port);
