@@ -96,6 +96,10 @@ async fn attempt(toml: &str) -> Result<connect::Connection, String> {
         .map_err(|e| e.to_string())
 }
 
+fn tls_with(ca: &str, extra: &str) -> String {
+    tls(ca, extra)
+}
+
 fn tls(ca: &str, extra: &str) -> String {
     format!("tls = {{ ca_file = \"{ca}\" {extra} }}")
 }
@@ -347,7 +351,8 @@ async fn plaintext_server() -> (String, tokio::task::JoinHandle<()>) {
 // === HTTPS ===
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_https_server_is_healthy_with_its_ca_and_fails_with_another() {
+async fn an_https_server_is_healthy_with_its_ca_and_fails_with_another_ca_a_wrong_name_or_an_expired_certificate()
+ {
     let pki = Pki::new();
     let (addr, server) = https_server(&pki, "good").await;
     let probe = "probe = { kind = \"http\", path = \"/healthz\" }";
@@ -375,13 +380,41 @@ async fn an_https_server_is_healthy_with_its_ca_and_fails_with_another() {
         "{e}"
     );
     assert!(e.contains("unknown CA"), "{e}");
+    let wrong_name = attempt(&target(
+        "api",
+        &addr,
+        &format!(
+            "{probe}\n{}",
+            tls(&pki.ca(), ", server_name = \"api.example\"")
+        ),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        wrong_name.contains("certificate is not valid for name api.example"),
+        "{wrong_name}"
+    );
     server.abort();
+    let (expired_addr, expired) = https_server(&pki, "expired").await;
+    let e = attempt(&target(
+        "api",
+        &expired_addr,
+        &format!("{probe}\n{}", tls(&pki.ca(), "")),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("certificate expired at 2021-01-01T00:00:00Z"),
+        "{e}"
+    );
+    expired.abort();
 }
 
 // === PostgreSQL ===
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_postgres_with_ssl_on_is_healthy_over_tls_with_and_without_a_session() {
+async fn a_postgres_with_ssl_on_is_healthy_over_tls_with_and_without_a_session_and_says_why_a_wrong_ca_name_or_expiry_fails()
+ {
     let pki = Pki::new();
     let (cert, key) = (pki.pem("good.crt"), pki.pem("good.key"));
     let pg = blocking(|| PostgresServer::start_with_tls(&cert, &key));
@@ -405,6 +438,43 @@ async fn a_postgres_with_ssl_on_is_healthy_over_tls_with_and_without_a_session()
         pg.sql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'tether'")
     });
     assert_eq!(ssl.trim(), "1", "tether's session is not listed as TLS");
+
+    // What a wrong CA and a wrong name are told; an expired certificate below.
+    let addr = pg.addr();
+    let other_ca = pki.path("other-ca.pem").display().to_string();
+    for (tls, says) in [
+        (tls_with(&other_ca, ""), "unknown CA"),
+        (
+            tls_with(&pki.ca(), ", server_name = \"db.example\""),
+            "certificate is not valid for name db.example",
+        ),
+    ] {
+        let e = attempt(&target(
+            "db",
+            &addr,
+            &format!("probe = \"postgres\"\n{tls}"),
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            e.starts_with(&format!("postgres probe {addr}: TLS handshake: ")) && e.contains(says),
+            "{tls}: {e}"
+        );
+    }
+    drop(pg);
+    let (cert, key) = (pki.pem("expired.crt"), pki.pem("expired.key"));
+    let stale = blocking(|| PostgresServer::start_with_tls(&cert, &key));
+    let e = attempt(&target(
+        "db",
+        &stale.addr(),
+        &format!("probe = \"postgres\"\n{}", tls_with(&pki.ca(), "")),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("certificate expired at 2021-01-01T00:00:00Z"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
