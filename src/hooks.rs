@@ -15,7 +15,7 @@ mod webhook;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -66,7 +66,9 @@ struct Inner {
     /// Shared whole with every job queued meanwhile: a delivery is signed with the key
     /// it was queued under, whatever a reload does before it is sent.
     secrets: RwLock<Arc<Keys>>,
-    http: webhook::Client,
+    /// Made at the first webhook delivery: a sidecar whose hooks are all commands never
+    /// builds a TLS client config or loads the root certificates.
+    http: OnceLock<webhook::Client>,
     /// Receives hook results (metrics); never this runner itself.
     report: Arc<dyn Observer>,
     /// The runs in flight, so shutdown can wait for them (each run dispatches the
@@ -238,14 +240,13 @@ impl HookRunner {
         report: Arc<dyn Observer>,
     ) -> Result<HookRunner, HooksError> {
         let secrets = keys(config, loaded)?;
-        let http = webhook::Client::new();
         Ok(HookRunner {
             inner: Arc::new(Inner {
                 queues: RwLock::new(queues(config)),
                 limit: Arc::new(Semaphore::new(config.defaults.max_concurrent_hooks)),
                 ready: Mutex::default(),
                 secrets: RwLock::new(Arc::new(secrets)),
-                http,
+                http: OnceLock::new(),
                 report,
                 tracker: TaskTracker::new(),
                 busy: AtomicUsize::new(0),
@@ -503,7 +504,7 @@ impl HookRunner {
                     },
                 };
                 let o = webhook::deliver(
-                    &self.inner.http,
+                    self.inner.http.get_or_init(webhook::Client::new),
                     webhook,
                     headers,
                     secret,
@@ -727,6 +728,14 @@ mod tests {
         lock(&b).running = false;
         runner.reload(&config(&["a"]), &none()).unwrap();
         assert_eq!(queued(&runner), ["a"]);
+    }
+
+    /// Loading the webpki roots and building a TLS client config is memory and code
+    /// every sidecar would page in at start; one whose hooks are commands never needs it.
+    #[test]
+    fn a_sidecar_whose_hooks_are_commands_builds_no_webhook_client() {
+        let runner = HookRunner::new(&config(&["a"]), &none(), Arc::new(Observers::new())).unwrap();
+        assert!(runner.inner.http.get().is_none());
     }
 
     /// After a mass outage every target with hooks has an event waiting for a slot: at
