@@ -15,7 +15,7 @@ mod webhook;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -66,7 +66,9 @@ struct Inner {
     /// Shared whole with every job queued meanwhile: a delivery is signed with the key
     /// it was queued under, whatever a reload does before it is sent.
     secrets: RwLock<Arc<Keys>>,
-    http: webhook::Client,
+    /// Made at the first webhook delivery: a sidecar whose hooks are all commands never
+    /// builds a TLS client config or loads the root certificates.
+    http: OnceLock<webhook::Client>,
     /// Receives hook results (metrics); never this runner itself.
     report: Arc<dyn Observer>,
     /// The runs in flight, so shutdown can wait for them (each run dispatches the
@@ -96,8 +98,10 @@ struct Job {
 /// A target's event or a group's.
 enum What {
     Target {
-        event: Event,
-        payload: Payload,
+        /// The transition itself, its payload rendered only when its hooks run: after
+        /// a mass outage thousands of events wait for a slot, and each holds a few words
+        /// (its error shared with the actor) instead of a payload of strings.
+        transition: Transition,
         /// The config its actor runs with, shared rather than copied: thousands of
         /// targets that lose their connection at once queue thousands of events, and
         /// each must stay small.
@@ -135,8 +139,8 @@ impl queue::Queued for Job {
 
     fn step(&self) -> (Told, Told) {
         match &self.what {
-            What::Target { event, payload, .. } => {
-                let (from, to) = queue::target_step(*event, payload.previous_state, payload.state);
+            What::Target { transition: t, .. } => {
+                let (from, to) = queue::target_step(t.event, t.previous, t.state);
                 (Told::Target(from), Told::Target(to))
             }
             What::Group { story, .. } => (Told::Group(story.0), Told::Group(story.1)),
@@ -154,21 +158,21 @@ impl Job {
 
     fn hook_key(&self) -> &'static str {
         match &self.what {
-            What::Target { event, .. } => event.hook_key(),
+            What::Target { transition, .. } => transition.event.hook_key(),
             What::Group { event, .. } => event.hook_key(),
         }
     }
 
-    fn event_id(&self) -> &str {
+    fn event_id(&self) -> String {
         match &self.what {
-            What::Target { payload, .. } => &payload.event_id,
-            What::Group { payload, .. } => &payload.event_id,
+            What::Target { transition, config } => transition.event_id(&config.name),
+            What::Group { payload, .. } => payload.event_id.clone(),
         }
     }
 
     fn actions(&self) -> &[HookAction] {
         match &self.what {
-            What::Target { event, config, .. } => config.hooks.for_event(*event),
+            What::Target { transition, config } => config.hooks.for_event(transition.event),
             What::Group { event, config, .. } => match event {
                 GroupEventKind::Change => &config.hooks.on_change,
                 GroupEventKind::Conflict | GroupEventKind::ConflictResolved => {
@@ -185,17 +189,15 @@ impl Job {
         }
     }
 
-    fn env(&self) -> Vec<command::Var> {
+    /// What the hooks are given: the variables, and the JSON for standard input and
+    /// webhook bodies.
+    fn render(&self) -> (Vec<command::Var>, Vec<u8>) {
         match &self.what {
-            What::Target { payload, .. } => payload.env().into(),
-            What::Group { payload, .. } => payload.env().into(),
-        }
-    }
-
-    fn json(&self) -> Vec<u8> {
-        match &self.what {
-            What::Target { payload, .. } => payload.to_json(),
-            What::Group { payload, .. } => payload.to_json(),
+            What::Target { transition, config } => {
+                let payload = Payload::new(config, transition);
+                (payload.env().into(), payload.to_json())
+            }
+            What::Group { payload, .. } => (payload.env().into(), payload.to_json()),
         }
     }
 
@@ -206,7 +208,9 @@ impl Job {
 
     fn reporter(&self) -> Reporter {
         match &self.what {
-            What::Target { event, config, .. } => Reporter::Target(config.clone(), *event),
+            What::Target { transition, config } => {
+                Reporter::Target(config.clone(), transition.event)
+            }
             What::Group { event, config, .. } => Reporter::Group(config.clone(), *event),
         }
     }
@@ -236,14 +240,13 @@ impl HookRunner {
         report: Arc<dyn Observer>,
     ) -> Result<HookRunner, HooksError> {
         let secrets = keys(config, loaded)?;
-        let http = webhook::Client::new();
         Ok(HookRunner {
             inner: Arc::new(Inner {
                 queues: RwLock::new(queues(config)),
                 limit: Arc::new(Semaphore::new(config.defaults.max_concurrent_hooks)),
                 ready: Mutex::default(),
                 secrets: RwLock::new(Arc::new(secrets)),
-                http,
+                http: OnceLock::new(),
                 report,
                 tracker: TaskTracker::new(),
                 busy: AtomicUsize::new(0),
@@ -430,8 +433,8 @@ impl HookRunner {
     async fn run(&self, job: Job) {
         #[cfg(feature = "fault-injection")]
         crate::fault::check_hook(job.name());
-        let json = job.json();
-        let env = job.env();
+        let (env, json) = job.render();
+        let event_id = job.event_id();
         for (i, action) in job.actions().iter().enumerate() {
             let started = Instant::now();
             let (result, status, output) = self.run_action(action, &job, &env, &json).await;
@@ -441,7 +444,7 @@ impl HookRunner {
             if result == HookResult::Ok {
                 tracing::info!(
                     target_name = %job.name(),
-                    event_id = %job.event_id(),
+                    event_id = %event_id,
                     hook = %job.hook_key(),
                     action = i,
                     kind,
@@ -451,7 +454,7 @@ impl HookRunner {
             } else {
                 tracing::warn!(
                     target_name = %job.name(),
-                    event_id = %job.event_id(),
+                    event_id = %event_id,
                     hook = %job.hook_key(),
                     action = i,
                     kind,
@@ -501,11 +504,11 @@ impl HookRunner {
                     },
                 };
                 let o = webhook::deliver(
-                    &self.inner.http,
+                    self.inner.http.get_or_init(webhook::Client::new),
                     webhook,
                     headers,
                     secret,
-                    job.event_id(),
+                    &job.event_id(),
                     json.to_vec(),
                     job.timeout(),
                 )
@@ -525,8 +528,7 @@ impl Observer for HookRunner {
         self.enqueue(
             &target.name,
             What::Target {
-                event: transition.event,
-                payload: Payload::new(target, transition),
+                transition: transition.clone(),
                 config: target.clone(),
             },
         );
@@ -726,5 +728,28 @@ mod tests {
         lock(&b).running = false;
         runner.reload(&config(&["a"]), &none()).unwrap();
         assert_eq!(queued(&runner), ["a"]);
+    }
+
+    /// Loading the webpki roots and building a TLS client config is memory and code
+    /// every sidecar would page in at start; one whose hooks are commands never needs it.
+    #[test]
+    fn a_sidecar_whose_hooks_are_commands_builds_no_webhook_client() {
+        let runner = HookRunner::new(&config(&["a"]), &none(), Arc::new(Observers::new())).unwrap();
+        assert!(runner.inner.http.get().is_none());
+    }
+
+    /// After a mass outage every target with hooks has an event waiting for a slot: at
+    /// 10,000 targets each 100 bytes of a waiting event are a megabyte of peak memory.
+    /// A target's event waits as its transition (the error shared with the actor), and
+    /// its payload's strings are made when its hooks run.
+    #[test]
+    fn an_event_waiting_for_a_hook_slot_is_a_few_words() {
+        const BUDGET: usize = 96;
+        let size = std::mem::size_of::<Job>();
+        eprintln!("a waiting event: {size} bytes (budget {BUDGET})");
+        assert!(
+            size <= BUDGET,
+            "a waiting event is {size} bytes, over {BUDGET}"
+        );
     }
 }

@@ -124,11 +124,14 @@ pub trait Protocol {
 
 /// The probe of one target, ready to run: settings resolved (a password's source, a
 /// request built) once, when the target's actor starts.
+///
+/// Every actor holds one for its life, so the check with its settings and the TLS
+/// handshake are boxed: a probe costs the actor two words whatever its kind.
 #[derive(Debug)]
 pub struct Prober {
-    check: Check,
+    check: Box<Check>,
     /// `None`: plain TCP.
-    tls: Option<Handshake>,
+    tls: Option<Box<Handshake>>,
 }
 
 /// Registers the protocols: each line names the variant and the module's type, whose
@@ -198,14 +201,17 @@ impl Prober {
         // leaves the probe plain rather than the actor dead, and says so.
         let tls = tls.and_then(
             |t| match Handshake::new(&t.client, &t.server_name, check.alpn()) {
-                Ok(h) => Some(h),
+                Ok(h) => Some(Box::new(h)),
                 Err(e) => {
                     tracing::error!(error = %e, "TLS settings unusable; probing without TLS");
                     None
                 }
             },
         );
-        Prober { check, tls }
+        Prober {
+            check: Box::new(check),
+            tls,
+        }
     }
 
     /// The kind's registered name, for `last_error` ("redis probe 10.0.0.7:6379: ...").
@@ -234,8 +240,8 @@ impl Prober {
     /// when bytes arrive instead of draining them, which would cut a message in two or
     /// leave it unanswered.
     pub fn hears_between_checks(&self) -> bool {
-        matches!(&self.check, Check::Postgres(p) if p.is_session())
-            || matches!(self.check, Check::Nats(_))
+        matches!(&*self.check, Check::Postgres(p) if p.is_session())
+            || matches!(*self.check, Check::Nats(_))
     }
 
     /// Runs the check on `stream` (`fresh` if nothing was sent on it yet), giving the

@@ -10,10 +10,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
@@ -139,7 +141,9 @@ impl Checker {
         match next {
             Next::ConnectNow => Box::pin(self.attempt(held)).await,
             Next::ConnectAfter(delay) => {
-                sleep(delay).await;
+                // Boxed apart from the attempt: a target waiting out its backoff holds
+                // only a timer, and not the attempt's state.
+                Box::pin(sleep(delay)).await;
                 Box::pin(self.attempt(held)).await
             }
             Next::Hold { until } => match held {
@@ -184,16 +188,29 @@ impl Checker {
 
     /// Waits until the held connection ends, a check fails, or `until` passes; runs the
     /// checks and re-resolutions that fall due meanwhile.
+    ///
+    /// This is where an actor spends its life, so what this future holds is what every
+    /// watched target costs: the timer lives on the heap and only while a deadline is
+    /// set (a plain `tcp` target on an IP address has none), and readiness is polled
+    /// without a waiter of its own.
     async fn hold(&self, link: &mut Link, until: Option<Instant>) -> Input {
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
             let wake_at = [until, link.next_check, link.next_resolve]
                 .into_iter()
                 .flatten()
                 .min();
+            match wake_at {
+                Some(at) => match timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => timer = Some(Box::pin(sleep_until(at))),
+                },
+                None => timer = None,
+            }
             let woke = tokio::select! {
                 biased;
                 ready = readable(link.conn.stream.as_ref()) => Wake::Readable(ready),
-                () = sleep_until_some(wake_at) => Wake::Timer,
+                () = expiry(timer.as_mut()) => Wake::Timer,
             };
             match woke {
                 Wake::Readable(ready) => {
@@ -404,16 +421,20 @@ fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() && a.port() == b.port()
 }
 
-async fn readable(stream: Option<&Stream>) -> io::Result<()> {
-    match stream {
-        Some(stream) => stream.tcp().readable().await,
-        None => std::future::pending().await,
-    }
+/// Resolves when the socket has something to read or ended. Polled through the
+/// socket's own read-readiness slot (the actor is the stream's only reader), so the
+/// future is a reference where `readable()` would carry a waiter node.
+fn readable(stream: Option<&Stream>) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| match stream {
+        Some(stream) => stream.tcp().poll_read_ready(cx),
+        None => Poll::Pending,
+    })
 }
 
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// Resolves when `timer` fires; never without one.
+fn expiry<'a>(mut timer: Option<&'a mut Pin<Box<Sleep>>>) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| match timer.as_mut() {
+        Some(timer) => timer.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }
