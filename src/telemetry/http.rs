@@ -250,7 +250,7 @@ impl HttpServer {
                 tracing::debug!("every HTTP connection is busy; refusing one");
                 continue;
             };
-            let (id, evicted) = conns.add();
+            let (id, evicted, streaming) = conns.add();
             tracker.spawn(serve(
                 stream,
                 Conn {
@@ -263,6 +263,7 @@ impl HttpServer {
                         _permit: permit,
                     },
                     evicted,
+                    streaming,
                     closing: closing.clone(),
                 },
             ));
@@ -298,28 +299,41 @@ struct Connections(Arc<Mutex<ConnectionsInner>>);
 #[derive(Default)]
 struct ConnectionsInner {
     next_id: u64,
-    open: BTreeMap<u64, CancellationToken>,
+    /// Each connection's eviction token, and the token it cancels when it starts
+    /// carrying an event stream.
+    open: BTreeMap<u64, (CancellationToken, CancellationToken)>,
 }
 
 impl Connections {
-    fn add(&self) -> (u64, CancellationToken) {
+    /// A new connection's id, the token that evicts it and the one that marks it a
+    /// stream.
+    fn add(&self) -> (u64, CancellationToken, CancellationToken) {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
-        let token = CancellationToken::new();
-        inner.open.insert(id, token.clone());
-        (id, token)
+        let (evict, streaming) = (CancellationToken::new(), CancellationToken::new());
+        inner.open.insert(id, (evict.clone(), streaming.clone()));
+        (id, evict, streaming)
     }
 
+    /// Evicts the oldest connection that is not a stream. A stream leaves the map when
+    /// its task next runs; until then it is passed over here, so one that has just
+    /// started (its answer's head already out) is never displaced in that moment.
     fn evict_oldest(&self) {
-        if let Some((_, token)) = self.lock().open.pop_first() {
-            token.cancel();
+        let mut inner = self.lock();
+        let oldest = inner
+            .open
+            .iter()
+            .find(|(_, (_, streaming))| !streaming.is_cancelled())
+            .map(|(id, _)| *id);
+        if let Some((evict, _)) = oldest.and_then(|id| inner.open.remove(&id)) {
+            evict.cancel();
         }
     }
 
     fn evict_all(&self) {
-        for token in std::mem::take(&mut self.lock().open).into_values() {
-            token.cancel();
+        for (evict, _) in std::mem::take(&mut self.lock().open).into_values() {
+            evict.cancel();
         }
     }
 
@@ -364,6 +378,8 @@ struct Conn {
     limits: Limits,
     guard: Guard,
     evicted: CancellationToken,
+    /// Cancelled once the connection carries an event stream.
+    streaming: CancellationToken,
     closing: CancellationToken,
 }
 
@@ -378,13 +394,13 @@ impl Conn {
             limits,
             guard,
             evicted,
+            streaming,
             closing,
         } = self;
         let fd = stream.as_raw_fd();
-        // Cancelled once the connection carries an event stream: from then on it is
-        // exempt from the connection age and leaves the connection cap (streams count
-        // against their own bound), so it is neither cut nor displaced.
-        let streaming = CancellationToken::new();
+        // `streaming` is cancelled once the connection carries an event stream: from
+        // then on it is exempt from the connection age and leaves the connection cap
+        // (streams count against their own bound), so it is neither cut nor displaced.
         let service = service_fn({
             let streaming = streaming.clone();
             move |req| {
@@ -688,4 +704,26 @@ fn body(code: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Respons
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newcomer_displaces_the_oldest_connection_that_is_not_a_stream() {
+        let conns = Connections::default();
+        let (_, stream_evict, streaming) = conns.add();
+        let (_, idle_evict, _) = conns.add();
+        // The stream's task has not run since its head went out: it is still listed.
+        streaming.cancel();
+        conns.evict_oldest();
+        assert!(!stream_evict.is_cancelled(), "a stream is never displaced");
+        assert!(idle_evict.is_cancelled(), "the oldest other connection is");
+        conns.evict_oldest();
+        assert!(
+            !stream_evict.is_cancelled(),
+            "with only streams left, nobody is displaced"
+        );
+    }
 }

@@ -120,9 +120,15 @@ async fn startupz_is_503_until_every_first_attempt_has_ended_even_one_that_fails
 async fn a_long_poll_on_status_returns_with_the_next_transition_and_not_before() {
     let mut db = Listener::start(Behaviour::Hold).await;
     let sidecar = Sidecar::start(&target("db", &db.address(), "")).await;
+    // The document may show `up` a moment before its index counts the connect (the
+    // index is taken first, so no change is missed): wait for both.
     let first = eventually(Duration::from_secs(10), "db up", || async {
         let r = sidecar.get("/status").await;
-        r.body.contains("\"up\"").then_some(r)
+        let counted = r
+            .header("x-tether-index")
+            .and_then(|i| i.rsplit_once(':'))
+            .is_some_and(|(_, p)| p.parse::<u64>().is_ok_and(|p| p >= 1));
+        (r.body.contains("\"up\"") && counted).then_some(r)
     })
     .await;
     let index = first
@@ -378,6 +384,9 @@ async fn the_state_file_holds_the_status_document_after_every_change_and_is_neve
                     panic!("torn state file ({e}): {}", String::from_utf8_lossy(&bytes))
                 });
                 reads += 1;
+                // Paced, not spinning: thousands of reads a second still catch a torn
+                // write, without taking a whole core from the sidecar under test.
+                std::thread::sleep(Duration::from_micros(200));
             }
             reads
         }
