@@ -5,7 +5,6 @@
 //! Detection times are printed (`cargo test probes -- --nocapture`) as the median of
 //! several runs; the assertions bound them generously, for a crowded CI machine.
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use tether::watch::machine::{Event, State};
@@ -18,6 +17,7 @@ use crate::support::postgres::PostgresServer;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process::{self, TetherProcess};
 use crate::support::{Exchange, POLL_INTERVAL, workdir};
+use crate::support::{blocking, stdout};
 
 /// How many times each failure is provoked; the median is reported.
 const RUNS: usize = 5;
@@ -45,11 +45,6 @@ const KILL_BOUND: Duration = Duration::from_secs(1);
 
 /// How long servers that close unauthenticated sessions are watched for a false `down`.
 const HELD_FOR: Duration = Duration::from_secs(10);
-
-/// Runs blocking server control (start, signals, restarts) without starving the checkers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// A target named `probe` with the server's protocol probe, and a target named `tcp` on
 /// the same server, to compare what each sees.
@@ -103,21 +98,6 @@ fn report(server: &str, what: &str, samples: &[Duration]) {
         median(samples),
         samples.len()
     );
-}
-
-/// `tether probe ARGS...`, run to completion.
-fn tether_probe(args: &[&str]) -> Output {
-    blocking(|| {
-        tether_process::command()
-            .arg("probe")
-            .args(args)
-            .output()
-            .expect("run tether probe")
-    })
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 // === SIGKILL and restart ===
@@ -222,7 +202,8 @@ async fn a_frozen_server_is_detected_by_its_probe_but_not_by_tcp(
 
         if run == 0 {
             // `tether probe` uses the same check, and the same bound.
-            let out = tether_probe(&[&server.addr(), "--probe", probe, "--timeout", "500ms"]);
+            let out =
+                tether_process::probe(&[&server.addr(), "--probe", probe, "--timeout", "500ms"]);
             assert_eq!(out.status.code(), Some(1), "{out:?}");
             assert!(stdout(&out).contains("no answer within 500ms"), "{out:?}");
         }
@@ -616,14 +597,14 @@ async fn tether_probe_speaks_the_protocol_it_is_given() {
     let redis = blocking(RedisServer::start);
     let http = HttpServer::start(Framing::KeepAlive).await;
 
-    let out = tether_probe(&[&redis.addr(), "--probe", "redis"]);
+    let out = tether_process::probe(&[&redis.addr(), "--probe", "redis"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(stdout(&out).contains("is healthy"), "{out:?}");
 
-    let out = tether_probe(&[&http.addr(), "--probe", "http"]);
+    let out = tether_process::probe(&[&http.addr(), "--probe", "http"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     http.answer(503);
-    let out = tether_probe(&[&http.addr(), "--probe", "http"]);
+    let out = tether_process::probe(&[&http.addr(), "--probe", "http"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stdout(&out).contains("answered 503 X, expected 200"),
@@ -632,7 +613,7 @@ async fn tether_probe_speaks_the_protocol_it_is_given() {
 
     // The path and the expected status come from the command line; they mean nothing
     // to other probes, and saying them there is a usage error.
-    let out = tether_probe(&[
+    let out = tether_process::probe(&[
         &http.addr(),
         "--probe",
         "http",
@@ -648,13 +629,13 @@ async fn tether_probe_speaks_the_protocol_it_is_given() {
             .unwrap()
             .starts_with("GET /healthz HTTP/1.1")
     );
-    let out = tether_probe(&[&redis.addr(), "--probe", "redis", "--path", "/healthz"]);
+    let out = tether_process::probe(&[&redis.addr(), "--probe", "redis", "--path", "/healthz"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 
     // The wrong protocol is not healthy: HTTP is not Redis, and Redis does not greet.
-    let out = tether_probe(&[&http.addr(), "--probe", "redis"]);
+    let out = tether_process::probe(&[&http.addr(), "--probe", "redis"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let out = tether_probe(&[&redis.addr(), "--probe", "mysql", "--timeout", "300ms"]);
+    let out = tether_process::probe(&[&redis.addr(), "--probe", "mysql", "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("no answer within 300ms"), "{out:?}");
 }

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,11 +17,12 @@ use tether::watch::machine::Event;
 
 use crate::support::TestServer;
 use crate::support::daemon::{Daemon, Recipe};
-use crate::support::harness::{Record, Recorder, watch};
+use crate::support::harness::{Recorder, watch};
 use crate::support::rabbitmq::RabbitMq;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process;
 use crate::support::{Exchange, eventually, running_as_root};
+use crate::support::{blocking, stdout};
 
 /// Bound on any single wait for an event that must come.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -41,26 +42,6 @@ const FROZEN_WINDOW: Duration = Duration::from_secs(4);
 /// A closed connection is noticed from the socket, without waiting for a check.
 const KILL_BOUND: Duration = Duration::from_secs(1);
 
-/// Runs blocking server control without starving the checkers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// `tether probe ARGS...`, run to completion.
-fn tether_probe(args: &[&str]) -> Output {
-    blocking(|| {
-        tether_process::command()
-            .arg("probe")
-            .args(args)
-            .output()
-            .expect("run tether probe")
-    })
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The scenario every probe must pass on its own server, `probe` being the TOML value
 /// of the target's `probe` key: `tether probe` says healthy, a watched target comes up,
 /// notices a freeze within the window and a kill at once.
@@ -74,7 +55,7 @@ async fn a_served_probe_notices_a_freeze_and_a_kill(
     let addr = server.addr();
     let mut args = vec![addr.as_str(), "--probe", kind];
     args.extend_from_slice(cli);
-    let out = tether_probe(&args);
+    let out = tether_process::probe(&args);
     assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
     assert!(stdout(&out).contains("is healthy"), "{name}: {out:?}");
 
@@ -115,7 +96,7 @@ async fn a_served_probe_notices_a_freeze_and_a_kill(
 /// back instead.
 fn the_wrong_server_is_refused_saying_why(kind: &str, expected: &str) {
     let redis = blocking(RedisServer::start);
-    let out = tether_probe(&[&redis.addr(), "--probe", kind, "--timeout", "500ms"]);
+    let out = tether_process::probe(&[&redis.addr(), "--probe", kind, "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{kind} at redis: {out:?}");
     assert!(
         stdout(&out).contains(expected),
@@ -271,11 +252,7 @@ async fn a_nats_pinging_between_checks_gets_its_pong_and_keeps_the_connection() 
     rec.nth_event("bus", Event::Connect, 1, LIMIT).await;
     // The scenario is time itself: four of the server's ping intervals.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let lost: Vec<_> = rec
-        .of("bus")
-        .into_iter()
-        .filter(|r| matches!(r, Record::Lost { .. }))
-        .collect();
+    let lost = rec.losses("bus");
     assert!(
         lost.is_empty(),
         "the server closed the connection: {lost:?}\n{}",
@@ -293,7 +270,7 @@ async fn a_nats_answers_ping_with_pong_and_its_freeze_and_death_are_noticed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_nats_probe_at_a_server_greeting_otherwise_is_not_healthy_and_says_with_what() {
     let (addr, _accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
-    let out = tether_probe(&[&addr, "--probe", "nats", "--timeout", "500ms"]);
+    let out = tether_process::probe(&[&addr, "--probe", "nats", "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stdout(&out).contains("not a NATS answer: greeted with 220 mail.test ESMTP ready"),
@@ -339,7 +316,7 @@ async fn a_nats_requiring_credentials_is_healthy_with_them_and_refuses_others_sa
         !stdout(&out).contains("wrong"),
         "the password leaked: {out:?}"
     );
-    let out = tether_probe(&[&server.addr(), "--probe", "nats", "--timeout", "2s"]);
+    let out = tether_process::probe(&[&server.addr(), "--probe", "nats", "--timeout", "2s"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("Authorization Violation"), "{out:?}");
 }
@@ -362,9 +339,9 @@ async fn expect_speaks_the_redis_inline_protocol_and_notices_its_freeze_and_deat
 #[tokio::test(flavor = "multi_thread")]
 async fn expect_without_send_judges_the_greeting_of_a_fresh_connection_each_time() {
     let (addr, accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
-    let out = tether_probe(&[&addr, "--probe", "expect", "--expect", "^220 "]);
+    let out = tether_process::probe(&[&addr, "--probe", "expect", "--expect", "^220 "]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let out = tether_probe(&[&addr, "--probe", "expect", "--expect", "^230 "]);
+    let out = tether_process::probe(&[&addr, "--probe", "expect", "--expect", "^230 "]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stdout(&out)
@@ -396,7 +373,7 @@ async fn expect_without_send_judges_the_greeting_of_a_fresh_connection_each_time
 #[tokio::test(flavor = "multi_thread")]
 async fn expect_at_the_wrong_server_is_not_healthy_and_shows_what_came_back() {
     let memcached = blocking(|| Daemon::start(MEMCACHED));
-    let out = tether_probe(&[
+    let out = tether_process::probe(&[
         &memcached.addr(),
         "--probe",
         "expect",
@@ -467,7 +444,7 @@ async fn a_mosquitto_acknowledges_connect_and_ping_and_its_freeze_and_death_are_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_refusing_anonymous_clients_is_healthy_but_refused_credentials_are_not() {
     let server = blocking(|| Daemon::start(mosquitto_recipe(false)));
-    let out = tether_probe(&[&server.addr(), "--probe", "mqtt", "--timeout", "2s"]);
+    let out = tether_process::probe(&[&server.addr(), "--probe", "mqtt", "--timeout", "2s"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = blocking(|| {
         tether_process::command()
@@ -501,7 +478,7 @@ async fn the_mqtt_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_
     // Redis and memcached wait silently for a line end the binary CONNECT never sends
     // (a timeout); a server that speaks first shows the wrong answer.
     let (addr, _accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
-    let out = tether_probe(&[&addr, "--probe", "mqtt", "--timeout", "500ms"]);
+    let out = tether_process::probe(&[&addr, "--probe", "mqtt", "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stdout(&out).contains("not a MQTT answer: CONNECT answered 220 "),
@@ -523,7 +500,7 @@ async fn a_rabbitmq_answers_the_amqp_header_and_its_freeze_and_death_are_noticed
 #[tokio::test(flavor = "multi_thread")]
 async fn the_amqp_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_what_came_back() {
     let (addr, _accepted) = greeting_server(b"220 mail.test ESMTP ready\r\n").await;
-    let out = tether_probe(&[&addr, "--probe", "amqp", "--timeout", "500ms"]);
+    let out = tether_process::probe(&[&addr, "--probe", "amqp", "--timeout", "500ms"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stdout(&out).contains("not a AMQP answer: the header answered 220 mai"),
@@ -574,7 +551,7 @@ const ETCD: Recipe = Recipe {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_etcd_reports_serving_over_grpc_and_its_freeze_and_death_are_noticed() {
     let mut server = blocking(|| Daemon::start(ETCD));
-    let out = tether_probe(&[
+    let out = tether_process::probe(&[
         &server.addr(),
         "--probe",
         "grpc",

@@ -12,6 +12,7 @@ use tether::probe::Role;
 use tether::watch::machine::{Event, State};
 
 use crate::support::TestServer;
+use crate::support::blocking;
 use crate::support::harness::{Record, Recorder, watch};
 use crate::support::postgres::{Pair, PostgresServer};
 use crate::support::redis::{self, RedisServer};
@@ -32,11 +33,6 @@ const PROMOTION_BOUND: Duration = Duration::from_secs(3);
 /// A frozen session is noticed by the next check: due within one interval, given
 /// `check_timeout` to be answered (900 ms); the margin is for a loaded machine.
 const FROZEN_BOUND: Duration = Duration::from_secs(3);
-
-/// Runs blocking server control (start, signals, commands) without starving the checkers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// A target `name` on `addr` with `probe` (bare name or inline table).
 fn target(name: &str, addr: &str, probe: &str) -> String {

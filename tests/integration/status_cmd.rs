@@ -11,6 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use crate::support::harness::{Behaviour, Listener, dead_port};
+use crate::support::stdout;
 use crate::support::tether_process::{TetherProcess, command as tether};
 use crate::support::{free_port, poll_until};
 
@@ -38,10 +39,6 @@ fn start(config: &Path, global_args: &[&str]) -> (TetherProcess, SocketAddr) {
 
 fn status(args: &[&str]) -> Output {
     tether().arg("status").args(args).output().unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `tether status --url URL` until its output satisfies `done`.

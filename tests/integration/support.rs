@@ -42,6 +42,17 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// crowded, yet bounded so a broken server fails the test instead of hanging it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Runs blocking work (a server start, a child process) from an async test without
+/// stalling the runtime's other tasks.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A finished command's standard output, as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A port nobody is listening on, below the kernel's ephemeral range.
 ///
 /// Below it, because the tests open thousands of outgoing connections, each on an

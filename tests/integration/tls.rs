@@ -4,7 +4,6 @@
 //! must say why; a held TLS connection must be watched as closely as a plain one; the
 //! certificate's expiry reaches the metric and `/status` exactly.
 
-use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +24,7 @@ use crate::support::postgres::{PostgresServer, USER};
 use crate::support::redis::RedisServer;
 use crate::support::tether_process::TetherProcess;
 use crate::support::tls::{NOT_AFTER, Pki, hanging_up_tls_server, https_server};
+use crate::support::{blocking, free_port, stdout};
 use crate::support::{tether_process, workdir};
 
 /// Bound on any single wait for an event that must come.
@@ -35,10 +35,6 @@ const CHECK: &str = "check_interval = \"1s\"\ncheck_timeout = \"500ms\"\nbackoff
 /// kill from the socket at once.
 const FROZEN_BOUND: Duration = Duration::from_secs(4);
 const KILL_BOUND: Duration = Duration::from_secs(1);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// A redis-server with a plain port (its harness's readiness check) and a TLS port
 /// presenting the leaf `leaf` of `pki`.
@@ -81,11 +77,6 @@ impl TlsRedis {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("its address").port()
-}
-
 /// One connect attempt of the first target of `toml`, as the sidecar makes it.
 async fn attempt(toml: &str) -> Result<connect::Connection, String> {
     let config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
@@ -96,27 +87,8 @@ async fn attempt(toml: &str) -> Result<connect::Connection, String> {
         .map_err(|e| e.to_string())
 }
 
-fn tls_with(ca: &str, extra: &str) -> String {
-    tls(ca, extra)
-}
-
 fn tls(ca: &str, extra: &str) -> String {
     format!("tls = {{ ca_file = \"{ca}\" {extra} }}")
-}
-
-/// `tether probe ARGS...`, run to completion.
-fn tether_probe(args: &[&str]) -> Output {
-    blocking(|| {
-        tether_process::command()
-            .arg("probe")
-            .args(args)
-            .output()
-            .expect("run tether probe")
-    })
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
@@ -196,9 +168,9 @@ async fn a_tls_redis_with_a_wrong_ca_a_wrong_name_or_an_expired_certificate_fail
     }
     // `tether probe` takes the same settings from its flags.
     let addr = good.tls_addr();
-    let ok = tether_probe(&[&addr, "--probe", "redis", "--tls", "--ca-file", &pki.ca()]);
+    let ok = tether_process::probe(&[&addr, "--probe", "redis", "--tls", "--ca-file", &pki.ca()]);
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
-    let wrong = tether_probe(&[
+    let wrong = tether_process::probe(&[
         &addr,
         "--probe",
         "redis",
@@ -418,16 +390,16 @@ async fn a_postgres_with_ssl_on_is_healthy_over_tls_with_and_without_a_session_a
     let pki = Pki::new();
     let (cert, key) = (pki.pem("good.crt"), pki.pem("good.key"));
     let pg = blocking(|| PostgresServer::start_with_tls(&cert, &key));
-    let tls = tls(&pki.ca(), "");
+    let on = tls(&pki.ca(), "");
     let bare = attempt(&target(
         "db",
         &pg.addr(),
-        &format!("probe = \"postgres\"\n{tls}"),
+        &format!("probe = \"postgres\"\n{on}"),
     ))
     .await
     .expect("SSLRequest answered S and the handshake completes");
     assert!(bare.stream.as_ref().is_some_and(|s| s.is_tls()));
-    let session = format!("probe = {{ kind = \"postgres\", user = \"{USER}\" }}\n{tls}");
+    let session = format!("probe = {{ kind = \"postgres\", user = \"{USER}\" }}\n{on}");
     let conn = attempt(&target("db", &pg.addr(), &session))
         .await
         .expect("a session over TLS answers pg_is_in_recovery()");
@@ -443,9 +415,9 @@ async fn a_postgres_with_ssl_on_is_healthy_over_tls_with_and_without_a_session_a
     let addr = pg.addr();
     let other_ca = pki.path("other-ca.pem").display().to_string();
     for (tls, says) in [
-        (tls_with(&other_ca, ""), "unknown CA"),
+        (tls(&other_ca, ""), "unknown CA"),
         (
-            tls_with(&pki.ca(), ", server_name = \"db.example\""),
+            tls(&pki.ca(), ", server_name = \"db.example\""),
             "certificate is not valid for name db.example",
         ),
     ] {
@@ -467,7 +439,7 @@ async fn a_postgres_with_ssl_on_is_healthy_over_tls_with_and_without_a_session_a
     let e = attempt(&target(
         "db",
         &stale.addr(),
-        &format!("probe = \"postgres\"\n{}", tls_with(&pki.ca(), "")),
+        &format!("probe = \"postgres\"\n{}", tls(&pki.ca(), "")),
     ))
     .await
     .unwrap_err();
@@ -532,7 +504,7 @@ async fn a_mariadb_with_tls_is_reached_over_tls_after_its_greeting_and_one_witho
 
     // `tether probe` takes the same from its flags.
     let ca = pki.ca();
-    let ok = tether_probe(&[
+    let ok = tether_process::probe(&[
         &with_tls.addr(),
         "--probe",
         "mysql",

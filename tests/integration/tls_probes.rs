@@ -18,17 +18,14 @@ use tether::watch::machine::Event;
 
 use crate::support::TestServer;
 use crate::support::daemon::{Daemon, Recipe};
-use crate::support::harness::{Record, Recorder, watch};
+use crate::support::harness::{Recorder, watch};
 use crate::support::rabbitmq::RabbitMq;
 use crate::support::tls::Pki;
 use crate::support::{Exchange, running_as_root, tether_process};
+use crate::support::{blocking, stdout};
 
 /// Bound on any single wait for an event that must come.
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// `tether ARGS...`, run to completion.
 fn tether(args: &[&str]) -> Output {
@@ -38,10 +35,6 @@ fn tether(args: &[&str]) -> Output {
             .output()
             .expect("run tether")
     })
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The files a server presents: the good leaf (localhost, 127.0.0.1) and its CA.
@@ -308,11 +301,7 @@ async fn a_nats_pinging_a_held_tls_connection_gets_its_pong_and_keeps_it() {
     rec.nth_event("bus", Event::Connect, 1, LIMIT).await;
     // The scenario is time itself: three of the server's ping intervals.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let lost: Vec<_> = rec
-        .of("bus")
-        .into_iter()
-        .filter(|r| matches!(r, Record::Lost { .. }))
-        .collect();
+    let lost = rec.losses("bus");
     assert!(
         lost.is_empty(),
         "the server closed the connection: {lost:?}\n{}",

@@ -75,6 +75,14 @@ impl Recorder {
             .collect()
     }
 
+    /// The held connections of `target` that were lost, reconnected or not.
+    pub fn losses(&self, target: &str) -> Vec<Record> {
+        self.of(target)
+            .into_iter()
+            .filter(|r| matches!(r, Record::Lost { .. }))
+            .collect()
+    }
+
     pub fn transitions(&self, target: &str) -> Vec<(Transition, Instant)> {
         self.of(target)
             .into_iter()

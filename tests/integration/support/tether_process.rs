@@ -214,3 +214,14 @@ fn the_address_is_read_from_text_and_json_log_lines() {
     assert_eq!(listening_addr(json), Some("[::1]:80".parse().unwrap()));
     assert_eq!(listening_addr("listening on nothing"), None);
 }
+
+/// `tether probe ARGS...`, run to completion (from an async test too).
+pub fn probe(args: &[&str]) -> std::process::Output {
+    super::blocking(|| {
+        command()
+            .arg("probe")
+            .args(args)
+            .output()
+            .expect("run tether probe")
+    })
+}
