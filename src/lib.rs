@@ -11,6 +11,7 @@ pub mod exit;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod hooks;
+pub mod http2;
 pub mod instance;
 pub mod logging;
 pub mod net;

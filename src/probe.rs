@@ -120,6 +120,13 @@ pub trait Protocol {
     ) -> impl Future<Output = Result<(), ProbeError>> + Send {
         async { Ok(()) }
     }
+
+    /// What carries the checks of a new connection, once it is open (and through TLS):
+    /// the stream itself for most protocols; an HTTP/2 session over it for gRPC, whose
+    /// state must outlive each check.
+    fn session(&self, stream: Stream) -> impl Future<Output = Result<Stream, ProbeError>> + Send {
+        async { Ok(stream) }
+    }
 }
 
 /// The probe of one target, ready to run: settings resolved (a password's source, a
@@ -166,6 +173,12 @@ macro_rules! protocols {
             async fn start_tls(&self, tcp: &mut TcpStream) -> Result<(), ProbeError> {
                 match self {
                     $(Check::$variant(p) => p.start_tls(tcp).await,)*
+                }
+            }
+
+            async fn session(&self, stream: Stream) -> Result<Stream, ProbeError> {
+                match self {
+                    $(Check::$variant(p) => p.session(stream).await,)*
                 }
             }
 
@@ -221,17 +234,23 @@ impl Prober {
 
     /// Makes a new connection ready for its first check: as it is without TLS; else
     /// through the handshake, after what the protocol says first in plain text (see
-    /// [`Protocol::start_tls`]).
+    /// [`Protocol::start_tls`]); then in the protocol's session, if it keeps one (see
+    /// [`Protocol::session`]).
     /// The handshake has `limit` to finish, as an answer does.
     pub async fn open(&self, tcp: TcpStream, limit: Duration) -> Result<Stream, ProbeError> {
-        let Some(handshake) = &self.tls else {
-            return Ok(Stream::Plain(tcp));
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(handshake) => {
+                let mut tcp = tcp;
+                timeout(limit, self.check.start_tls(&mut tcp))
+                    .await
+                    .unwrap_or(Err(ProbeError::Timeout(limit)))?;
+                handshake.run(tcp, limit).await?
+            }
         };
-        let mut tcp = tcp;
-        timeout(limit, self.check.start_tls(&mut tcp))
+        timeout(limit, self.check.session(stream))
             .await
-            .unwrap_or(Err(ProbeError::Timeout(limit)))?;
-        Ok(handshake.run(tcp, limit).await?)
+            .unwrap_or(Err(ProbeError::Timeout(limit)))
     }
 
     /// Whether the server may speak on the held connection between checks, in messages

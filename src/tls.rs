@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::http2::Session;
 use crate::net::{self, Hangup, Readiness};
 
 /// PEM files larger than this are not certificates or keys (a CA bundle of every public
@@ -350,31 +351,56 @@ pub enum Stream {
     /// Boxed: rustls's connection state is large, and a plain stream should not carry
     /// its size.
     Tls(Box<TlsStream<TcpStream>>),
+    /// Either of the above, owned by an HTTP/2 session (the `grpc` probe's): read and
+    /// written only through the session, and watched through its driver.
+    Http2(Box<Session>),
 }
 
 impl Stream {
-    /// The socket underneath, for its options, its address and its readiness.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The socket underneath, for its options and its readiness; `None` inside an
+    /// HTTP/2 session, which alone may touch it.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::Http2(_) => None,
         }
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
+        match self {
+            Stream::Plain(s) => s.peer_addr(),
+            Stream::Tls(s) => s.get_ref().0.peer_addr(),
+            Stream::Http2(s) => Ok(s.peer_addr()),
+        }
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(_) => true,
+            Stream::Http2(s) => s.is_tls(),
+        }
     }
 
     /// The leaf certificate's notAfter, if this is TLS and the certificate parses.
     pub fn not_after(&self) -> Option<SystemTime> {
-        let Stream::Tls(s) = self else {
-            return None;
-        };
-        not_after(s.get_ref().1.peer_certificates()?.first()?)
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => not_after(s.get_ref().1.peer_certificates()?.first()?),
+            Stream::Http2(s) => s.not_after(),
+        }
+    }
+
+    /// Ready when the held connection has something to read or ended: the socket's
+    /// read readiness, or for an HTTP/2 session its driver's end (polling the driver
+    /// takes in and answers what the server says meanwhile).
+    pub fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.get_ref().0.poll_read_ready(cx),
+            Stream::Http2(s) => s.poll_ended(cx),
+        }
     }
 
     /// Reads whatever is pending on a held connection without blocking and discards it,
@@ -385,6 +411,7 @@ impl Stream {
         let tls = match self {
             Stream::Plain(s) => return net::drain(s),
             Stream::Tls(tls) => tls,
+            Stream::Http2(session) => return session.drain(),
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut scratch = [0u8; 512];
@@ -415,7 +442,10 @@ impl Stream {
     /// Like [`net::peek`] on the socket underneath: through TLS, bytes may be a record
     /// that holds no message, and the check the caller then runs reads it harmlessly.
     pub fn peek(&self) -> Readiness {
-        net::peek(self.tcp())
+        match self.tcp() {
+            Some(tcp) => net::peek(tcp),
+            None => Readiness::Nothing,
+        }
     }
 }
 
@@ -427,6 +457,15 @@ pub fn not_after(der: &[u8]) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// A stream owned by an HTTP/2 session is not read or written past it: bytes taken from
+/// under the session would corrupt it.
+fn in_session() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the connection carries an HTTP/2 session",
+    )
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -436,6 +475,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Http2(_) => Poll::Ready(Err(in_session())),
         }
     }
 }
@@ -449,6 +489,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::Http2(_) => Poll::Ready(Err(in_session())),
         }
     }
 
@@ -456,6 +497,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::Http2(_) => Poll::Ready(Err(in_session())),
         }
     }
 
@@ -463,6 +505,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::Http2(_) => Poll::Ready(Err(in_session())),
         }
     }
 }

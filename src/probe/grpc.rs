@@ -11,16 +11,17 @@
 //! With `tls`, the same over TLS from the first byte, asking for `h2` by ALPN as gRPC
 //! clients do.
 //!
-//! Each check opens a fresh connection with its own HTTP/2 session, and the connection is
-//! held until the next check replaces it ([`Afterwards::Hold`]): an HTTP/2 session keeps
-//! state across requests (stream ids, header compression) that would have to outlive the
-//! check, while a check only borrows the held socket. The cost to the server is one
-//! connection, an HTTP/2 handshake and one unary call per check.
+//! Every check is one unary call on the held connection: a new connection opens an
+//! HTTP/2 session ([`crate::http2`]) that lasts as long as the connection, each check a
+//! new stream on it. Between checks the session's driver answers the server's `PING`s
+//! and notices its `GOAWAY` or the connection's end at once. The cost to the server is
+//! one request per check.
 
+use crate::http2::{Driven, Session};
 use crate::tls::Stream;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
 use hyper::header::HeaderMap;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Afterwards, Check, Healthy, ProbeError, Protocol, quote};
 use crate::config::kinds::{self, Kind};
@@ -29,7 +30,7 @@ pub const KIND: Kind = Kind {
     name: "grpc",
     summary: "grpc.health.v1.Health/Check (of --service) answers SERVING",
     healthy: "`grpc.health.v1.Health/Check` for `service` (default: the whole server) answers `SERVING` (one unary call over HTTP/2)",
-    repeats: "on a fresh connection, which then replaces the held one",
+    repeats: "on the held connection (one HTTP/2 session, a stream per check)",
     settings: &["service"],
     finish: kinds::fits,
     learns_roles: kinds::no_roles,
@@ -77,11 +78,26 @@ impl Protocol for Grpc {
     /// take a client that does not for HTTP/1.1, and the HTTP/2 preface breaks the pipe).
     const ALPN: &'static [&'static [u8]] = &[b"h2"];
 
+    async fn session(&self, stream: Stream) -> Result<Stream, ProbeError> {
+        let session = Session::open(stream).await.map_err(driven_error)?;
+        Ok(Stream::Http2(Box::new(session)))
+    }
+
     async fn check(&self, stream: &mut Stream, _fresh: bool) -> Result<Healthy, ProbeError> {
-        let scheme = if stream.is_tls() { "https" } else { "http" };
-        let status = health_check(stream, scheme, &self.authority, self.request.clone()).await?;
-        judge(status, &self.service)?;
-        Ok(Afterwards::Hold.into())
+        let Stream::Http2(session) = stream else {
+            // `session` made every stream this probe is given.
+            return Err(ProbeError::Closed);
+        };
+        let scheme = if session.is_tls() { "https" } else { "http" };
+        let call = health_check(
+            session.sender(),
+            scheme,
+            &self.authority,
+            self.request.clone(),
+        );
+        let answer = session.drive(call).await.map_err(driven_error)??;
+        judge(answer, &self.service)?;
+        Ok(Afterwards::Reuse.into())
     }
 }
 
@@ -94,17 +110,14 @@ pub enum Answer {
     Failed(String, String),
 }
 
-/// One `Health/Check` call over an HTTP/2 session of its own on `stream`.
-pub async fn health_check<S>(
-    stream: S,
+/// One `Health/Check` call on a session; its answer arrives while the session is driven.
+/// The outer error is HTTP/2's; the inner, what the answer says of gRPC.
+async fn health_check(
+    client: SendRequest<Bytes>,
     scheme: &str,
     authority: &str,
     request: Bytes,
-) -> Result<Answer, ProbeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (client, mut connection) = h2::client::handshake(stream).await.map_err(h2_error)?;
+) -> Result<Result<Answer, ProbeError>, h2::Error> {
     let call = async {
         let mut client = client.ready().await?;
         let head = hyper::Request::builder()
@@ -135,24 +148,26 @@ where
         };
         Ok::<_, h2::Error>((head, data, trailers))
     };
-    let (head, data, trailers) = tokio::select! {
-        result = call => result.map_err(h2_error)?,
-        ended = &mut connection => {
-            ended.map_err(h2_error)?;
-            return Err(ProbeError::Closed);
-        }
-    };
+    let (head, data, trailers) = call.await?;
     if head.status != hyper::StatusCode::OK {
-        return Err(ProbeError::Garbled {
+        return Ok(Err(ProbeError::Garbled {
             protocol: "gRPC",
             detail: format!("HTTP status {}", head.status),
-        });
+        }));
     }
     // A call that fails at once may send its status with the headers ("Trailers-Only").
     let status = grpc_status(&head.headers).or_else(|| trailers.as_ref().and_then(grpc_status));
-    match status {
+    Ok(match status {
         Some((code, message)) if code != "0" => Ok(Answer::Failed(code, message)),
         _ => parse_response(&data).map(Answer::Status),
+    })
+}
+
+fn driven_error(e: Driven) -> ProbeError {
+    match e {
+        Driven::Exchange(e) => h2_error(e),
+        Driven::Ended(None) => ProbeError::Closed,
+        Driven::Ended(Some(io)) => ProbeError::Io(io),
     }
 }
 

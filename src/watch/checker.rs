@@ -209,7 +209,7 @@ impl Checker {
             }
             let woke = tokio::select! {
                 biased;
-                ready = readable(link.conn.stream.as_ref()) => Wake::Readable(ready),
+                ready = readable(link.conn.stream.as_mut()) => Wake::Readable(ready),
                 () = expiry(timer.as_mut()) => Wake::Timer,
             };
             match woke {
@@ -424,9 +424,9 @@ fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
 /// Resolves when the socket has something to read or ended. Polled through the
 /// socket's own read-readiness slot (the actor is the stream's only reader), so the
 /// future is a reference where `readable()` would carry a waiter node.
-fn readable(stream: Option<&Stream>) -> impl Future<Output = io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| match stream {
-        Some(stream) => stream.tcp().poll_read_ready(cx),
+fn readable(mut stream: Option<&mut Stream>) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| match stream.as_mut() {
+        Some(stream) => stream.poll_watch(cx),
         None => Poll::Pending,
     })
 }

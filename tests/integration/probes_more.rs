@@ -21,8 +21,10 @@ use crate::support::harness::{Recorder, watch};
 use crate::support::rabbitmq::RabbitMq;
 use crate::support::redis::RedisServer;
 use crate::support::tether_process;
+use crate::support::tls::Pki;
 use crate::support::{Exchange, eventually, running_as_root};
 use crate::support::{blocking, stdout};
+use crate::tls_probes::healthy_with_its_ca_and_refused_with_another;
 
 /// Bound on any single wait for an event that must come.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -488,11 +490,18 @@ async fn the_mqtt_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_
 
 // === AMQP ===
 
+/// RabbitMQ takes seconds to boot: one node serves every AMQP scenario of this binary,
+/// over TLS first (healthy with its CA, refused with another), then in plain text, frozen
+/// and killed last.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rabbitmq_answers_the_amqp_header_and_its_freeze_and_death_are_noticed() {
+async fn a_rabbitmq_answers_the_amqp_header_in_plain_text_and_over_tls_and_its_freeze_and_death_are_noticed()
+ {
+    let pki = Pki::new();
     let booting = Instant::now();
-    let mut node = blocking(RabbitMq::start);
+    let mut node = blocking(|| RabbitMq::start_tls(&pki));
     eprintln!("rabbitmq booted in {:?}", booting.elapsed());
+    let tls_addr = node.tls_addr();
+    healthy_with_its_ca_and_refused_with_another("rabbitmq", &tls_addr, &pki, &["--probe", "amqp"]);
     a_served_probe_notices_a_freeze_and_a_kill("rabbitmq", &mut node, "amqp", &[], "\"amqp\"")
         .await;
 }
@@ -569,4 +578,83 @@ async fn an_etcd_reports_serving_over_grpc_and_its_freeze_and_death_are_noticed(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_grpc_probe_at_a_redis_is_not_healthy_and_says_why() {
     the_wrong_server_is_refused_saying_why("grpc", "not a gRPC answer: HTTP/2");
+}
+
+/// The established TCP connections of this process to 127.0.0.1:`port`, by local port:
+/// its socket inodes (from `/proc/self/fd`) matched against the kernel's table.
+fn own_connections_to(port: u16) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("list /proc/self/fd")
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.ok()?.path()).ok()?;
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let mut ports: Vec<u16> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state, inode) = (fields[1], fields[2], fields[3], fields[9]);
+            let remote_port = u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()?;
+            let established = state == "01";
+            (established && remote_port == port && inodes.iter().any(|i| i == inode))
+                .then(|| u16::from_str_radix(local.rsplit(':').next()?, 16).ok())
+                .flatten()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+/// How many `grpc.health.v1.Health/Check` calls etcd has answered `OK`, from its own
+/// Prometheus metrics: the server's count, not tether's.
+fn etcd_health_checks(port: u16) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(crate::support::loopback(port)).expect("etcd");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .expect("ask etcd for its metrics");
+    let mut page = String::new();
+    conn.read_to_string(&mut page).expect("read etcd's metrics");
+    let series = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Check",grpc_service="grpc.health.v1.Health",grpc_type="unary"} "#;
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_target_is_checked_again_and_again_on_the_one_connection_it_holds() {
+    let server = blocking(|| Daemon::start(ETCD));
+    let port = server.port();
+    let rec = Recorder::new();
+    let config = format!(
+        "[[targets]]\nname = \"etcd\"\naddress = \"{}\"\nprobe = \"grpc\"\n\
+         check_interval = \"400ms\"\ncheck_timeout = \"300ms\"\n",
+        server.addr()
+    );
+    let sup = watch(&config, &rec);
+    rec.nth_event("etcd", Event::Connect, 1, LIMIT).await;
+    let held = blocking(|| own_connections_to(port));
+    assert_eq!(held.len(), 1, "one connection to etcd: {held:?}");
+
+    let before = blocking(|| etcd_health_checks(port));
+    let answered = eventually(
+        LIMIT,
+        "five more health checks answered by etcd",
+        || async {
+            let now = blocking(|| etcd_health_checks(port));
+            (now >= before + 5).then_some(now)
+        },
+    )
+    .await;
+    let still = blocking(|| own_connections_to(port));
+    eprintln!(
+        "etcd answered {} checks on local port {held:?}, still held: {still:?}",
+        answered - before
+    );
+    assert_eq!(still, held, "the checks ran on other connections");
+    assert!(rec.losses("etcd").is_empty(), "{:?}", rec.losses("etcd"));
+    sup.shutdown().await;
 }

@@ -1,8 +1,8 @@
 //! TLS on the probes of memcached, NATS, MQTT, AMQP, gRPC and `expect`, against the real
 //! servers serving the test PKI's certificate: healthy with its CA, refused with another
 //! CA saying so. memcached (`-Z`), mosquitto (a `listener` with `certfile`), RabbitMQ
-//! (`listeners.ssl`), etcd (`https://` client URLs) and `expect` start TLS on the first
-//! byte; nats-server 2.9 greets in plain text with `tls_required` and the client upgrades
+//! (`listeners.ssl`; its scenario is in `probes_more`, on the one node a binary starts),
+//! etcd (`https://` client URLs) and `expect` start TLS on the first byte; nats-server 2.9 greets in plain text with `tls_required` and the client upgrades
 //! after the `INFO`.
 //!
 //! The servers are ready when they accept connections; `tether wait` (itself a bounded
@@ -19,7 +19,6 @@ use tether::watch::machine::Event;
 use crate::support::TestServer;
 use crate::support::daemon::{Daemon, Recipe};
 use crate::support::harness::{Recorder, watch};
-use crate::support::rabbitmq::RabbitMq;
 use crate::support::tls::Pki;
 use crate::support::{Exchange, running_as_root, tether_process};
 use crate::support::{blocking, stdout};
@@ -53,7 +52,12 @@ fn accepting(port: u16, timeout: Duration) -> io::Result<()> {
 /// The scenario every TLS-serving probe must pass: healthy through TLS when the
 /// certificate is checked against the test CA, and refused, naming the cause, against
 /// another CA. `args` are the probe's own (`--probe KIND` and its settings).
-fn healthy_with_its_ca_and_refused_with_another(name: &str, addr: &str, pki: &Pki, args: &[&str]) {
+pub(crate) fn healthy_with_its_ca_and_refused_with_another(
+    name: &str,
+    addr: &str,
+    pki: &Pki,
+    args: &[&str],
+) {
     let ca = pki.ca();
     let tls = ["--tls", "--ca-file", ca.as_str()];
     let wait: Vec<&str> = [&["wait", addr][..], args, &tls, &["--timeout", "20s"]].concat();
@@ -308,18 +312,4 @@ async fn a_nats_pinging_a_held_tls_connection_gets_its_pong_and_keeps_it() {
         server.log()
     );
     sup.shutdown().await;
-}
-
-// === AMQP ===
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rabbitmq_tls_listener_is_healthy_with_its_ca_and_refused_with_another() {
-    let pki = Pki::new();
-    let node = blocking(|| RabbitMq::start_tls(&pki));
-    healthy_with_its_ca_and_refused_with_another(
-        "rabbitmq",
-        &node.tls_addr(),
-        &pki,
-        &["--probe", "amqp"],
-    );
 }

@@ -36,11 +36,6 @@ pub struct RabbitMq {
 }
 
 impl RabbitMq {
-    /// Starts a node and returns once it answers the AMQP protocol header.
-    pub fn start() -> RabbitMq {
-        RabbitMq::start_with(None)
-    }
-
     /// Starts a node that also serves AMQP over TLS (`listeners.ssl`) with the good leaf
     /// of `pki`, on [`RabbitMq::tls_addr`].
     pub fn start_tls(pki: &Pki) -> RabbitMq {
