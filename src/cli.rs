@@ -273,7 +273,7 @@ impl CheckArgs {
         }
         (kind.finish)(&mut settings)
             .map_err(|m| format!("--probe {}: {}", kind.name, m.message))?;
-        Ok(config::Probe { kind, settings })
+        Ok(config::Probe::new(kind, settings))
     }
 
     /// The TLS settings of `address`, loaded once as [`crate::tls::TlsClient`] by the

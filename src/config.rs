@@ -128,8 +128,9 @@ pub struct Target {
     /// hooks of `[defaults]` hold one copy, not 10,000.
     pub hooks: Arc<Hooks>,
     /// TLS on the probe's connection; `None`: plain TCP.
+    /// Boxed: most targets have none, and should not carry its size.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Tls>,
+    pub tls: Option<Box<Tls>>,
 }
 
 /// `tls`: the probe speaks through TLS (PostgreSQL after its `SSLRequest`, every other
@@ -198,8 +199,10 @@ impl Keepalive {
 pub struct Probe {
     #[serde(serialize_with = "kind_name")]
     pub kind: &'static kinds::Kind,
+    /// Shared: every target whose probe takes no settings holds the one empty set, so a
+    /// fleet of `tcp` targets carries none of their size.
     #[serde(flatten)]
-    pub settings: ProbeSettings,
+    pub settings: Arc<ProbeSettings>,
 }
 
 fn kind_name<S: serde::Serializer>(kind: &&'static kinds::Kind, s: S) -> Result<S::Ok, S::Error> {
@@ -298,10 +301,18 @@ impl ProbeSettings {
 impl Probe {
     /// The TCP handshake alone: a target's probe when none is given.
     pub fn tcp() -> Probe {
-        Probe {
-            kind: &crate::probe::tcp::KIND,
-            settings: ProbeSettings::default(),
-        }
+        Probe::new(&crate::probe::tcp::KIND, ProbeSettings::default())
+    }
+
+    pub fn new(kind: &'static kinds::Kind, settings: ProbeSettings) -> Probe {
+        static NONE: std::sync::LazyLock<Arc<ProbeSettings>> =
+            std::sync::LazyLock::new(Arc::default);
+        let settings = if settings == ProbeSettings::default() {
+            NONE.clone()
+        } else {
+            Arc::new(settings)
+        };
+        Probe { kind, settings }
     }
 
     pub fn is_tcp(&self) -> bool {

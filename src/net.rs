@@ -100,7 +100,10 @@ pub async fn resolve(address: &Address, limit: Duration) -> Result<Vec<SocketAdd
         return Ok(vec![SocketAddr::new(ip, address.port())]);
     }
     let host = address.host();
-    match timeout(limit, resolve::system().lookup(host)).await {
+    // Boxed: the lookup's future is over a kilobyte, and inline it would be carried by
+    // every connect attempt, of targets at an IP address too; after a mass outage
+    // thousands of attempts are under way at once.
+    match timeout(limit, Box::pin(resolve::system().lookup(host))).await {
         Err(_) => Err(ConnectError::ResolveTimeout {
             host: host.to_owned(),
             after: limit,

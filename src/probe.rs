@@ -172,19 +172,22 @@ macro_rules! protocols {
 
             async fn start_tls(&self, tcp: &mut TcpStream) -> Result<(), ProbeError> {
                 match self {
-                    $(Check::$variant(p) => p.start_tls(tcp).await,)*
+                    $(Check::$variant(p) => Box::pin(p.start_tls(tcp)).await,)*
                 }
             }
 
             async fn session(&self, stream: Stream) -> Result<Stream, ProbeError> {
                 match self {
-                    $(Check::$variant(p) => p.session(stream).await,)*
+                    $(Check::$variant(p) => Box::pin(p.session(stream)).await,)*
                 }
             }
 
+            /// Each protocol's check is boxed at its own size: inline, every connect
+            /// attempt would carry the largest protocol's future (over a kilobyte),
+            /// a `tcp` target's included.
             async fn run(&self, stream: &mut Stream, fresh: bool) -> Result<Healthy, ProbeError> {
                 match self {
-                    $(Check::$variant(p) => p.check(stream, fresh).await,)*
+                    $(Check::$variant(p) => Box::pin(p.check(stream, fresh)).await,)*
                 }
             }
         }
@@ -245,7 +248,7 @@ impl Prober {
                 timeout(limit, self.check.start_tls(&mut tcp))
                     .await
                     .unwrap_or(Err(ProbeError::Timeout(limit)))?;
-                handshake.run(tcp, limit).await?
+                Box::pin(handshake.run(tcp, limit)).await?
             }
         };
         timeout(limit, self.check.session(stream))

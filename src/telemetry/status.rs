@@ -51,6 +51,37 @@ pub struct Document {
     pub groups: Vec<GroupStatus>,
 }
 
+/// [`Document`] as it is serialized, borrowing from the registry: the same fields in
+/// the same order, so the two give the same JSON.
+#[derive(Serialize)]
+struct DocumentView<'a> {
+    version: &'a str,
+    instance: &'a str,
+    generated_at: Timestamp,
+    ready: bool,
+    stopping: bool,
+    targets: Entries<'a>,
+    #[serde(skip_serializing_if = "<[GroupStatus]>::is_empty")]
+    groups: &'a [GroupStatus],
+}
+
+/// Every target's entry, each serialized under its own lock.
+struct Entries<'a>(&'a BTreeMap<String, Arc<Slot>>);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.values().map(|slot| Locked(slot)))
+    }
+}
+
+struct Locked<'a>(&'a Slot);
+
+impl Serialize for Locked<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        lock(&self.0.entry).serialize(serializer)
+    }
+}
+
 impl Document {
     /// Whether every required target outside groups is up and every required group
     /// has an active member (what `tether status` exits 0 on).
@@ -261,6 +292,8 @@ pub struct Status {
     started: AtomicBool,
     /// Increased on every change, so the state-file writer knows whether it is behind.
     version: AtomicU64,
+    /// The length of the last document written, to size the next one's buffer.
+    last_document_len: AtomicUsize,
     /// Woken on every change; `notify_one` keeps a permit, so no change is missed by the
     /// single writer that waits on it.
     changed: Notify,
@@ -305,6 +338,7 @@ impl Status {
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
             version: AtomicU64::new(0),
+            last_document_len: AtomicUsize::new(0),
             changed: Notify::new(),
         };
         {
@@ -523,10 +557,33 @@ impl Status {
     }
 
     /// The document as pretty JSON with a final newline, as served and written.
+    ///
+    /// Written straight from the slots, each target under its own lock, rather than
+    /// from a [`Document`] copy: at 10,000 targets the copy and the output would each
+    /// be megabytes, and every `/status` poll and state-file write made both. The
+    /// output starts at the size of the previous one, so it is not grown by doubling.
     pub fn document_json(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(&self.document())
-            .expect("the status document always serializes");
+        let groups: Vec<GroupStatus> = self.lock_groups().values().cloned().collect();
+        let ready = self.ready();
+        let stopping = self.is_stopping();
+        let last = self.last_document_len.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(last + last / 16 + 1024);
+        {
+            let slots = self.read_slots();
+            let view = DocumentView {
+                version: env!("CARGO_PKG_VERSION"),
+                instance: crate::instance::id(),
+                generated_at: Timestamp(SystemTime::now()),
+                ready,
+                stopping,
+                targets: Entries(&slots),
+                groups: &groups,
+            };
+            serde_json::to_writer_pretty(&mut out, &view)
+                .expect("the status document always serializes");
+        }
         out.push(b'\n');
+        self.last_document_len.store(out.len(), Ordering::Relaxed);
         out
     }
 
@@ -1002,6 +1059,34 @@ mod tests {
             // Milliseconds survive; finer digits are not written.
             assert!(read.since.until(kept.since) < Duration::from_millis(1));
         }
+    }
+
+    /// `/status` is written from the registry without a [`Document`] copy; it must
+    /// still be exactly the JSON of the document it stands for, key order included.
+    #[test]
+    fn the_document_written_in_place_is_the_json_of_the_document() {
+        let config = grouped("role = \"primary\"");
+        let status = Status::new(&config);
+        let db = &Arc::new(config.targets[0].clone());
+        status.transition(
+            db,
+            &transition(0, Event::Connect, State::Connecting, State::Up),
+        );
+        status.transition(
+            db,
+            &transition(1, Event::Disconnect, State::Up, State::Down),
+        );
+        let without_time = |json: &[u8]| -> String {
+            String::from_utf8(json.to_vec())
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("\"generated_at\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut copy = serde_json::to_vec_pretty(&status.document()).unwrap();
+        copy.push(b'\n');
+        assert_eq!(without_time(&status.document_json()), without_time(&copy));
     }
 
     /// db outside any group; a and b in the group "store" (fallback "memory").

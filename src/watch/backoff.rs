@@ -14,8 +14,8 @@ use backoff::exponential::ExponentialBackoff;
 use crate::config;
 
 /// The crate's policy reads a clock only to enforce `max_elapsed_time`, which tether
-/// never sets (a watcher must not give up): a clock frozen at construction keeps the
-/// schedule free of clock reads on every attempt.
+/// never sets (a watcher must not give up): a clock frozen at one instant of the
+/// process keeps the schedule free of clock reads on every attempt.
 #[derive(Clone, Copy, Debug)]
 struct FrozenClock(std::time::Instant);
 
@@ -25,42 +25,60 @@ impl backoff::Clock for FrozenClock {
     }
 }
 
+fn frozen() -> FrozenClock {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    FrozenClock(*START)
+}
+
 /// Delays between failed connect attempts of one target.
+///
+/// Every target holds one for life, so it keeps only the settings and where the
+/// schedule stands; the crate's policy (twice the size, with its clock and start time)
+/// is put together for each delay.
 #[derive(Debug)]
 pub struct ReconnectBackoff {
-    policy: ExponentialBackoff<FrozenClock>,
+    cfg: config::Backoff,
+    /// The interval the next delay is spread around.
+    current: Duration,
 }
 
 impl ReconnectBackoff {
     pub fn new(cfg: &config::Backoff) -> ReconnectBackoff {
-        let clock = FrozenClock(std::time::Instant::now());
-        let mut policy = ExponentialBackoff {
-            current_interval: cfg.initial.get(),
-            initial_interval: cfg.initial.get(),
-            randomization_factor: cfg.jitter,
-            multiplier: cfg.multiplier,
-            max_interval: cfg.max.get(),
+        ReconnectBackoff {
+            cfg: *cfg,
+            current: cfg.initial.get(),
+        }
+    }
+
+    fn policy(&self) -> ExponentialBackoff<FrozenClock> {
+        let clock = frozen();
+        ExponentialBackoff {
+            current_interval: self.current,
+            initial_interval: self.cfg.initial.get(),
+            randomization_factor: self.cfg.jitter,
+            multiplier: self.cfg.multiplier,
+            max_interval: self.cfg.max.get(),
             start_time: clock.0,
             max_elapsed_time: None,
             clock,
-        };
-        policy.reset();
-        ReconnectBackoff { policy }
+        }
     }
 
     /// The delay before the next attempt: `initial * multiplier^n` spread by the
     /// jitter, never above `max`.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self
-            .policy
+        let mut policy = self.policy();
+        let delay = policy
             .next_backoff()
             .expect("without max_elapsed_time the policy never gives up");
+        self.current = policy.current_interval;
         self.fold(delay)
     }
 
     /// Starts the schedule over, after a successful connect.
     pub fn reset(&mut self) {
-        self.policy.reset();
+        self.current = self.cfg.initial.get();
     }
 
     /// The crate spreads the capped interval to `max * (1 + jitter)`; operators read
@@ -68,7 +86,7 @@ impl ReconnectBackoff {
     /// stays within `[interval * (1 - jitter), max]` and keeps its spread at the cap,
     /// where clamping would pile most attempts of a fleet onto `max` itself.
     fn fold(&self, delay: Duration) -> Duration {
-        let max = self.policy.max_interval;
+        let max = self.cfg.max.get();
         if delay > max {
             max.saturating_sub(delay - max)
         } else {

@@ -45,8 +45,8 @@ pub struct Checker {
     /// The role last reported; a restarted actor starts from unknown, as the
     /// listeners do on `started`.
     role: Mutex<Option<Role>>,
-    /// What was last told of the server's certificate.
-    certificate: Mutex<Certificate>,
+    /// What was last told of the server's certificate; boxed, and only over TLS.
+    certificate: Option<Box<Mutex<Certificate>>>,
 }
 
 /// The certificate's expiry as last reported, and when its nearness was last warned of.
@@ -83,7 +83,8 @@ impl Checker {
         memory: Arc<Mutex<Snapshot>>,
     ) -> Checker {
         let machine = Machine::resume(&target, &memory.lock().unwrap_or_else(|p| p.into_inner()));
-        let prober = Prober::new(&target.probe, &target.address, target.tls.as_ref());
+        let prober = Prober::new(&target.probe, &target.address, target.tls.as_deref());
+        let certificate = target.tls.is_some().then(Box::default);
         Checker {
             target,
             prober,
@@ -92,7 +93,7 @@ impl Checker {
             cancel,
             memory,
             role: Mutex::new(None),
-            certificate: Mutex::default(),
+            certificate,
         }
     }
 
@@ -295,10 +296,12 @@ impl Checker {
     /// Tells the observers the expiry of the server's certificate if it changed, and
     /// warns, once a day, when it is nearer than the target's `warn_before`.
     fn report_certificate(&self, not_after: Option<SystemTime>) {
-        let (Some(not_after), Some(tls)) = (not_after, &self.target.tls) else {
+        let (Some(not_after), Some(tls), Some(cert)) =
+            (not_after, &self.target.tls, &self.certificate)
+        else {
             return;
         };
-        let mut cert = self.certificate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cert = cert.lock().unwrap_or_else(|p| p.into_inner());
         if cert.not_after != Some(not_after) {
             cert.not_after = Some(not_after);
             cert.warned = None;

@@ -374,7 +374,7 @@ mod tests {
     /// or a TLS probe's state.
     #[test]
     fn a_watched_targets_task_stays_within_its_memory_budget() {
-        const BUDGET: usize = 1152;
+        const BUDGET: usize = 1024;
         let config = Config::parse(
             "[[targets]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\n",
             "test.toml".as_ref(),

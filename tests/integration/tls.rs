@@ -81,7 +81,7 @@ impl TlsRedis {
 async fn attempt(toml: &str) -> Result<connect::Connection, String> {
     let config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
     let t = &config.targets[0];
-    let prober = Prober::new(&t.probe, &t.address, t.tls.as_ref());
+    let prober = Prober::new(&t.probe, &t.address, t.tls.as_deref());
     connect::connect(&t.address, &prober, Limits::of(t), &t.keepalive)
         .await
         .map_err(|e| e.to_string())
