@@ -173,3 +173,83 @@ fn as_io(hangup: &Hangup) -> Option<io::Error> {
         Hangup::Io(e) => Some(io::Error::new(e.kind(), e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A session to an `h2` server on loopback; the server's connection is handed to
+    /// `serve` once its handshake is done.
+    async fn session_to<F, Fut>(serve: F) -> Session
+    where
+        F: FnOnce(h2::server::Connection<TcpStream, Bytes>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let conn = h2::server::handshake(socket).await.unwrap();
+            serve(conn).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Session::open(Stream::Plain(tcp)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_goaway_between_checks_ends_the_held_session_at_once() {
+        let mut session = session_to(|mut conn| async move {
+            conn.graceful_shutdown();
+            // Drive the shutdown to its end: GOAWAY, then the close.
+            while let Some(request) = conn.accept().await {
+                drop(request);
+            }
+        })
+        .await;
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| session.poll_ended(cx)),
+        )
+        .await;
+        assert!(ended.is_ok(), "the session did not notice the GOAWAY");
+        assert!(matches!(
+            session.drain(),
+            Readiness::Ended(Hangup::ClosedByPeer)
+        ));
+        // Told once; a request on it fails saying the connection ended.
+        let sender = session.sender();
+        let call = async { sender.ready().await.map(|_| ()) };
+        assert!(session.drive(call).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_ping_between_checks_is_answered_and_the_session_stays() {
+        let (pong_tx, pong_rx) = tokio::sync::oneshot::channel();
+        let mut session = session_to(|mut conn| async move {
+            let mut ping_pong = conn.ping_pong().expect("the first taker");
+            let ping = async { ping_pong.ping(h2::Ping::opaque()).await };
+            // The server's connection must be driven for its PING to go out and the
+            // PONG to come back.
+            let answered = tokio::select! {
+                pong = ping => pong.is_ok(),
+                _ = conn.accept() => false,
+            };
+            let _ = pong_tx.send(answered);
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let watch = std::future::poll_fn(|cx| session.poll_ended(cx));
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::select! {
+                _ = watch => panic!("the session ended"),
+                answered = pong_rx => answered.unwrap(),
+            }
+        })
+        .await
+        .expect("no PONG within 5 s: the watch does not drive the session");
+        assert!(answered, "the server's PING got no PONG");
+        assert!(matches!(session.drain(), Readiness::Nothing));
+    }
+}
