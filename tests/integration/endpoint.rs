@@ -112,6 +112,28 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 }
 
 /// Sends `raw` and reads the answer until the server closes the connection.
+/// The `X-Tether-Index` a `/status` document at `index` settles on. A document may
+/// already show a change its index does not count yet (the index is taken first, so
+/// no change is ever missed): a long-poll from it would return as soon as that change
+/// reaches the stream. The settled index is one a short long-poll leaves unchanged;
+/// `unchanged` checks each document met on the way still shows what the caller saw.
+pub async fn settled_index(
+    addr: SocketAddr,
+    mut index: String,
+    unchanged: impl Fn(&Reply) -> bool,
+) -> String {
+    for _ in 0..20 {
+        let r = get(addr, &format!("/status?index={index}&wait=300ms")).await;
+        let now = r.header("x-tether-index").unwrap().to_owned();
+        if now == index {
+            return index;
+        }
+        assert!(unchanged(&r), "moved on meanwhile: {}", r.body);
+        index = now;
+    }
+    panic!("the stream kept moving");
+}
+
 pub async fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;

@@ -308,25 +308,13 @@ fn start(dir: &Path, db: &Listener, server: &str) -> (TetherProcess, SocketAddr)
 
 /// `/status` once it shows `db` in `state`; its `X-Tether-Index`.
 async fn index_when(addr: SocketAddr, state: &str) -> String {
-    let mut index = eventually(LIMIT, &format!("db {state}"), || async {
+    let index = eventually(LIMIT, &format!("db {state}"), || async {
         let r = crate::endpoint::get(addr, "/status").await;
         (r.json()["targets"][0]["state"] == state)
             .then(|| r.header("x-tether-index").unwrap().to_owned())
     })
     .await;
-    // A document may already show a change its index does not count yet (the index is
-    // taken first, so no change is ever missed): settle on an index that a short
-    // long-poll leaves unchanged, the one the change itself moved the stream to.
-    for _ in 0..20 {
-        let r = crate::endpoint::get(addr, &format!("/status?index={index}&wait=300ms")).await;
-        let now = r.header("x-tether-index").unwrap().to_owned();
-        if now == index {
-            return index;
-        }
-        assert_eq!(r.json()["targets"][0]["state"], state, "moved on meanwhile");
-        index = now;
-    }
-    panic!("the stream kept moving while db stayed {state}");
+    crate::endpoint::settled_index(addr, index, |r| r.json()["targets"][0]["state"] == state).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

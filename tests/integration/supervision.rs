@@ -664,6 +664,7 @@ async fn a_long_poll_on_status_returns_when_a_reload_adds_a_target() {
     })
     .await;
     let index = up.header("x-tether-index").unwrap().to_owned();
+    let index = crate::endpoint::settled_index(addr, index, |r| r.body.contains("\"up\"")).await;
     let poll = tokio::spawn(async move {
         crate::endpoint::get(addr, &format!("/status?index={index}&wait=30s")).await
     });
