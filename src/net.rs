@@ -119,8 +119,11 @@ pub async fn resolve(address: &Address, limit: Duration) -> Result<Vec<SocketAdd
     }
 }
 
-/// Connects to one address with keepalive and `TCP_USER_TIMEOUT` already set, so the
-/// connection is protected against silent peer death from its first byte.
+/// Connects to one address and sets keepalive, `TCP_USER_TIMEOUT` and no-delay as soon
+/// as the handshake completes, before the first byte: the connection is protected
+/// against silent peer death from its first byte, and a refused attempt (every attempt
+/// of a long outage) costs no socket options. The handshake itself is bounded by
+/// `connect_timeout`.
 pub async fn connect_addr(
     addr: SocketAddr,
     connect_timeout: Duration,
@@ -137,9 +140,11 @@ pub async fn connect_addr(
         TcpSocket::new_v6()
     }
     .map_err(io_err)?;
-    tune(&socket, keepalive).map_err(io_err)?;
     match timeout(connect_timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(stream)) => {
+            tune(SockRef::from(&stream), keepalive).map_err(io_err)?;
+            Ok(stream)
+        }
         Ok(Err(source)) => Err(io_err(source)),
         Err(_) => Err(ConnectError::Timeout {
             addr,
@@ -149,8 +154,7 @@ pub async fn connect_addr(
     }
 }
 
-fn tune(socket: &TcpSocket, keepalive: &Keepalive) -> io::Result<()> {
-    let sock = SockRef::from(socket);
+fn tune(sock: SockRef<'_>, keepalive: &Keepalive) -> io::Result<()> {
     sock.set_keepalive(true)?;
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()
