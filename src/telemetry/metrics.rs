@@ -40,10 +40,14 @@ const CONNECT_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+const CONNECT_SLOTS: usize = CONNECT_BUCKETS.len() + 1;
+
 /// Hooks take from a millisecond (a local webhook) to `hook_timeout` (30 s by default).
 const HOOK_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+const HOOK_SLOTS: usize = HOOK_BUCKETS.len() + 1;
 
 /// The values of `tether_target_role{role}`: [`Role::ALL`], then unknown.
 const ROLES: [&str; 3] = ["primary", "replica", "unknown"];
@@ -177,7 +181,7 @@ struct TargetSeries {
     /// Indexed like [`ATTEMPT_RESULTS`].
     attempts: [AtomicU64; 2],
     disconnects: AtomicU64,
-    connect_duration: Histogram,
+    connect_duration: Histogram<CONNECT_SLOTS>,
     /// Indexed like [`State::ALL`].
     state_changes: [AtomicU64; 4],
     address_changes: AtomicU64,
@@ -192,22 +196,25 @@ struct TargetSeries {
 struct HookSeries {
     /// Indexed like [`HookResult::ALL`].
     runs: [AtomicU64; 4],
-    duration: Histogram,
+    duration: Histogram<HOOK_SLOTS>,
 }
 
-/// A fixed-bucket histogram of durations.
-struct Histogram {
+/// A fixed-bucket histogram of durations with `N - 1` bounds. Its counts are held in
+/// place: every target has one, and one for each event it has hooks for, so a separate
+/// allocation each would cost a pointer and an allocator header thousands of times.
+struct Histogram<const N: usize> {
     bounds: &'static [f64],
     /// Observations per bucket (not cumulative); the last one is `+Inf`.
-    counts: Box<[AtomicU64]>,
+    counts: [AtomicU64; N],
     sum_nanos: AtomicU64,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64]) -> Histogram<N> {
+        assert_eq!(bounds.len() + 1, N, "a count per bound, and one for +Inf");
         Histogram {
             bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_nanos: AtomicU64::new(0),
         }
     }
@@ -466,7 +473,7 @@ enum Samples {
     /// where `target` falls differs from family to family.
     Each(fn(&mut String, &str, &str, &TargetSeries)),
     /// One histogram, labelled by the target alone.
-    Histogram(fn(&TargetSeries) -> &Histogram),
+    Histogram(fn(&TargetSeries) -> &Histogram<CONNECT_SLOTS>),
     /// One sample per event the target has hooks for and per hook result.
     HookRuns,
     /// One histogram per event the target has hooks for.
