@@ -108,28 +108,39 @@ fn the_wrong_server_is_refused_saying_why(kind: &str, expected: &str) {
 
 // === memcached ===
 
+/// memcached on loopback with 8 MiB; with `tls`, TLS on its one port (`-Z`) with the
+/// good leaf copied into `dir`.
+pub(crate) fn memcached_command(binary: &Path, port: u16, dir: &Path, tls: bool) -> Command {
+    let mut c = Command::new(binary);
+    c.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        "8",
+    ]);
+    if tls {
+        c.args(["-Z", "-o"]).arg(format!(
+            "ssl_chain_cert={},ssl_key={}",
+            dir.join("good.crt").display(),
+            dir.join("good.key").display()
+        ));
+    }
+    // memcached refuses to run as root unless told whom to run as.
+    if running_as_root() {
+        c.args(["-u", "root"]);
+    }
+    c
+}
+
 const MEMCACHED: Recipe = Recipe {
     name: "memcached",
     binary: "memcached",
     package: "memcached",
-    command: |binary, port, _dir| {
-        let mut c = Command::new(binary);
-        c.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "0",
-            "-m",
-            "8",
-        ]);
-        // memcached refuses to run as root unless told whom to run as.
-        if running_as_root() {
-            c.args(["-u", "root"]);
-        }
-        c
-    },
+    command: |binary, port, dir| memcached_command(binary, port, dir, false),
     ready: |port, timeout| {
         let mut exchange = Exchange::connect(port, timeout)?;
         exchange.send(b"version\r\n")?;
@@ -519,32 +530,35 @@ async fn the_amqp_probe_at_a_server_of_another_protocol_is_not_healthy_and_says_
 
 // === gRPC ===
 
+/// A one-member etcd on loopback; with `tls`, its client URL serves HTTPS with the good
+/// leaf copied into `dir`.
+pub(crate) fn etcd_command(binary: &Path, port: u16, dir: &Path, tls: bool) -> Command {
+    let scheme = if tls { "https" } else { "http" };
+    let client = format!("{scheme}://127.0.0.1:{port}");
+    let peer = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let mut c = Command::new(binary);
+    c.arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client]);
+    if tls {
+        c.arg("--cert-file")
+            .arg(dir.join("good.crt"))
+            .arg("--key-file")
+            .arg(dir.join("good.key"));
+    }
+    c.args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")]);
+    c
+}
+
 /// etcd serves `grpc.health.v1` on its client port.
 const ETCD: Recipe = Recipe {
     name: "etcd",
     binary: "etcd",
     package: "etcd-server",
-    command: |binary, port, dir| {
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{}", crate::support::free_port());
-        let mut c = Command::new(binary);
-        c.arg("--data-dir")
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("default={peer}")]);
-        c
-    },
+    command: |binary, port, dir| etcd_command(binary, port, dir, false),
     ready: |port, timeout| {
         let mut exchange = Exchange::connect(port, timeout)?;
         exchange.send(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")?;

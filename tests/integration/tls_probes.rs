@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use tether::watch::machine::Event;
 
+use crate::probes_more::{etcd_command, memcached_command};
 use crate::support::TestServer;
 use crate::support::daemon::{Daemon, Recipe};
 use crate::support::harness::{Recorder, watch};
 use crate::support::tls::Pki;
-use crate::support::{Exchange, running_as_root, tether_process};
+use crate::support::{Exchange, tether_process};
 use crate::support::{blocking, stdout};
 
 /// Bound on any single wait for an event that must come.
@@ -94,21 +95,7 @@ const MEMCACHED_TLS: Recipe = Recipe {
     name: "memcached",
     binary: "memcached",
     package: "memcached",
-    command: |binary, port, dir| {
-        let mut c = Command::new(binary);
-        c.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"])
-            .args(["-m", "8", "-Z", "-o"])
-            .arg(format!(
-                "ssl_chain_cert={},ssl_key={}",
-                dir.join("good.crt").display(),
-                dir.join("good.key").display()
-            ));
-        // memcached refuses to run as root unless told whom to run as.
-        if running_as_root() {
-            c.args(["-u", "root"]);
-        }
-        c
-    },
+    command: |binary, port, dir| memcached_command(binary, port, dir, true),
     ready: accepting,
 };
 
@@ -185,23 +172,7 @@ const ETCD_TLS: Recipe = Recipe {
     name: "etcd",
     binary: "etcd",
     package: "etcd-server",
-    command: |binary, port, dir| {
-        let client = format!("https://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{}", crate::support::free_port());
-        let mut c = Command::new(binary);
-        c.arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .arg("--cert-file")
-            .arg(dir.join("good.crt"))
-            .arg("--key-file")
-            .arg(dir.join("good.key"))
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")]);
-        c
-    },
+    command: |binary, port, dir| etcd_command(binary, port, dir, true),
     ready: accepting,
 };
 
