@@ -356,6 +356,9 @@ struct Figures {
     /// by a bare spawner (with hooks): what starting that many processes costs here.
     spawn_floor: Option<Duration>,
     steady: Memory,
+    /// At rest again, once `/metrics` and `/status` have been read (as a Prometheus
+    /// server and a person would), whose code a sidecar left alone has not mapped back.
+    scraped: Memory,
     window: Duration,
     cpu_user: Duration,
     cpu_system: Duration,
@@ -420,6 +423,10 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
     let precise1 = cpu_time_precise(pid);
     let steady = memory(pid).map_err(|e| e.to_string())?;
     let churn = pool.accepted() - before;
+    for path in ["/metrics", "/status"] {
+        harness::get(port, path).map_err(|e| format!("GET {path}: {e}"))?;
+    }
+    let scraped = memory(pid).map_err(|e| e.to_string())?;
 
     let mut rounds = Vec::new();
     if o.singles > 0 {
@@ -462,6 +469,7 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
         connect_hooks: connect_hooks.map(|at| at.duration_since(started)),
         connect_cpu,
         steady,
+        scraped,
         window: o.window,
         cpu_user: user1.saturating_sub(user0),
         cpu_system: system1.saturating_sub(system0),
@@ -954,6 +962,15 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
         ),
     );
     row("  per target", format!("{per_target:.2} KiB"));
+    row(
+        "  after a read of /metrics and /status",
+        format!(
+            "{} / {} / {}",
+            mib(f.scraped.rss),
+            mib(f.scraped.anon),
+            mib(f.scraped.hwm)
+        ),
+    );
     row("threads", f.steady.threads.to_string());
     row(
         &format!("CPU at rest ({:?} window)", f.window),
@@ -1041,18 +1058,19 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
 fn summary(cells: &[Figures]) {
     println!();
     println!(
-        "| targets | hooks | RSS | RssAnon | peak (VmHWM) | CPU at rest | all down (/status) | last on_disconnect hook | floor: as many hook processes, bare | all up (/readyz) | last on_connect hook |"
+        "| targets | hooks | RSS | RssAnon | RSS after a scrape | peak (VmHWM) | CPU at rest | all down (/status) | last on_disconnect hook | floor: as many hook processes, bare | all up (/readyz) | last on_connect hook |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for f in cells {
         let m = &f.outage;
         let last = |v: &[Duration]| v.iter().max().map_or("-".into(), |d| ms(*d));
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
             f.targets,
             if f.hooks { "every event" } else { "none" },
             mib(f.steady.rss),
             mib(f.steady.anon),
+            mib(f.scraped.rss),
             mib(m.after.hwm),
             f.cpu_percent(),
             m.all_down.map_or("-".into(), ms),

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod probe;
+pub mod resident;
 pub mod resolve;
 pub mod secrets;
 pub mod sidecar;

@@ -2,12 +2,15 @@
 //! listeners, and runs until told to stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
 use crate::hooks::{self, HookRunner, HooksError, reaper};
 use crate::notify::Notifier;
+use crate::resident;
 use crate::telemetry::status::Status;
 use crate::telemetry::{Telemetry, TelemetryError};
 use crate::watch::groups::{Groups, MemberNow};
@@ -92,6 +95,7 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "tether started"
     );
+    release_startup_pages_once_started(telemetry.status().clone());
     let mut running = Running {
         current: config,
         telemetry,
@@ -106,6 +110,34 @@ pub async fn run(
     }
     running.stop().await;
     Ok(())
+}
+
+/// How often startup is checked for its end, and how long it may take before the pages
+/// it used are released anyway (a target whose first attempt is still unanswered then
+/// runs the same code as the others).
+const STARTUP_POLL: Duration = Duration::from_millis(250);
+const STARTUP_PAGES_KEPT_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Once every target has had its first answer, the code only startup ran is given back
+/// (see [`resident`]): at a few targets it is most of tether's resident set.
+fn release_startup_pages_once_started(status: Arc<Status>) {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + STARTUP_PAGES_KEPT_AT_MOST;
+        while !status.startup_complete() && Instant::now() < deadline {
+            tokio::time::sleep(STARTUP_POLL).await;
+        }
+        release_startup_pages().await;
+    });
+}
+
+async fn release_startup_pages() {
+    match tokio::task::spawn_blocking(resident::release_startup_pages).await {
+        Ok(Ok(bytes)) => {
+            tracing::debug!(kib = bytes / 1024, "released the pages only startup used");
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the pages only startup used"),
+        Err(_) => {}
+    }
 }
 
 /// What a group member's checker last reported, read back from the registry.
@@ -178,6 +210,8 @@ impl Running {
         );
         warn_restart_only(&self.current, &new);
         self.report.reloaded(true);
+        // Reading and comparing the config ran code the running sidecar does not need.
+        tokio::spawn(release_startup_pages());
         // The actors hold the targets; keep only the process-wide settings.
         self.current = Config {
             targets: Vec::new(),

@@ -355,15 +355,23 @@ pub struct StateCounts {
     pub total: usize,
 }
 
-/// Reads `/status` with a plain HTTP/1.1 GET and counts states by their JSON text
-/// (parsing 10,000 entries on every poll would make the poller the bottleneck).
-pub fn status_counts(port: u16) -> std::io::Result<StateCounts> {
+/// A plain HTTP/1.1 GET of `path` on tether's port: the whole response, headers included.
+pub fn get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut body = Vec::with_capacity(1 << 20);
-    s.read_to_end(&mut body)?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut response = Vec::with_capacity(1 << 20);
+    s.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+/// Reads `/status` with a plain HTTP/1.1 GET and counts states by their JSON text
+/// (parsing 10,000 entries on every poll would make the poller the bottleneck).
+pub fn status_counts(port: u16) -> std::io::Result<StateCounts> {
+    let body = get(port, "/status")?;
     let text = String::from_utf8_lossy(&body);
     // Compact or pretty-printed.
     let count = |state: &str| {
