@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -616,9 +616,20 @@ fn long_poll(query: &str) -> Result<(Index, Duration), String> {
     Ok((index, wait))
 }
 
+/// The exposition goes out as it is written, a part at a time (chunked): see
+/// [`Metrics::exposition`].
 fn metrics_exposition(app: &App) -> Response<Body> {
-    match app.metrics.encode() {
-        Ok(out) => body(StatusCode::OK, metrics::CONTENT_TYPE, out),
+    match app.metrics.exposition() {
+        Ok(parts) => {
+            let mut res = Response::new(Parts(parts).boxed());
+            let headers = res.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");
             text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
@@ -695,6 +706,27 @@ pub fn text(code: StatusCode, message: &str) -> Response<Body> {
         "text/plain; charset=utf-8",
         message.as_bytes().to_vec(),
     )
+}
+
+/// A body written part by part as the connection takes it, each part made when it is
+/// asked for.
+struct Parts<I>(I);
+
+impl<I: Iterator<Item = Vec<u8>> + Unpin> hyper::body::Body for Parts<I> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .0
+                .next()
+                .map(|part| Ok(Frame::data(part.into()))),
+        )
+    }
 }
 
 fn body(code: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Body> {

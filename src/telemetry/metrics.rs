@@ -366,8 +366,21 @@ impl Metrics {
             .cloned()
     }
 
-    /// The text exposition of every series.
+    /// The text exposition of every series, whole.
     pub fn encode(&self) -> Result<Vec<u8>, MetricsError> {
+        Ok(self.exposition()?.flatten().collect())
+    }
+
+    /// The text exposition of every series, written a part at a time as it is read:
+    /// the page takes about 2 MB per 1,000 targets (more with hooks), which a scrape
+    /// would otherwise hold whole, twice over while it grows, at the moment a mass
+    /// outage already fills memory. The process-wide series are encoded first, so that
+    /// an error is known before the first byte goes out.
+    pub fn exposition(&self) -> Result<Exposition, MetricsError> {
+        let mut tail = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut tail)
+            .map_err(MetricsError::Encode)?;
         let targets: Vec<(String, Arc<TargetSeries>)> = self
             .read_targets()
             .iter()
@@ -380,14 +393,18 @@ impl Metrics {
             .iter()
             .map(|(n, s)| (escape(n), s.clone()))
             .collect();
-        let mut out = String::with_capacity(1024 + targets.len() * 2048 + groups.len() * 512);
-        write_families(&mut out, &targets);
-        write_group_families(&mut out, &groups);
-        let mut bytes = out.into_bytes();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut bytes)
-            .map_err(MetricsError::Encode)?;
-        Ok(bytes)
+        let any_hooks = targets
+            .iter()
+            .any(|(_, s)| s.hook_series_set().next().is_some());
+        let any_certificate = targets.iter().any(|(_, s)| load(&s.cert_not_after) != 0);
+        Ok(Exposition {
+            targets,
+            groups,
+            tail,
+            any_hooks,
+            any_certificate,
+            at: Part::Family { index: 0, next: 0 },
+        })
     }
 
     /// Creates the series of `target` at their initial values.
@@ -638,29 +655,102 @@ impl Samples {
     }
 }
 
-/// Writes every per-target family, each as one block as the text format requires.
-fn write_families(out: &mut String, targets: &[(String, Arc<TargetSeries>)]) {
-    let any_hooks = targets
-        .iter()
-        .any(|(_, s)| s.hook_series_set().next().is_some());
-    let any_certificate = targets.iter().any(|(_, s)| load(&s.cert_not_after) != 0);
-    for family in FAMILIES {
-        if family.samples.is_hooks() && !any_hooks {
-            continue;
+/// How much of the exposition is written at a time: enough for a socket write to be
+/// worth it, little enough to cost nothing to hold.
+const CHUNK: usize = 32 * 1024;
+
+/// The exposition being written (see [`Metrics::exposition`]): each item is the next
+/// part of the page, about [`CHUNK`] bytes, with the values as they are when it is
+/// written. Every family stays one block, as the text format requires.
+pub struct Exposition {
+    targets: Vec<(String, Arc<TargetSeries>)>,
+    groups: Vec<(String, Arc<GroupSeries>)>,
+    /// The process-wide series, already encoded.
+    tail: Vec<u8>,
+    any_hooks: bool,
+    any_certificate: bool,
+    at: Part,
+}
+
+/// Where the writing of an [`Exposition`] stands.
+enum Part {
+    /// Within the per-target family `index` of [`FAMILIES`], at target `next`.
+    Family {
+        index: usize,
+        next: usize,
+    },
+    /// The groups' families and the process-wide series are left.
+    Rest,
+    Done,
+}
+
+impl Exposition {
+    /// Whether a family has no sample to show, so is left out whole (a family with a
+    /// header and no samples would be).
+    fn skips(&self, family: &Family) -> bool {
+        (family.samples.is_hooks() && !self.any_hooks)
+            || (matches!(family.samples, Samples::Some(_)) && !self.any_certificate)
+    }
+}
+
+impl Iterator for Exposition {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut out = String::with_capacity(CHUNK + CHUNK / 4);
+        while out.len() < CHUNK {
+            match self.at {
+                Part::Family { index, next } => {
+                    let Some(family) = FAMILIES.get(index) else {
+                        self.at = Part::Rest;
+                        continue;
+                    };
+                    if self.skips(family) {
+                        self.at = Part::Family {
+                            index: index + 1,
+                            next: 0,
+                        };
+                        continue;
+                    }
+                    let Family {
+                        name,
+                        kind,
+                        help,
+                        samples,
+                    } = family;
+                    if next == 0 {
+                        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                    }
+                    // At least one target after the header, so that a part ending
+                    // right after it does not have the next part write it again.
+                    let mut next = next;
+                    while let Some((t, s)) = self.targets.get(next) {
+                        samples.write(&mut out, name, t, s);
+                        next += 1;
+                        if out.len() >= CHUNK {
+                            break;
+                        }
+                    }
+                    self.at = if next == self.targets.len() {
+                        Part::Family {
+                            index: index + 1,
+                            next: 0,
+                        }
+                    } else {
+                        Part::Family { index, next }
+                    };
+                }
+                Part::Rest => {
+                    write_group_families(&mut out, &self.groups);
+                    self.at = Part::Done;
+                    let mut bytes = out.into_bytes();
+                    bytes.append(&mut self.tail);
+                    return Some(bytes);
+                }
+                Part::Done => break,
+            }
         }
-        if matches!(family.samples, Samples::Some(_)) && !any_certificate {
-            continue;
-        }
-        let Family {
-            name,
-            kind,
-            help,
-            samples,
-        } = family;
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (t, s) in targets {
-            samples.write(out, name, t, s);
-        }
+        (!out.is_empty()).then(|| out.into_bytes())
     }
 }
 
@@ -939,6 +1029,61 @@ mod tests {
             last_error: None,
             at: SystemTime::now(),
         }
+    }
+
+    /// A scrape at 1,000 targets is written in parts of bounded size, and the parts
+    /// make one valid page: each family once, as one block, every target in each.
+    #[test]
+    fn a_large_exposition_is_written_in_bounded_parts_that_keep_each_family_whole() {
+        let mut text = String::new();
+        for i in 0..1_000 {
+            let hooks = if i % 2 == 0 {
+                "hooks.on_disconnect = { command = [\"true\"] }"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                text,
+                "[[targets]]\nname = \"t{i}\"\naddress = \"127.0.0.1:{}\"\n{hooks}",
+                1_000 + i
+            );
+        }
+        let m = Metrics::new(&Config::parse(&text, "test.toml".as_ref()).unwrap()).unwrap();
+        let parts: Vec<Vec<u8>> = m.exposition().unwrap().collect();
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        let largest = parts.iter().map(Vec::len).max().unwrap();
+        assert!(largest < CHUNK + 4 * 1024, "a part of {largest} bytes");
+
+        let page = String::from_utf8(parts.concat()).unwrap();
+        let mut seen = Vec::new();
+        let mut current = String::new();
+        for line in page.lines() {
+            if let Some(family) = line.strip_prefix("# TYPE ") {
+                let family = family.split(' ').next().unwrap().to_owned();
+                assert!(!seen.contains(&family), "{family} written twice");
+                seen.push(family.clone());
+                current = family;
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| *f == current))
+                    .unwrap_or(name);
+                assert_eq!(family, current, "{line:?} outside its family's block");
+            }
+        }
+        let samples = |prefix: &str| page.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(samples("tether_target_up{"), 1_000);
+        assert_eq!(samples("tether_actor_restarts_total{"), 1_000);
+        assert_eq!(
+            samples("tether_hook_runs_total{event=\"disconnect\""),
+            500 * HookResult::ALL.len()
+        );
+        assert!(
+            page.contains("tether_build_info{"),
+            "the process-wide series come last"
+        );
+        assert_eq!(page.as_bytes(), m.encode().unwrap());
     }
 
     #[test]

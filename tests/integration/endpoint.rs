@@ -111,7 +111,6 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
         .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
 }
 
-/// Sends `raw` and reads the answer until the server closes the connection.
 /// The `X-Tether-Index` a `/status` document at `index` settles on. A document may
 /// already show a change its index does not count yet (the index is taken first, so
 /// no change is ever missed): a long-poll from it would return as soon as that change
@@ -134,6 +133,7 @@ pub async fn settled_index(
     panic!("the stream kept moving");
 }
 
+/// Sends `raw` and reads the answer until the server closes the connection.
 pub async fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
@@ -165,14 +165,22 @@ fn parse(bytes: &[u8]) -> std::io::Result<Reply> {
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("no status line"))?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
         .collect();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| bad("a broken chunked body"))?
+    } else {
+        body.to_owned()
+    };
     Ok(Reply {
         status,
         headers,
-        body: body.to_owned(),
+        body,
     })
 }
 
@@ -182,4 +190,19 @@ pub fn raise_open_files_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer (a `/metrics` page goes out as it
+/// is written): `None` unless it ends with the last, empty chunk.
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
