@@ -221,8 +221,8 @@ impl Pool {
 
     /// Every listener closes, then every held connection: the whole dependency died.
     /// Returns when the first connection closed (closed listeners alone are invisible
-    /// to tether).
-    async fn kill_all(&self) -> Instant {
+    /// to tether) and when the last one did.
+    async fn kill_all(&self) -> (Instant, Instant) {
         for l in &self.listeners {
             let task = l.task.lock().unwrap().take();
             if let Some(task) = task {
@@ -234,7 +234,7 @@ impl Pool {
         for l in &self.listeners {
             l.held.lock().unwrap().clear();
         }
-        killed
+        (killed, Instant::now())
     }
 
     /// Every listener listens again on its address.
@@ -328,6 +328,9 @@ impl Round {
 struct MassOutage {
     /// From the kill to the first `/status` poll showing every target down or failed.
     all_down: Option<Duration>,
+    /// How long this process took to close every held connection: no sidecar can
+    /// see the last one go before it is closed.
+    closing: Duration,
     /// From the kill to the start of each `on_disconnect` hook (with hooks).
     disconnect_hooks: Vec<Duration>,
     /// From the restart to the first `/readyz` answering 200 (every target up).
@@ -505,7 +508,8 @@ async fn mass_outage(
     if let Some(s) = stamps.as_deref_mut() {
         s.drain();
     }
-    let killed = pool.kill_all().await;
+    let (killed, closed) = pool.kill_all().await;
+    m.closing = closed.duration_since(killed);
     // Each poll makes tether write the whole document: often at small sizes, where
     // that is cheap, less often at large ones, where it would slow tether down.
     let every = if targets <= 1_000 {
@@ -1013,6 +1017,10 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
     let m = &f.outage;
     let opt = |d: Option<Duration>| d.map_or("-".into(), ms);
     row("all listeners killed → /status all down", opt(m.all_down));
+    row(
+        &format!("  floor: the bench closing {} connections", f.targets),
+        ms(m.closing),
+    );
     if f.hooks {
         row(
             "  → on_disconnect hooks started",

@@ -6,8 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::{Address, Keepalive};
@@ -134,13 +135,7 @@ pub async fn connect_addr(
         source,
         others: 0,
     };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(io_err)?;
-    match timeout(connect_timeout, socket.connect(addr)).await {
+    match timeout(connect_timeout, handshake(addr)).await {
         Ok(Ok(stream)) => {
             tune(SockRef::from(&stream), keepalive).map_err(io_err)?;
             Ok(stream)
@@ -151,6 +146,45 @@ pub async fn connect_addr(
             after: connect_timeout,
             others: 0,
         }),
+    }
+}
+
+/// The TCP handshake with `addr`. A refusal the kernel already knows when `connect`
+/// returns (on loopback the SYN is answered within the call) is reported before the
+/// socket is registered with the runtime: each attempt of a local outage, a thousand
+/// at once when a host's dependencies restart, then costs neither a registration nor
+/// a wake-up.
+async fn handshake(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            if let Some(refused) = socket.take_error()? {
+                return Err(refused);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    loop {
+        std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        match stream.peer_addr() {
+            Ok(_) => return Ok(stream),
+            // Woken before the handshake ended: forget the readiness, wait again.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                let _ = stream.try_io(Interest::WRITABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

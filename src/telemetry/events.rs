@@ -155,11 +155,15 @@ impl Events {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let position = *self.position.borrow() + 1;
         let index = Index::here(position);
+        // Kept for the whole history (4,096 events by default): without the slack a
+        // JSON writer leaves as it grows its buffer, an event takes ~300 bytes, not 512.
+        let mut data = data(&index);
+        data.shrink_to_fit();
         let entry = Arc::new(Entry {
             position,
             kind,
             target: target.to_owned(),
-            data: data(&index),
+            data,
         });
         if history.len() >= self.keep {
             history.pop_front();
