@@ -29,6 +29,10 @@ use crate::watch::groups::{GroupEvent, GroupEventKind};
 use crate::watch::machine::{Event, Transition};
 use crate::watch::observe::{HookResult, Observer};
 
+/// Targets with pending events at once from which their serving counts as a burst,
+/// after which the pages of code it ran are given back ([`crate::resident`]).
+const BURST: usize = 64;
+
 pub use descendants::kill_everything;
 pub use payload::{GroupPayload, Payload};
 pub use webhook::{Secret, signature};
@@ -78,6 +82,8 @@ struct Inner {
     /// Targets with pending events; when the last one is served, the memory the burst
     /// used goes back to the kernel.
     busy: AtomicUsize,
+    /// The most targets with pending events at once since the runner was last idle.
+    busiest: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -250,6 +256,7 @@ impl HookRunner {
                 report,
                 tracker: TaskTracker::new(),
                 busy: AtomicUsize::new(0),
+                busiest: AtomicUsize::new(0),
             }),
         })
     }
@@ -343,7 +350,8 @@ impl HookRunner {
             }
         }
         if start {
-            inner.busy.fetch_add(1, Ordering::AcqRel);
+            let busy = inner.busy.fetch_add(1, Ordering::AcqRel) + 1;
+            inner.busiest.fetch_max(busy, Ordering::AcqRel);
             self.wait_for_slot(queue);
         }
     }
@@ -425,6 +433,11 @@ impl HookRunner {
         drop(q);
         if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             crate::allocator::release_free_memory();
+            // After a burst (a mass outage, a mass return), the code that started its
+            // processes is not needed until the next one; a lone hook keeps it.
+            if self.inner.busiest.swap(0, Ordering::AcqRel) >= BURST {
+                crate::resident::release_in_background("a burst of hooks");
+            }
         }
     }
 

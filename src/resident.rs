@@ -1,12 +1,13 @@
-//! Giving back the pages of code that only startup ran.
+//! Giving back the pages of code that only a burst of work ran.
 //!
 //! Startup parses arguments, reads and validates the config, builds TLS root stores and
 //! starts every actor: megabytes of the executable that a running sidecar does not run
-//! again. The kernel maps the pages around every page touched (64 KiB at a time), so
-//! those pages stay in tether's resident set for its whole life, more than its own
-//! memory at a few targets. Once startup is over they are unmapped; the code that keeps
-//! running (sockets, timers, the HTTP endpoints, hooks) is mapped back on its next use,
-//! from the page cache, as after any reclaim.
+//! again. A reload and a burst of hook processes do the same on a smaller scale. The
+//! kernel maps the pages around every page touched (64 KiB at a time), so those pages
+//! would stay in tether's resident set for its whole life, more than its own memory at
+//! a few targets. Once such work is over they are unmapped; the code that keeps running
+//! (sockets, timers, the HTTP endpoints) is mapped back on its next use, from the page
+//! cache, as after any reclaim.
 //!
 //! Only read-only mappings of files that hold no private copy of a page are touched: for
 //! those, unmapping loses nothing, since every page reads back exactly as it was (this is
@@ -18,7 +19,7 @@ use std::ops::Range;
 
 /// Unmaps the read-only file pages of this process that hold no private data, and
 /// returns how many bytes were resident in them. Linux only; elsewhere nothing happens.
-pub fn release_startup_pages() -> std::io::Result<u64> {
+pub fn release_file_pages() -> std::io::Result<u64> {
     #[cfg(target_os = "linux")]
     {
         let smaps = std::fs::read_to_string("/proc/self/smaps")?;
@@ -42,6 +43,24 @@ pub fn release_startup_pages() -> std::io::Result<u64> {
     }
     #[cfg(not(target_os = "linux"))]
     Ok(0)
+}
+
+/// Releases the pages (see [`release_file_pages`]) on a blocking thread, now that the
+/// work named by `after` is over; nothing outside a runtime.
+pub fn release_in_background(after: &'static str) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn_blocking(move || match release_file_pages() {
+        Ok(bytes) => tracing::debug!(
+            after,
+            kib = bytes / 1024,
+            "released the pages of code no longer running"
+        ),
+        Err(e) => {
+            tracing::debug!(after, error = %e, "cannot release the pages of code no longer running")
+        }
+    });
 }
 
 /// A mapping whose resident pages can be given back.
@@ -229,7 +248,7 @@ VmFlags: rd ex mr mw me sd
     #[test]
     fn the_pages_of_this_process_code_leave_its_resident_set_and_the_code_still_runs() {
         let before = file_resident_kib();
-        let released = release_startup_pages().expect("smaps is readable");
+        let released = release_file_pages().expect("smaps is readable");
         let after = file_resident_kib();
         assert!(
             released > 0,

@@ -126,18 +126,8 @@ fn release_startup_pages_once_started(status: Arc<Status>) {
         while !status.startup_complete() && Instant::now() < deadline {
             tokio::time::sleep(STARTUP_POLL).await;
         }
-        release_startup_pages().await;
+        resident::release_in_background("startup");
     });
-}
-
-async fn release_startup_pages() {
-    match tokio::task::spawn_blocking(resident::release_startup_pages).await {
-        Ok(Ok(bytes)) => {
-            tracing::debug!(kib = bytes / 1024, "released the pages only startup used");
-        }
-        Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the pages only startup used"),
-        Err(_) => {}
-    }
 }
 
 /// What a group member's checker last reported, read back from the registry.
@@ -211,7 +201,7 @@ impl Running {
         warn_restart_only(&self.current, &new);
         self.report.reloaded(true);
         // Reading and comparing the config ran code the running sidecar does not need.
-        tokio::spawn(release_startup_pages());
+        resident::release_in_background("reload");
         // The actors hold the targets; keep only the process-wide settings.
         self.current = Config {
             targets: Vec::new(),
