@@ -45,20 +45,27 @@ pub fn release_file_pages() -> std::io::Result<u64> {
     Ok(0)
 }
 
-/// Releases the pages (see [`release_file_pages`]) on a blocking thread, now that the
-/// work named by `after` is over; nothing outside a runtime.
+/// Gives back, on a blocking thread, what the work named by `after` left resident and
+/// no longer needs: the heap pages it freed (at startup, those of the parsed config
+/// file) and the pages of code it ran (see [`release_file_pages`]). Nothing outside a
+/// runtime.
 pub fn release_in_background(after: &'static str) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    runtime.spawn_blocking(move || match release_file_pages() {
-        Ok(bytes) => tracing::debug!(
-            after,
-            kib = bytes / 1024,
-            "released the pages of code no longer running"
-        ),
-        Err(e) => {
-            tracing::debug!(after, error = %e, "cannot release the pages of code no longer running")
+    runtime.spawn_blocking(move || {
+        crate::allocator::release_free_memory();
+        match release_file_pages() {
+            Ok(bytes) => tracing::debug!(
+                after,
+                kib = bytes / 1024,
+                "released the pages of code no longer running"
+            ),
+            Err(e) => tracing::debug!(
+                after,
+                error = %e,
+                "cannot release the pages of code no longer running"
+            ),
         }
     });
 }

@@ -3,8 +3,10 @@
 //! which its target is marked `failed` and left to cool down; reloads apply a config
 //! by difference, so unchanged targets keep their connections.
 
-use std::collections::{HashMap, VecDeque};
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +33,8 @@ pub struct Supervisor {
     tracker: TaskTracker,
     observer: Arc<dyn Observer>,
     policy: Supervision,
-    actors: HashMap<String, Actor>,
+    /// By target name, which each actor's target holds: no second copy of every name.
+    actors: HashSet<Actor>,
     /// Removed targets, by name: one added again continues its event numbering, so a
     /// receiver that drops duplicate ids never drops its new events. One entry per
     /// name ever removed, a snapshot and a finished task handle.
@@ -69,6 +72,27 @@ struct Actor {
     replaced: Arc<AtomicBool>,
 }
 
+/// An actor is known by its target's name.
+impl PartialEq for Actor {
+    fn eq(&self, other: &Actor) -> bool {
+        self.target.name == other.target.name
+    }
+}
+
+impl Eq for Actor {}
+
+impl Hash for Actor {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.target.name.as_str().hash(state);
+    }
+}
+
+impl Borrow<str> for Actor {
+    fn borrow(&self) -> &str {
+        &self.target.name
+    }
+}
+
 /// What a reload changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReloadSummary {
@@ -101,7 +125,7 @@ impl Supervisor {
             tracker: TaskTracker::new(),
             observer,
             policy,
-            actors: HashMap::with_capacity(targets.len()),
+            actors: HashSet::with_capacity(targets.len()),
             retired: HashMap::new(),
         };
         for target in targets {
@@ -138,16 +162,13 @@ impl Supervisor {
             start,
             replaced: replaced.clone(),
         }));
-        self.actors.insert(
-            target.name.clone(),
-            Actor {
-                target,
-                cancel,
-                memory,
-                task,
-                replaced,
-            },
-        );
+        self.actors.replace(Actor {
+            target,
+            cancel,
+            memory,
+            task,
+            replaced,
+        });
     }
 
     /// Applies a new config: starts new targets, stops removed ones, replaces changed
@@ -160,10 +181,10 @@ impl Supervisor {
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        let current: Vec<String> = self.actors.keys().cloned().collect();
+        let current: Vec<String> = self.actors.iter().map(|a| a.target.name.clone()).collect();
         for name in current {
             if !wanted.contains_key(name.as_str()) {
-                let actor = self.actors.remove(&name).expect("listed above");
+                let actor = self.actors.take(name.as_str()).expect("listed above");
                 actor.cancel.cancel();
                 self.retired.insert(
                     name.clone(),
@@ -176,7 +197,7 @@ impl Supervisor {
             }
         }
         for target in &config.targets {
-            match self.actors.get(&target.name) {
+            match self.actors.get(target.name.as_str()) {
                 None => {
                     let (memory, after) = match self.retired.remove(&target.name) {
                         Some(r) => (r.memory, Some(r.task)),
@@ -187,7 +208,10 @@ impl Supervisor {
                 }
                 Some(actor) if *actor.target.as_ref() == *target => summary.unchanged += 1,
                 Some(_) => {
-                    let old = self.actors.remove(&target.name).expect("matched above");
+                    let old = self
+                        .actors
+                        .take(target.name.as_str())
+                        .expect("matched above");
                     old.replaced.store(true, Ordering::Release);
                     old.cancel.cancel();
                     self.spawn(
