@@ -956,24 +956,11 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
     if let Some(cpu) = f.connect_cpu {
         row("  tether CPU to start and connect all", ms(cpu));
     }
-    row(
-        "RSS at rest (VmRSS / RssAnon / VmHWM)",
-        format!(
-            "{} / {} / {}",
-            mib(f.steady.rss),
-            mib(f.steady.anon),
-            mib(f.steady.hwm)
-        ),
-    );
+    row("RSS at rest (VmRSS / RssAnon / VmHWM)", resident(&f.steady));
     row("  per target", format!("{per_target:.2} KiB"));
     row(
         "  after a read of /metrics and /status",
-        format!(
-            "{} / {} / {}",
-            mib(f.scraped.rss),
-            mib(f.scraped.anon),
-            mib(f.scraped.hwm)
-        ),
+        resident(&f.scraped),
     );
     row("threads", f.steady.threads.to_string());
     row(
@@ -1039,12 +1026,7 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
     }
     row(
         "after the outage (VmRSS / RssAnon / VmHWM)",
-        format!(
-            "{} / {} / {}",
-            mib(m.after.rss),
-            mib(m.after.anon),
-            mib(m.after.hwm)
-        ),
+        resident(&m.after),
     );
     if let Some(e) = &m.error {
         row("outage error", e.clone());
@@ -1060,6 +1042,11 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
             println!("  {w}");
         }
     }
+}
+
+/// `VmRSS / RssAnon / VmHWM`.
+fn resident(m: &Memory) -> String {
+    format!("{} / {} / {}", mib(m.rss), mib(m.anon), mib(m.hwm))
 }
 
 /// One line per cell, for the README's table.
