@@ -82,7 +82,11 @@ async fn run(mut cmd: Command, env: &[Var], json: &[u8], limit: Duration) -> Out
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own group, so a timeout kills the hook and everything it started.
+        // Its own group, so a timeout kills the hook and everything it started. With
+        // a process group and no `pre_exec` closure the standard library starts the
+        // hook with posix_spawn (glibc: clone with CLONE_VM | CLONE_VFORK), which copies
+        // nothing of tether's memory; a closure would force fork and exec, copying the
+        // page tables of the whole process for every hook of a mass outage.
         .process_group(0)
         .kill_on_drop(false);
     let mut child = match reaper::spawn(&mut cmd) {
