@@ -432,11 +432,13 @@ impl HookRunner {
         q.pending = queue::Pending::default();
         drop(q);
         if self.inner.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            crate::allocator::release_free_memory();
             // After a burst (a mass outage, a mass return), the code that started its
-            // processes is not needed until the next one; a lone hook keeps it.
+            // processes is not needed until the next one either, and goes back with
+            // the heap; a lone hook keeps it.
             if self.inner.busiest.swap(0, Ordering::AcqRel) >= BURST {
                 crate::resident::release_in_background("a burst of hooks");
+            } else {
+                crate::allocator::release_free_memory();
             }
         }
     }
