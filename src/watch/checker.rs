@@ -115,6 +115,12 @@ impl Checker {
                 Input::ConnectFailed(_) | Input::Lost(_) | Input::Failed(_) => None,
             };
             self.report_role(role);
+            // Let go of a dead connection at once, before any reconnect or backoff.
+            if matches!(input, Input::Lost(_) | Input::Failed(_)) {
+                if let Some(link) = held.take() {
+                    link.conn.abort();
+                }
+            }
             if let (Input::Connected | Input::Tick, Some(link)) = (&input, &held) {
                 self.report_certificate(link.conn.not_after);
             }

@@ -151,6 +151,30 @@ async fn a_closed_connection_is_noticed_within_milliseconds() {
 }
 
 #[tokio::test]
+async fn a_connection_the_server_closed_is_let_go_with_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let rec = Recorder::new();
+    let sup = watch(&config(&address, ""), &rec);
+    let (mut server, _) = tokio::time::timeout(LIMIT, listener.accept())
+        .await
+        .expect("tether connects")
+        .unwrap();
+    // Half-closed: the server still reads, and learns how tether let go.
+    server.shutdown().await.unwrap();
+    let read = tokio::time::timeout(LIMIT, server.read(&mut [0; 16]))
+        .await
+        .expect("tether lets go of a connection the server closed");
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a reset, not a FIN that a peer gone for good would answer with a reset"
+    );
+    sup.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_delays_of_a_target_that_stays_down_grow_geometrically_up_to_max_within_the_jitter() {
     delays_follow_the_backoff_band(1000).await;
 }
