@@ -143,20 +143,31 @@ impl Checker {
     /// the handshake, the first probe) is the largest state an actor goes through, and
     /// inline it would set the size of every actor's task for all the time it sits
     /// holding a healthy connection. One allocation per attempt is cheap next to the
-    /// attempt's own system calls.
-    async fn observe(&self, next: Next, held: &mut Option<Link>) -> Input {
-        match next {
-            Next::ConnectNow => Box::pin(self.attempt(held)).await,
-            Next::ConnectAfter(delay) => {
-                // Boxed apart from the attempt: a target waiting out its backoff holds
-                // only a timer, and not the attempt's state.
-                Box::pin(sleep(delay)).await;
-                Box::pin(self.attempt(held)).await
+    /// attempt's own system calls. Not an `async fn`, for the reason given at
+    /// [`Checker::hold`].
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice"
+    )]
+    fn observe<'a>(
+        &'a self,
+        next: Next,
+        held: &'a mut Option<Link>,
+    ) -> impl Future<Output = Input> + 'a {
+        async move {
+            match next {
+                Next::ConnectNow => Box::pin(self.attempt(held)).await,
+                Next::ConnectAfter(delay) => {
+                    // Boxed apart from the attempt: a target waiting out its backoff holds
+                    // only a timer, and not the attempt's state.
+                    Box::pin(sleep(delay)).await;
+                    Box::pin(self.attempt(held)).await
+                }
+                Next::Hold { until } => match held {
+                    Some(link) => self.hold(link, until).await,
+                    None => Input::Lost(Arc::new(Loss::NoConnectionHeld)),
+                },
             }
-            Next::Hold { until } => match held {
-                Some(link) => self.hold(link, until).await,
-                None => Input::Lost(Arc::new(Loss::NoConnectionHeld)),
-            },
         }
     }
 
@@ -200,70 +211,84 @@ impl Checker {
     /// watched target costs: the timer lives on the heap and only while a deadline is
     /// set (a plain `tcp` target on an IP address has none), and readiness is polled
     /// without a waiter of its own.
-    async fn hold(&self, link: &mut Link, until: Option<Instant>) -> Input {
-        let mut timer: Option<Pin<Box<Sleep>>> = None;
-        loop {
-            let wake_at = [until, link.next_check, link.next_resolve]
-                .into_iter()
-                .flatten()
-                .min();
-            match wake_at {
-                Some(at) => match timer.as_mut() {
-                    Some(timer) => timer.as_mut().reset(at),
-                    None => timer = Some(Box::pin(sleep_until(at))),
-                },
-                None => timer = None,
-            }
-            let woke = tokio::select! {
-                biased;
-                ready = readable(link.conn.stream.as_mut()) => Wake::Readable(ready),
-                () = expiry(timer.as_mut()) => Wake::Timer,
-            };
-            match woke {
-                Wake::Readable(ready) => {
-                    // A session's server speaks between checks in messages the probe
-                    // reads whole: they are left in the socket and a check reads them now.
-                    let listen = link.conn.reusable && self.prober.hears_between_checks();
-                    let hangup = match ready {
-                        Err(e) => Hangup::from(e),
-                        Ok(()) => match link
-                            .conn
-                            .stream
-                            .as_mut()
-                            .map(|s| if listen { s.peek() } else { s.drain() })
-                        {
-                            Some(Readiness::Ended(hangup)) => hangup,
-                            Some(Readiness::Data(_)) if listen => {
-                                if let Some(input) = self.check(link).await {
-                                    return input;
-                                }
-                                continue;
-                            }
-                            _ => continue,
-                        },
-                    };
-                    return if hangup.is_silence() {
-                        self.failed(hangup.into())
-                    } else {
-                        self.lost(hangup.into())
-                    };
+    ///
+    /// A plain function around an `async` block: an `async fn` keeps its arguments in
+    /// its future beside the copies its body works on, and this future is inside every
+    /// actor's task.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice"
+    )]
+    fn hold<'a>(
+        &'a self,
+        link: &'a mut Link,
+        until: Option<Instant>,
+    ) -> impl Future<Output = Input> + 'a {
+        async move {
+            let mut timer: Option<Pin<Box<Sleep>>> = None;
+            loop {
+                let wake_at = [until, link.next_check, link.next_resolve]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match wake_at {
+                    Some(at) => match timer.as_mut() {
+                        Some(timer) => timer.as_mut().reset(at),
+                        None => timer = Some(Box::pin(sleep_until(at))),
+                    },
+                    None => timer = None,
                 }
-                Wake::Timer => {
-                    let now = Instant::now();
-                    if until.is_some_and(|at| now >= at) {
-                        return Input::Tick;
+                let woke = tokio::select! {
+                    biased;
+                    ready = readable(link.conn.stream.as_mut()) => Wake::Readable(ready),
+                    () = expiry(timer.as_mut()) => Wake::Timer,
+                };
+                match woke {
+                    Wake::Readable(ready) => {
+                        // A session's server speaks between checks in messages the probe
+                        // reads whole: they are left in the socket and a check reads them now.
+                        let listen = link.conn.reusable && self.prober.hears_between_checks();
+                        let hangup = match ready {
+                            Err(e) => Hangup::from(e),
+                            Ok(()) => match link
+                                .conn
+                                .stream
+                                .as_mut()
+                                .map(|s| if listen { s.peek() } else { s.drain() })
+                            {
+                                Some(Readiness::Ended(hangup)) => hangup,
+                                Some(Readiness::Data(_)) if listen => {
+                                    if let Some(input) = self.check(link).await {
+                                        return input;
+                                    }
+                                    continue;
+                                }
+                                _ => continue,
+                            },
+                        };
+                        return if hangup.is_silence() {
+                            self.failed(hangup.into())
+                        } else {
+                            self.lost(hangup.into())
+                        };
                     }
-                    // Boxed like the connect attempt: inline, these futures would set
-                    // the size of every idle actor's task.
-                    if link.next_check.is_some_and(|at| now >= at) {
-                        if let Some(input) = self.check(link).await {
-                            return input;
+                    Wake::Timer => {
+                        let now = Instant::now();
+                        if until.is_some_and(|at| now >= at) {
+                            return Input::Tick;
                         }
-                    }
-                    if link.next_resolve.is_some_and(|at| now >= at) {
-                        Box::pin(self.follow(link)).await;
-                        self.report_role(link.conn.role);
-                        self.report_certificate(link.conn.not_after);
+                        // Boxed like the connect attempt: inline, these futures would set
+                        // the size of every idle actor's task.
+                        if link.next_check.is_some_and(|at| now >= at) {
+                            if let Some(input) = self.check(link).await {
+                                return input;
+                            }
+                        }
+                        if link.next_resolve.is_some_and(|at| now >= at) {
+                            Box::pin(self.follow(link)).await;
+                            self.report_role(link.conn.role);
+                            self.report_certificate(link.conn.not_after);
+                        }
                     }
                 }
             }

@@ -255,7 +255,11 @@ struct Incarnation {
 
 /// Runs one target's checker, restarting it when it crashes. Each incarnation runs as
 /// its own task so that a panic unwinds only that task.
-async fn supervise(incarnation: Incarnation) {
+///
+/// A plain function around an `async` block: an `async fn` keeps its arguments in its
+/// future beside the locals they are moved into, and this future is every watched
+/// target's task, for the life of the sidecar (128 bytes a target).
+fn supervise(incarnation: Incarnation) -> impl Future<Output = ()> {
     let Incarnation {
         actor,
         target,
@@ -267,68 +271,70 @@ async fn supervise(incarnation: Incarnation) {
         start,
         replaced,
     } = incarnation;
-    if let Some(previous) = after {
-        let _ = previous.await;
-    }
-    if start == Start::Fresh {
-        // The predecessor has ended: nothing else writes this memory any more.
-        let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
-        *memory = Snapshot {
-            next_seq: memory.next_seq,
-            ..Snapshot::default()
-        };
-    }
-    let window = Duration::from_secs(u64::from(policy.max_seconds));
-    let mut crashes: VecDeque<Instant> = VecDeque::new();
-    loop {
-        // The checker lives only in this block, inside this task behind a catch of its
-        // panics: a target costs one task, not two, and a checker that panicked (and
-        // its connection) is dropped before the next one starts.
-        let outcome = {
-            let mut checker = Checker::new(
-                target.clone(),
-                observer.clone(),
-                cancel.clone(),
-                memory.clone(),
-            );
-            observer.started(&target, actor);
-            CatchUnwind(pin!(checker.run())).await
-        };
-        let reason = match outcome {
-            Ok(()) => break,
-            Err(payload) => panic_message(payload),
-        };
-        if cancel.is_cancelled() {
-            break;
+    async move {
+        if let Some(previous) = after {
+            let _ = previous.await;
         }
-        observer.restarted(&target);
-        record_crash(&mut crashes, window);
-        if crashes.len() <= policy.max_restarts as usize {
+        if start == Start::Fresh {
+            // The predecessor has ended: nothing else writes this memory any more.
+            let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
+            *memory = Snapshot {
+                next_seq: memory.next_seq,
+                ..Snapshot::default()
+            };
+        }
+        let window = Duration::from_secs(u64::from(policy.max_seconds));
+        let mut crashes: VecDeque<Instant> = VecDeque::new();
+        loop {
+            // The checker lives only in this block, inside this task behind a catch of its
+            // panics: a target costs one task, not two, and a checker that panicked (and
+            // its connection) is dropped before the next one starts.
+            let outcome = {
+                let mut checker = Checker::new(
+                    target.clone(),
+                    observer.clone(),
+                    cancel.clone(),
+                    memory.clone(),
+                );
+                observer.started(&target, actor);
+                CatchUnwind(pin!(checker.run())).await
+            };
+            let reason = match outcome {
+                Ok(()) => break,
+                Err(payload) => panic_message(payload),
+            };
+            if cancel.is_cancelled() {
+                break;
+            }
+            observer.restarted(&target);
+            record_crash(&mut crashes, window);
+            if crashes.len() <= policy.max_restarts as usize {
+                tracing::error!(
+                    target_name = %target.name,
+                    error = %reason,
+                    restarts = crashes.len(),
+                    "checker crashed; restarting it"
+                );
+                continue;
+            }
             tracing::error!(
                 target_name = %target.name,
                 error = %reason,
-                restarts = crashes.len(),
-                "checker crashed; restarting it"
+                max_restarts = policy.max_restarts,
+                max_seconds = policy.max_seconds,
+                cooldown = %policy.cooldown,
+                "checker crashed too often; marking the target failed and pausing it"
             );
-            continue;
+            give_up(&target, &*observer, &memory, &reason, crashes.len(), window);
+            crashes.clear();
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = sleep(policy.cooldown.get()) => {}
+            }
         }
-        tracing::error!(
-            target_name = %target.name,
-            error = %reason,
-            max_restarts = policy.max_restarts,
-            max_seconds = policy.max_seconds,
-            cooldown = %policy.cooldown,
-            "checker crashed too often; marking the target failed and pausing it"
-        );
-        give_up(&target, &*observer, &memory, &reason, crashes.len(), window);
-        crashes.clear();
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = sleep(policy.cooldown.get()) => {}
+        if !replaced.load(Ordering::Acquire) {
+            observer.stopped(&target, actor);
         }
-    }
-    if !replaced.load(Ordering::Acquire) {
-        observer.stopped(&target, actor);
     }
 }
 
