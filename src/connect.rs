@@ -77,11 +77,10 @@ impl Connection {
         }
     }
 
-    /// Lets go of a connection that was lost or stopped answering with a reset
-    /// instead of a FIN. The peer is gone, frozen or out of reach: a FIN would be
-    /// answered with a reset by a closed peer (on loopback the kernel handles both
-    /// inline, which doubles the cost of every close in a mass outage) and
-    /// retransmitted for minutes to a peer out of reach, from an orphaned socket.
+    /// Lets go of a connection whose server closed its end with a reset instead of a
+    /// FIN: the server's kernel would answer the FIN with a reset anyway, and on
+    /// loopback both are handled inline in the close, which doubled the cost of every
+    /// close in a mass outage.
     pub fn abort(self) {
         if let Some(tcp) = self.stream.as_ref().and_then(Stream::tcp) {
             // Only a cheaper close is lost if this fails.

@@ -115,11 +115,18 @@ impl Checker {
                 Input::ConnectFailed(_) | Input::Lost(_) | Input::Failed(_) => None,
             };
             self.report_role(role);
-            // Let go of a dead connection at once, before any reconnect or backoff.
-            if matches!(input, Input::Lost(_) | Input::Failed(_)) {
-                if let Some(link) = held.take() {
-                    link.conn.abort();
+            // Let go of a dead connection at once, before any reconnect or backoff: with
+            // a reset where the server closed its end (its kernel would answer a FIN with
+            // one), with an orderly close where it stopped answering or answered wrong
+            // (it may be alive, and logs a reset as an error).
+            match &input {
+                Input::Lost(_) => {
+                    if let Some(link) = held.take() {
+                        link.conn.abort();
+                    }
                 }
+                Input::Failed(_) => drop(held.take()),
+                Input::Connected | Input::Tick | Input::ConnectFailed(_) => {}
             }
             if let (Input::Connected | Input::Tick, Some(link)) = (&input, &held) {
                 self.report_certificate(link.conn.not_after);

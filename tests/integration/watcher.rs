@@ -175,6 +175,51 @@ async fn a_connection_the_server_closed_is_let_go_with_a_reset() {
 }
 
 #[tokio::test]
+async fn a_connection_whose_server_answered_wrong_is_closed_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let rec = Recorder::new();
+    let sup = watch(
+        &config(
+            &address,
+            r#"probe = { kind = "http", path = "/healthz" }
+               check_interval = "200ms"
+               check_timeout = "100ms""#,
+        ),
+        &rec,
+    );
+    let (mut server, _) = tokio::time::timeout(LIMIT, listener.accept())
+        .await
+        .expect("tether connects")
+        .unwrap();
+    // Healthy at the first check, failing at the next: the server is alive throughout.
+    for status in ["200 OK", "503 Unavailable"] {
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            let n = tokio::time::timeout(LIMIT, server.read(&mut byte))
+                .await
+                .expect("tether checks again")
+                .unwrap();
+            assert_eq!(n, 1, "closed before its request ended");
+            request.push(byte[0]);
+        }
+        let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        server.write_all(answer.as_bytes()).await.unwrap();
+    }
+    let read = tokio::time::timeout(LIMIT, server.read(&mut [0; 16]))
+        .await
+        .expect("tether lets go of a connection whose server answered wrong");
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Ok(0),
+        "an orderly close: the server may be alive, and would log a reset"
+    );
+    sup.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_delays_of_a_target_that_stays_down_grow_geometrically_up_to_max_within_the_jitter() {
     delays_follow_the_backoff_band(1000).await;
 }
