@@ -53,8 +53,8 @@ pub struct Supervision {
     pub max_restarts: u32,
     pub max_seconds: u32,
     pub cooldown: HumanDuration,
-    /// How long SIGTERM waits for hooks in flight; defaults to the largest
-    /// `hook_timeout`.
+    /// How long SIGTERM waits for hooks in flight and the events queued for them;
+    /// defaults to the largest `hook_timeout`.
     pub shutdown_grace: HumanDuration,
 }
 

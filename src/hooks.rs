@@ -294,7 +294,9 @@ impl HookRunner {
         Ok(())
     }
 
-    /// Stops taking new work and waits up to `grace` for hooks in flight; returns
+    /// Stops taking new work and waits up to `grace` for hooks in flight and the
+    /// events already queued (each run that ends starts the next one waiting), so the
+    /// application is left in the mode of each target's last known state; returns
     /// whether they all finished.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.inner.tracker.close();

@@ -236,6 +236,49 @@ async fn sigterm_during_a_slow_hook_waits_for_it_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_events_queued_behind_a_running_hook_run_within_the_grace() {
+    let listener = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // One slot: the second target's on_connect waits behind the first one's.
+    let hooks = format!(
+        "[targets.hooks]\non_connect = {{ shell = \"touch '{d}/started-'$TETHER_TARGET; \
+         sleep 1; touch '{d}/done-'$TETHER_TARGET\" }}"
+    );
+    let path = dir.path().join("tether.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[defaults]\nmax_concurrent_hooks = 1\n\
+             [supervisor]\nshutdown_grace = \"10s\"\n{}{}",
+            target("a", &listener.address(), &hooks),
+            target("b", &listener.address(), &hooks)
+        ),
+    )
+    .unwrap();
+    let mut tether = TetherProcess::run(&path, &[]);
+    tether.wait_for("a is up", LIMIT);
+    tether.wait_for("b is up", LIMIT);
+    let started = |t: &str| dir.path().join(format!("started-{t}")).exists();
+    poll(LIMIT, "the first hook started", || {
+        started("a") || started("b")
+    });
+    assert!(
+        !(started("a") && started("b")),
+        "one slot runs one hook at a time"
+    );
+    tether.signal(Signal::SIGTERM);
+    let status = tether.wait_exit(LIMIT);
+    assert!(status.success(), "{status:?}");
+    for t in ["a", "b"] {
+        assert!(
+            dir.path().join(format!("done-{t}")).exists(),
+            "{t}'s on_connect ran to its end before tether exited"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_exits_at_once_and_takes_the_running_hooks_with_it() {
     let SlowHook {
         dir,
