@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tether::watch::machine::{Event, State};
+use tether::watch::supervisor::Supervisor;
 
 use crate::support::TestServer;
 use crate::support::harness::{Behaviour, Listener, Record, Recorder, dead_port, watch};
@@ -150,24 +151,36 @@ async fn a_closed_connection_is_noticed_within_milliseconds() {
     sup.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_connection_the_server_closed_is_let_go_with_a_reset() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A target `dep` watched with `extra` settings, and the server's end of the connection
+/// tether made to it.
+async fn held_by_tether(extra: &str) -> (tokio::net::TcpStream, Supervisor) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let rec = Recorder::new();
-    let sup = watch(&config(&address, ""), &rec);
-    let (mut server, _) = tokio::time::timeout(LIMIT, listener.accept())
+    let sup = watch(&config(&address, extra), &Recorder::new());
+    let (server, _) = tokio::time::timeout(LIMIT, listener.accept())
         .await
         .expect("tether connects")
         .unwrap();
+    (server, sup)
+}
+
+/// What the server reads once tether has let go of the connection: `Ok(0)` after an
+/// orderly close, a `ConnectionReset` error after a reset.
+async fn how_tether_let_go(server: &mut tokio::net::TcpStream) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(LIMIT, server.read(&mut [0; 16]))
+        .await
+        .expect("tether lets go of the connection")
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_is_let_go_with_a_reset() {
+    use tokio::io::AsyncWriteExt;
+    let (mut server, sup) = held_by_tether("").await;
     // Half-closed: the server still reads, and learns how tether let go.
     server.shutdown().await.unwrap();
-    let read = tokio::time::timeout(LIMIT, server.read(&mut [0; 16]))
-        .await
-        .expect("tether lets go of a connection the server closed");
     assert_eq!(
-        read.map_err(|e| e.kind()),
+        how_tether_let_go(&mut server).await.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset),
         "a reset, not a FIN that a peer gone for good would answer with a reset"
     );
@@ -177,22 +190,12 @@ async fn a_connection_the_server_closed_is_let_go_with_a_reset() {
 #[tokio::test]
 async fn a_connection_whose_server_answered_wrong_is_closed_in_order() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let rec = Recorder::new();
-    let sup = watch(
-        &config(
-            &address,
-            r#"probe = { kind = "http", path = "/healthz" }
-               check_interval = "200ms"
-               check_timeout = "100ms""#,
-        ),
-        &rec,
-    );
-    let (mut server, _) = tokio::time::timeout(LIMIT, listener.accept())
-        .await
-        .expect("tether connects")
-        .unwrap();
+    let (mut server, sup) = held_by_tether(
+        r#"probe = { kind = "http", path = "/healthz" }
+           check_interval = "200ms"
+           check_timeout = "100ms""#,
+    )
+    .await;
     // Healthy at the first check, failing at the next: the server is alive throughout.
     for status in ["200 OK", "503 Unavailable"] {
         let mut request = Vec::new();
@@ -208,11 +211,8 @@ async fn a_connection_whose_server_answered_wrong_is_closed_in_order() {
         let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
         server.write_all(answer.as_bytes()).await.unwrap();
     }
-    let read = tokio::time::timeout(LIMIT, server.read(&mut [0; 16]))
-        .await
-        .expect("tether lets go of a connection whose server answered wrong");
     assert_eq!(
-        read.map_err(|e| e.kind()),
+        how_tether_let_go(&mut server).await.map_err(|e| e.kind()),
         Ok(0),
         "an orderly close: the server may be alive, and would log a reset"
     );
