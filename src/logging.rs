@@ -2,18 +2,48 @@
 //! from `--log-level`, else `RUST_LOG`, else `info`. Filters are `RUST_LOG`-style
 //! directives (`warn`, `tether=debug,hyper=warn`) matched on targets, which needs no
 //! regular-expression engine in the binary.
+//!
+//! The sidecar's lines are written by a thread of their own: a write to stderr blocks
+//! while its reader (a log collector, journald, a pipe into a stalled process) does not
+//! read, and a runtime worker blocked there would stop every actor it serves. A line
+//! that does not fit the queue is dropped and counted
+//! (`tether_log_lines_dropped_total`) rather than waited for. The other commands are
+//! short-lived and write their lines in place, in order with what they print.
 
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
+use std::sync::{Mutex, OnceLock};
 
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
+/// Lines waiting for the writer thread before new ones are dropped: a mass outage of
+/// 10,000 targets logs 10,000 transitions within a second, and the queue's slots
+/// (32 bytes each) are allocated whole at start.
+const QUEUED_LINES: usize = 8192;
+
+/// Where log lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Written to stderr by the thread that logs, in order with anything else it prints.
+    InPlace,
+    /// Queued for a writer thread of their own (`tether run`).
+    Background,
+}
+
+/// Ends the writer thread once it has written what is queued; taken by [`flush`].
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Lines dropped because the writer thread's queue was full.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
 /// Installs the global subscriber. Logs go to stderr so that commands printing
 /// results (`check-config`) keep stdout clean.
-pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+pub fn init(format: LogFormat, level: Option<&str>, output: Output) -> Result<(), String> {
     let filter: Targets = match level {
         Some(l) => l
             .parse()
@@ -25,9 +55,24 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     };
     // Colour only for a person at a terminal, never into a log pipeline.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let writer = match output {
+        Output::InPlace => BoxMakeWriter::new(std::io::stderr),
+        Output::Background => {
+            // Buffered: the writer thread takes every line queued, then flushes them
+            // in as few writes as they fit.
+            let (writer, guard) = NonBlockingBuilder::default()
+                .lossy(true)
+                .buffered_lines_limit(QUEUED_LINES)
+                .thread_name("tether-log")
+                .finish(BufWriter::new(std::io::stderr()));
+            let _ = DROPPED.set(writer.error_counter());
+            *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+            BoxMakeWriter::new(writer)
+        }
+    };
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry.with(layer).try_init(),
@@ -36,4 +81,20 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
             .try_init(),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Writes out the lines still queued and ends the writer thread, waiting for it at
+/// most about a second (it may be blocked on a stderr nobody reads). Called before
+/// the process exits and before it prints a last message of its own; lines logged
+/// afterwards are dropped.
+pub fn flush() {
+    let writer = WRITER.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(writer);
+}
+
+/// Lines dropped so far because the writer thread could not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
 }

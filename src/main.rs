@@ -19,7 +19,13 @@ fn main() -> ExitCode {
         (Command::Demo, None) => Some("error"),
         (_, level) => level,
     };
-    if let Err(e) = logging::init(cli.log.log_format, level) {
+    // The sidecar keeps watching whatever happens to its stderr; a command's lines stay
+    // in order with what it prints.
+    let output = match cli.command {
+        Command::Run(_) => logging::Output::Background,
+        _ => logging::Output::InPlace,
+    };
+    if let Err(e) = logging::init(cli.log.log_format, level, output) {
         eprintln!("tether: {e}");
         return ExitCode::from(exit::BAD_CONFIG);
     }
@@ -66,10 +72,13 @@ fn run(arg: &ConfigArg) -> ExitCode {
         Err(code) => return code,
     };
     let path = config::resolve_path(arg.path.as_deref());
-    cmd::block_on(async {
+    let code = cmd::block_on(async {
         let control = signals::install(path).context("cannot install signal handlers")?;
         sidecar::adopt_orphans();
-        match sidecar::run(config, Observers::new(), control).await {
+        let result = sidecar::run(config, Observers::new(), control).await;
+        // What was logged comes out before the last word, and before the exit.
+        logging::flush();
+        match result {
             Ok(()) => Ok(ExitCode::from(exit::OK)),
             Err(e) if e.is_config() => {
                 eprintln!("tether: {e}");
@@ -77,5 +86,7 @@ fn run(arg: &ConfigArg) -> ExitCode {
             }
             Err(e) => Err(anyhow::Error::from(e)),
         }
-    })
+    });
+    logging::flush();
+    code
 }

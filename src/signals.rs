@@ -48,6 +48,7 @@ pub fn install(path: PathBuf) -> std::io::Result<mpsc::Receiver<Control>> {
                     killed,
                     "received {name} again: killed the hooks still running; exiting at once"
                 );
+                crate::logging::flush();
                 std::process::exit(code);
             }
             tracing::info!("received {name}: shutting down (send it again to exit at once)");

@@ -83,6 +83,9 @@ pub struct Metrics {
     /// 1 unless the last reload was rejected: a counter alone cannot say whether the
     /// running config is the one on disk.
     last_reload_ok: IntGauge,
+    /// Log lines dropped because their writer could not keep up; brought up to date
+    /// from [`crate::logging::dropped_lines`] at each scrape.
+    log_lines_dropped: IntCounter,
     /// The series of each live target, by name (the exposition lists them in order).
     targets: RwLock<BTreeMap<String, Arc<TargetSeries>>>,
     /// The series of each configured group, by name.
@@ -359,6 +362,14 @@ impl Metrics {
             .register(Box::new(last_reload_ok.clone()))
             .map_err(MetricsError::Register)?;
         last_reload_ok.set(1);
+        let log_lines_dropped = IntCounter::new(
+            "tether_log_lines_dropped_total",
+            "Log lines dropped because stderr was not read fast enough; the watching never waits for the log.",
+        )
+        .map_err(MetricsError::Register)?;
+        registry
+            .register(Box::new(log_lines_dropped.clone()))
+            .map_err(MetricsError::Register)?;
         let metrics = Metrics {
             registry,
             reloads: [
@@ -366,6 +377,7 @@ impl Metrics {
                 reloads.with_label_values(&["rejected"]),
             ],
             last_reload_ok,
+            log_lines_dropped,
             targets: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
         };
@@ -413,6 +425,11 @@ impl Metrics {
     /// outage already fills memory. The process-wide series are encoded first, so that
     /// an error is known before the first byte goes out.
     pub fn exposition(&self) -> Result<Exposition, MetricsError> {
+        let dropped = crate::logging::dropped_lines();
+        let shown = self.log_lines_dropped.get();
+        if dropped > shown {
+            self.log_lines_dropped.inc_by(dropped - shown);
+        }
         let mut tail = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut tail)

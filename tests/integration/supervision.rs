@@ -743,3 +743,55 @@ async fn a_long_poll_on_status_returns_when_a_reload_adds_a_target() {
     assert_ne!(reply.header("x-tether-index"), up.header("x-tether-index"));
     drop(tether);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stderr_nobody_reads_never_stops_the_watching() {
+    use crate::endpoint::get;
+    let mut live = Listener::start(Behaviour::Hold).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    // 5,000 targets nobody listens for log about 10,000 transitions: far more than a
+    // pipe holds (64 KiB), and more than the writer's queue.
+    let mut config = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    config += &target("live", &live.address(), "");
+    for i in 0..5_000 {
+        config += &target(&format!("dead{i}"), "127.0.0.1:1", "");
+    }
+    let path = dir.path().join("tether.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = run_command(&path, &[]);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // Its stderr stays open and unread for the whole test.
+    let mut tether = crate::support::process::spawn(command).expect("start tether");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let count = |body: &str, state: &str| body.matches(&format!("\"state\": \"{state}\"")).count();
+    eventually(LIMIT, "every dead target failed and live up", || async {
+        let r = crate::endpoint::request(
+            addr,
+            b"GET /status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .ok()?;
+        (count(&r.body, "failed") == 5_000 && count(&r.body, "up") == 1).then_some(())
+    })
+    .await;
+    let dropped = get(addr, "/metrics")
+        .await
+        .sample("tether_log_lines_dropped_total")
+        .expect("the dropped lines are counted");
+    eprintln!("log lines dropped: {dropped}");
+    assert!(dropped > 0.0, "the log was never blocked");
+
+    // And a death is still noticed.
+    live.kill().await;
+    eventually(LIMIT, "live noticed down", || async {
+        let r = get(addr, "/status").await;
+        (count(&r.body, "up") == 0).then_some(())
+    })
+    .await;
+    let _ = tether.kill();
+    let _ = tether.wait();
+}
