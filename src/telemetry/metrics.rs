@@ -316,6 +316,18 @@ fn result_index(result: HookResult) -> usize {
         .expect("HookResult::ALL lists every result")
 }
 
+/// Registers a process-wide metric just made, and returns it for its owner to update.
+fn register<M>(registry: &Registry, made: prometheus::Result<M>) -> Result<M, MetricsError>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = made.map_err(MetricsError::Register)?;
+    registry
+        .register(Box::new(metric.clone()))
+        .map_err(MetricsError::Register)?;
+    Ok(metric)
+}
+
 /// A label value in the text format: backslash, double quote and newline escaped.
 fn escape(value: &str) -> String {
     value
@@ -328,48 +340,44 @@ impl Metrics {
     /// Registers the process-wide series and creates the series of every target.
     pub fn new(config: &Config) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "tether_build_info",
-                "Always 1; the label carries the running version of tether.",
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tether_build_info",
+                    "Always 1; the label carries the running version of tether.",
+                ),
+                &["version"],
             ),
-            &["version"],
-        )
-        .map_err(MetricsError::Register)?;
-        registry
-            .register(Box::new(build_info.clone()))
-            .map_err(MetricsError::Register)?;
+        )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "tether_config_reloads_total",
-                "Config reloads (SIGHUP), by result: applied, or rejected and the running config kept.",
+        let reloads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tether_config_reloads_total",
+                    "Config reloads (SIGHUP), by result: applied, or rejected and the running config kept.",
+                ),
+                &["result"],
             ),
-            &["result"],
-        )
-        .map_err(MetricsError::Register)?;
-        registry
-            .register(Box::new(reloads.clone()))
-            .map_err(MetricsError::Register)?;
-        let last_reload_ok = IntGauge::new(
-            "tether_config_last_reload_successful",
-            "1 if the last config reload was applied (or none was tried), 0 if it was rejected and an older config runs.",
-        )
-        .map_err(MetricsError::Register)?;
-        registry
-            .register(Box::new(last_reload_ok.clone()))
-            .map_err(MetricsError::Register)?;
+        )?;
+        let last_reload_ok = register(
+            &registry,
+            IntGauge::new(
+                "tether_config_last_reload_successful",
+                "1 if the last config reload was applied (or none was tried), 0 if it was rejected and an older config runs.",
+            ),
+        )?;
         last_reload_ok.set(1);
-        let log_lines_dropped = IntCounter::new(
-            "tether_log_lines_dropped_total",
-            "Log lines dropped because stderr was not read fast enough; the watching never waits for the log.",
-        )
-        .map_err(MetricsError::Register)?;
-        registry
-            .register(Box::new(log_lines_dropped.clone()))
-            .map_err(MetricsError::Register)?;
+        let log_lines_dropped = register(
+            &registry,
+            IntCounter::new(
+                "tether_log_lines_dropped_total",
+                "Log lines dropped because stderr was not read fast enough; the watching never waits for the log.",
+            ),
+        )?;
         let metrics = Metrics {
             registry,
             reloads: [
