@@ -1078,6 +1078,13 @@ mod tests {
         .unwrap()
     }
 
+    /// The metrics of [`config`], and its target `db` (which has an `on_failure` hook).
+    fn db_metrics() -> (Metrics, Arc<Target>) {
+        let config = config();
+        let db = Arc::new(config.targets[0].clone());
+        (Metrics::new(&config).unwrap(), db)
+    }
+
     fn text(m: &Metrics) -> String {
         String::from_utf8(m.encode().unwrap()).unwrap()
     }
@@ -1194,9 +1201,7 @@ mod tests {
 
     #[test]
     fn the_role_gauge_is_one_hot_and_starts_unknown() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         let role = |r: &str| {
             value(
                 &m,
@@ -1222,9 +1227,7 @@ mod tests {
 
     #[test]
     fn transitions_move_the_state_gauges_and_counters() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         m.attempt(db, true, Duration::from_micros(300));
         m.transition(
             db,
@@ -1284,9 +1287,7 @@ mod tests {
 
     #[test]
     fn a_hook_series_takes_memory_only_once_its_hooks_have_run() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         let made = |m: &Metrics| {
             let s = m.series(db).unwrap();
             s.hooks.iter().filter(|h| h.get().is_some()).count()
@@ -1306,9 +1307,7 @@ mod tests {
 
     #[test]
     fn hook_series_follow_a_reload_that_adds_hooks_and_keep_their_counts_when_hooks_go() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         m.started(db, ActorId(1));
         m.hook_run(db, Event::Failure, HookResult::Ok, Duration::from_millis(1));
         let reloaded = Config::parse(
@@ -1343,9 +1342,7 @@ mod tests {
 
     #[test]
     fn hook_runs_and_listener_reports_are_counted() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         m.hook_run(
             db,
             Event::Failure,
@@ -1389,9 +1386,7 @@ mod tests {
 
     #[test]
     fn the_late_stop_of_a_replaced_actor_leaves_its_successors_series() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         m.started(db, ActorId(1));
         // A reload replaces the actor; the old one's stop arrives after the new start.
         m.started(db, ActorId(2));
@@ -1406,9 +1401,7 @@ mod tests {
 
     #[test]
     fn a_stopped_target_leaves_no_series_behind() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         m.started(db, ActorId(1));
         m.hook_run(db, Event::Connect, HookResult::Ok, Duration::from_millis(1));
         m.stopped(db, ActorId(1));
@@ -1572,9 +1565,7 @@ mod tests {
 
     #[test]
     fn a_restart_counts_the_restart_and_keeps_the_state_the_actor_resumes_from() {
-        let config = config();
-        let db = &Arc::new(config.targets[0].clone());
-        let m = Metrics::new(&config).unwrap();
+        let (m, ref db) = db_metrics();
         m.started(db, ActorId(1));
         m.transition(
             db,

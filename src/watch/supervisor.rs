@@ -181,20 +181,23 @@ impl Supervisor {
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        let current: Vec<String> = self.actors.iter().map(|a| a.target.name.clone()).collect();
-        for name in current {
-            if !wanted.contains_key(name.as_str()) {
-                let actor = self.actors.take(name.as_str()).expect("listed above");
-                actor.cancel.cancel();
-                self.retired.insert(
-                    name.clone(),
-                    Retired {
-                        memory: actor.memory,
-                        task: actor.task,
-                    },
-                );
-                summary.removed.push(name);
-            }
+        let removed: Vec<String> = self
+            .actors
+            .iter()
+            .filter(|a| !wanted.contains_key(a.target.name.as_str()))
+            .map(|a| a.target.name.clone())
+            .collect();
+        for name in removed {
+            let actor = self.actors.take(name.as_str()).expect("listed above");
+            actor.cancel.cancel();
+            self.retired.insert(
+                name.clone(),
+                Retired {
+                    memory: actor.memory,
+                    task: actor.task,
+                },
+            );
+            summary.removed.push(name);
         }
         for target in &config.targets {
             match self.actors.get(target.name.as_str()) {
