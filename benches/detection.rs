@@ -45,7 +45,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use harness::{Stamp, Stamps, Summary, Tether, ms};
+use harness::{HookProgram, Stamp, Stamps, Summary, Tether, ms};
 
 /// The whole full run ends within this, whatever happens.
 const FULL_LIMIT: Duration = Duration::from_secs(9 * 60 + 30);
@@ -68,10 +68,13 @@ struct Options {
     long_outage: Duration,
     /// The tether binary under test.
     tether: PathBuf,
+    /// What each hook runs to stamp its start.
+    hook_program: HookProgram,
 }
 
 const USAGE: &str = "usage: cargo bench --bench detection -- [--smoke] [--runs N] \
-                     [--short-outage DUR] [--long-outage DUR] [--tether PATH]";
+                     [--short-outage DUR] [--long-outage DUR] [--hook-program stamp|sh] \
+                     [--tether PATH]";
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -85,6 +88,7 @@ impl Options {
                 short_outage: Duration::from_secs(3),
                 long_outage: Duration::from_secs(60),
                 tether: harness::default_binary(),
+                hook_program: HookProgram::Stamper,
             }
         } else {
             Options {
@@ -93,6 +97,7 @@ impl Options {
                 short_outage: Duration::from_millis(500),
                 long_outage: Duration::from_secs(2),
                 tether: harness::default_binary(),
+                hook_program: HookProgram::Stamper,
             }
         };
         let mut it = args.into_iter();
@@ -104,6 +109,7 @@ impl Options {
                 "--short-outage" => o.short_outage = harness::duration(&value("--short-outage")?)?,
                 "--long-outage" => o.long_outage = harness::duration(&value("--long-outage")?)?,
                 "--tether" => o.tether = PathBuf::from(value("--tether")?),
+                "--hook-program" => o.hook_program = HookProgram::parse(&value("--hook-program")?)?,
                 // `cargo test` passes its own arguments to every test binary.
                 _ if !bench => {}
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -743,7 +749,7 @@ async fn run(o: &Options) -> Result<Report, String> {
     let started = Instant::now();
     let deadline = started + if o.full { FULL_LIMIT } else { SMOKE_LIMIT };
     let profiles = profiles(&o.tether);
-    let mut stamps = Stamps::open().map_err(|e| format!("hook FIFO: {e}"))?;
+    let mut stamps = Stamps::open(o.hook_program).map_err(|e| format!("hook stamps: {e}"))?;
     let results: Shared = Arc::default();
     let mut skipped = Vec::new();
     let mut plan = Plan {
@@ -1048,6 +1054,7 @@ fn report(o: &Options, rep: &Report) -> usize {
         harness::load_average(),
         ms(rep.took),
     );
+    println!("hooks run {}", o.hook_program.describe());
     for s in &rep.settings {
         println!("  {s}");
     }

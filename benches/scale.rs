@@ -41,7 +41,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use harness::{Memory, Stamps, Summary, Tether, cpu_time, cpu_time_precise, memory, mib, ms};
+use harness::{
+    HookProgram, Memory, Stamps, Summary, Tether, cpu_time, cpu_time_precise, memory, mib, ms,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// "A few percent of one core": the full run fails above this.
@@ -77,6 +79,8 @@ struct Options {
     /// Quiet time between the last connect and the steady-state window.
     settle: Duration,
     tether: PathBuf,
+    /// What each hook runs to stamp its start.
+    hook_program: HookProgram,
 }
 
 impl Options {
@@ -94,6 +98,7 @@ impl Options {
                 singles: 200,
                 settle: Duration::from_secs(2),
                 tether: harness::default_binary(),
+                hook_program: HookProgram::Stamper,
             }
         } else {
             Options {
@@ -105,6 +110,7 @@ impl Options {
                 singles: 10,
                 settle: Duration::from_millis(200),
                 tether: harness::default_binary(),
+                hook_program: HookProgram::Stamper,
             }
         };
         let mut it = args.into_iter();
@@ -132,6 +138,7 @@ impl Options {
                 "--window" => o.window = harness::duration(&value("--window")?)?,
                 "--settle" => o.settle = harness::duration(&value("--settle")?)?,
                 "--tether" => o.tether = PathBuf::from(value("--tether")?),
+                "--hook-program" => o.hook_program = HookProgram::parse(&value("--hook-program")?)?,
                 // `cargo test` passes its own arguments (filters, `--nocapture`) to
                 // every test binary; the smoke run ignores them.
                 _ if !bench => {}
@@ -148,7 +155,7 @@ impl Options {
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--smoke] [--targets N | --sizes N,N,...] \
                      [--hooks none|every|both] [--window DUR] [--batch N] [--singles N] \
-                     [--settle DUR] [--tether PATH]";
+                     [--settle DUR] [--hook-program stamp|sh] [--tether PATH]";
 
 // === listeners ===
 
@@ -390,7 +397,7 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
         .await
         .map_err(|e| format!("cannot start listeners: {e}"))?;
     let mut stamps = if hooks {
-        Some(Stamps::open().map_err(|e| format!("hook FIFO: {e}"))?)
+        Some(Stamps::open(o.hook_program).map_err(|e| format!("hook stamps: {e}"))?)
     } else {
         None
     };
@@ -939,6 +946,9 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
         f.listeners.min(LOOPBACK_ADDRESSES as usize),
     );
     println!("binary: {}", o.tether.display());
+    if f.hooks {
+        println!("hooks run {}", o.hook_program.describe());
+    }
     println!(
         "cores: {}; load average before {} / after {} (other work on the machine \
          perturbs times, not tether's own CPU accounting)",

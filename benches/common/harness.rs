@@ -243,19 +243,53 @@ pub struct Stamp {
     pub at: Instant,
 }
 
+/// The program each hook runs to stamp its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookProgram {
+    /// `stamp.c`, built here without a C library: its stamp is the moment its process
+    /// started, which is what "a hook started" means. The default.
+    Stamper,
+    /// `/bin/sh -c 'echo … > FIFO'`, a hook as users write them: its stamp also counts
+    /// the shell's own start (most of a millisecond of CPU on a virtual machine).
+    Shell,
+}
+
+impl HookProgram {
+    pub fn parse(name: &str) -> Result<HookProgram, String> {
+        match name {
+            "stamp" => Ok(HookProgram::Stamper),
+            "sh" => Ok(HookProgram::Shell),
+            other => Err(format!("--hook-program {other:?}: stamp or sh")),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            HookProgram::Stamper => "a static program without a C library (benches/common/stamp.c)",
+            HookProgram::Shell => "/bin/sh -c 'echo … > FIFO'",
+        }
+    }
+}
+
 /// A FIFO every hook writes one line into the moment it starts, read by a thread of the
 /// bench that stamps each line as it arrives: the time a hook started, as the
 /// application would see it, without polling. A line is shorter than `PIPE_BUF`, so
 /// concurrent hooks never interleave.
 pub struct Stamps {
     path: PathBuf,
+    /// The stamper, when hooks run it.
+    stamper: Option<PathBuf>,
     _dir: tempfile::TempDir,
     pub received: mpsc::UnboundedReceiver<Stamp>,
 }
 
 impl Stamps {
-    pub fn open() -> std::io::Result<Stamps> {
+    pub fn open(program: HookProgram) -> std::io::Result<Stamps> {
         let dir = tempfile::Builder::new().prefix("tether-bench-").tempdir()?;
+        let stamper = match program {
+            HookProgram::Stamper => Some(build_stamper(dir.path())?),
+            HookProgram::Shell => None,
+        };
         let path = dir.path().join("hooks.fifo");
         let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a temp path");
         // SAFETY: mkfifo reads a NUL-terminated path and touches nothing else.
@@ -272,6 +306,7 @@ impl Stamps {
         std::thread::spawn(move || read_stamps(fifo, tx));
         Ok(Stamps {
             path,
+            stamper,
             _dir: dir,
             received: rx,
         })
@@ -289,20 +324,57 @@ impl Stamps {
 
     /// The command of [`hook_action`](Self::hook_action), as an argument vector.
     pub fn hook_argv(&self) -> Vec<String> {
-        vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!(
-                "echo \"$TETHER_TARGET $TETHER_EVENT\" > {}",
-                self.path.display()
-            ),
-        ]
+        match &self.stamper {
+            Some(stamper) => vec![
+                stamper.display().to_string(),
+                self.path.display().to_string(),
+            ],
+            None => vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "echo \"$TETHER_TARGET $TETHER_EVENT\" > {}",
+                    self.path.display()
+                ),
+            ],
+        }
     }
 
     /// Forgets stamps received so far.
     pub fn drain(&mut self) {
         while self.received.try_recv().is_ok() {}
     }
+}
+
+/// Builds `stamp.c` into `dir` with the C compiler (`$CC`, else `cc`, the one Rust
+/// links with).
+fn build_stamper(dir: &Path) -> std::io::Result<PathBuf> {
+    let source = dir.join("stamp.c");
+    std::fs::write(&source, include_str!("stamp.c"))?;
+    let out = dir.join("stamp");
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let built = Command::new(&cc)
+        .args([
+            "-O2",
+            "-static",
+            "-nostdlib",
+            "-fno-stack-protector",
+            "-fno-builtin",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .arg(&source)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {cc:?}: {e}")))?;
+    if !built.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{cc:?} could not build the hook stamper ({}): {}; --hook-program sh runs a shell instead",
+            built.status,
+            String::from_utf8_lossy(&built.stderr).trim()
+        )));
+    }
+    Ok(out)
 }
 
 fn read_stamps(fifo: std::fs::File, tx: mpsc::UnboundedSender<Stamp>) {
