@@ -366,6 +366,8 @@ struct Figures {
     /// by a bare spawner (with hooks): what starting that many processes costs here.
     spawn_floor: Option<Duration>,
     steady: Memory,
+    /// The hook spawner's memory at the same moment, when one runs.
+    spawner: Option<Memory>,
     /// At rest again, once `/metrics` and `/status` have been read (as a Prometheus
     /// server and a person would), whose code a sidecar left alone has not mapped back.
     scraped: Memory,
@@ -432,6 +434,7 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
     let (user1, system1) = cpu_time(pid).map_err(|e| e.to_string())?;
     let precise1 = cpu_time_precise(pid);
     let steady = memory(pid).map_err(|e| e.to_string())?;
+    let spawner = harness::spawner_of(pid).and_then(|p| memory(p).ok());
     let churn = pool.accepted() - before;
     for path in ["/metrics", "/status"] {
         harness::get(port, path).map_err(|e| format!("GET {path}: {e}"))?;
@@ -479,6 +482,7 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
         connect_hooks: connect_hooks.map(|at| at.duration_since(started)),
         connect_cpu,
         steady,
+        spawner,
         scraped,
         window: o.window,
         cpu_user: user1.saturating_sub(user0),
@@ -968,6 +972,9 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
     }
     row("RSS at rest (VmRSS / RssAnon / VmHWM)", resident(&f.steady));
     row("  per target", format!("{per_target:.2} KiB"));
+    if let Some(spawner) = &f.spawner {
+        row("  + the hook spawner process", resident(spawner));
+    }
     row(
         "  after a read of /metrics and /status",
         resident(&f.scraped),

@@ -186,6 +186,10 @@ pub enum Command {
     /// Print the man page (roff) to standard output: `tether man | man -l -`
     Man,
 
+    /// Start hook processes for a running `tether run` (started by it; not for users)
+    #[command(name = "spawner", hide = true)]
+    Spawner,
+
     /// A 15-second tour: watch a throwaway local service, break it, restore it
     ///
     /// Needs no config and no server: it starts a TCP service on loopback, watches

@@ -11,6 +11,7 @@ mod descendants;
 mod payload;
 mod queue;
 pub mod reaper;
+pub mod spawner;
 mod webhook;
 
 use std::collections::{HashMap, VecDeque};

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use tether::cli::{Cli, Command, ConfigArg};
 use tether::cmd::{self, demo, events, failback, probe, shell, status};
+use tether::hooks::spawner;
 use tether::watch::observe::Observers;
 use tether::{config, exit, logging, sidecar, signals};
 
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
             ExitCode::from(exit::OK)
         }
         Command::Man => shell::man_command(),
+        Command::Spawner => ExitCode::from(spawner::serve() as u8),
     }
 }
 
@@ -72,6 +74,9 @@ fn run(arg: &ConfigArg) -> ExitCode {
         Err(code) => return code,
     };
     let path = config::resolve_path(arg.path.as_deref());
+    // Hooks start from a process of this very executable, whatever replaces the file
+    // on disk meanwhile.
+    spawner::enable("/proc/self/exe".into());
     let code = cmd::block_on(async {
         let control = signals::install(path).context("cannot install signal handlers")?;
         sidecar::adopt_orphans();

@@ -175,6 +175,24 @@ pub fn memory(pid: u32) -> std::io::Result<Memory> {
     Ok(m)
 }
 
+/// The hook spawner of the tether process `pid` (`tether spawner`, its child), if one
+/// runs: a process of its own, whose memory is reported beside tether's.
+pub fn spawner_of(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"spawner".as_slice()))
+        })
+}
+
 /// CPU time a process has used so far (user, system), from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> std::io::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

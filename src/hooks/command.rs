@@ -3,17 +3,22 @@
 //! reads as secrets. When it ends, or is killed at its timeout, everything it started
 //! ends with it (see [`descendants`](super::descendants)).
 
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use super::spawner::{self, SpawnError};
 use super::{descendants, reaper};
 use crate::secrets;
 use crate::watch::observe::HookResult;
@@ -57,40 +62,28 @@ impl Outcome {
 
 /// Runs `argv` directly: no shell ever sees target data.
 pub async fn run_argv(argv: &[String], env: &[Var], json: &[u8], limit: Duration) -> Outcome {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    run(cmd, env, json, limit).await
+    let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+    run(argv, env, json, limit).await
 }
 
 /// Runs the user's shell text with `sh -c`; target data arrives only as variables.
 pub async fn run_shell(script: &str, env: &[Var], json: &[u8], limit: Duration) -> Outcome {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(script);
-    run(cmd, env, json, limit).await
+    let argv = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    run(argv, env, json, limit).await
 }
 
 /// One variable a hook is given.
 pub type Var = (&'static str, String);
 
-async fn run(mut cmd: Command, env: &[Var], json: &[u8], limit: Duration) -> Outcome {
-    for var in secrets::variables() {
-        cmd.env_remove(&*var);
-    }
+async fn run(argv: Vec<OsString>, env: &[Var], json: &[u8], limit: Duration) -> Outcome {
     let run_id = descendants::new_run();
-    cmd.envs(env.iter().map(|(k, v)| (*k, v)))
-        .env(descendants::RUN_VAR, &run_id)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a timeout kills the hook and everything it started. With
-        // a process group and no `pre_exec` closure the standard library starts the
-        // hook with posix_spawn (glibc: clone with CLONE_VM | CLONE_VFORK), which copies
-        // nothing of tether's memory; a closure would force fork and exec, copying the
-        // page tables of the whole process for every hook of a mass outage.
-        .process_group(0)
-        .kill_on_drop(false);
-    let mut child = match reaper::spawn(&mut cmd) {
-        Ok(child) => child,
+    let Started {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = match start(&argv, env, &run_id).await {
+        Ok(started) => started,
         Err(e) => {
             return Outcome {
                 result: HookResult::Error,
@@ -100,10 +93,7 @@ async fn run(mut cmd: Command, env: &[Var], json: &[u8], limit: Duration) -> Out
             };
         }
     };
-    let pid = child.id().expect("a just-spawned child has a pid");
-    let stdout = capture(child.stdout.take());
-    let stderr = capture(child.stderr.take());
-    let stdin = child.stdin.take();
+    let pid = child.id();
     let feed = async move {
         if let Some(mut stdin) = stdin {
             // A hook that ignores its input may close it early: not an error.
@@ -138,9 +128,110 @@ async fn run(mut cmd: Command, env: &[Var], json: &[u8], limit: Duration) -> Out
     }
 }
 
+/// A hook process, started by the spawner or by tether itself.
+enum Child {
+    Spawned(spawner::Child),
+    Own(tokio::process::Child),
+}
+
+impl Child {
+    fn id(&self) -> u32 {
+        match self {
+            Child::Spawned(c) => c.pid,
+            Child::Own(c) => c.id().expect("a child not yet waited for has a pid"),
+        }
+    }
+
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Child::Spawned(c) => c.wait().await,
+            Child::Own(c) => c.wait().await,
+        }
+    }
+}
+
+/// A started hook, its input to write and its output being read.
+struct Started {
+    child: Child,
+    stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+/// Starts the hook through the spawner where `tether run` has one, else from tether.
+async fn start(argv: &[OsString], env: &[Var], run_id: &str) -> io::Result<Started> {
+    let vars = || {
+        env.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .chain(std::iter::once((
+                OsString::from(descendants::RUN_VAR),
+                OsString::from(run_id),
+            )))
+    };
+    if let Some(spawner) = spawner::current() {
+        let (stdin, feed) = pipe()?;
+        let (out, stdout) = pipe()?;
+        let (err, stderr) = pipe()?;
+        let environment = spawner::environment(vars());
+        let request = spawner::Command {
+            argv,
+            env: &environment,
+            stdin,
+            stdout,
+            stderr,
+        };
+        match spawner.spawn(request).await {
+            Ok(child) => {
+                return Ok(Started {
+                    child: Child::Spawned(child),
+                    stdin: Some(Box::new(pipe::Sender::from_owned_fd(feed)?)),
+                    stdout: capture(Some(pipe::Receiver::from_owned_fd(out)?)),
+                    stderr: capture(Some(pipe::Receiver::from_owned_fd(err)?)),
+                });
+            }
+            Err(SpawnError::Start(e)) => return Err(e),
+            Err(SpawnError::Unavailable(e)) => {
+                tracing::debug!(error = %e, "starting a hook from tether");
+            }
+        }
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    for var in secrets::variables() {
+        cmd.env_remove(&*var);
+    }
+    cmd.envs(vars())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a timeout kills the hook and everything it started. With
+        // a process group and no `pre_exec` closure the standard library starts the
+        // hook with posix_spawn (glibc: clone with CLONE_VM | CLONE_VFORK), which copies
+        // nothing of tether's memory; a closure would force fork and exec, copying the
+        // page tables of the whole process for every hook of a mass outage.
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = reaper::spawn(&mut cmd)?;
+    Ok(Started {
+        stdin: child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
+        stdout: capture(child.stdout.take()),
+        stderr: capture(child.stderr.take()),
+        child: Child::Own(child),
+    })
+}
+
+/// A pipe, both ends closed on exec: the hook gets its end through the spawner.
+/// Returns (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
 /// SIGTERM to the whole group, SIGKILL to the hook after a grace period, then reap it;
 /// members of the group that outlive it are ended by [`descendants::end`].
-async fn kill_group(pid: u32, child: &mut tokio::process::Child) {
+async fn kill_group(pid: u32, child: &mut Child) {
     let group = Pid::from_raw(pid as i32);
     let _ = killpg(group, Signal::SIGTERM);
     if timeout(descendants::GRACE, child.wait()).await.is_err() {

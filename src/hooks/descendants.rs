@@ -99,7 +99,12 @@ async fn end_group(group: u32) {
 pub fn kill_everything() -> usize {
     let ours = format!("{RUN_VAR}={}-", crate::instance::id());
     let mut n = 0;
-    for child in children(std::process::id()) {
+    // Hooks are the spawner's children, or tether's own where it started them.
+    let mut candidates = children(std::process::id());
+    if let Some(spawner) = super::spawner::pid() {
+        candidates.extend(children(spawner));
+    }
+    for child in candidates {
         if !marked(child, &ours) {
             continue;
         }
@@ -145,11 +150,12 @@ fn stat(pid: u32) -> Option<(char, u32, i32)> {
     Some((state, ppid, pgrp))
 }
 
-/// tether's children that are not hook processes: orphans it adopted.
+/// tether's children that are not hook processes nor the spawner: orphans it adopted.
 fn adopted(hooks: &HashSet<u32>) -> Vec<u32> {
+    let spawner = super::spawner::pid();
     children(std::process::id())
         .into_iter()
-        .filter(|pid| !hooks.contains(pid) && alive(*pid))
+        .filter(|pid| !hooks.contains(pid) && Some(*pid) != spawner && alive(*pid))
         .collect()
 }
 

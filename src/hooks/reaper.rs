@@ -47,6 +47,12 @@ pub fn spawn(cmd: &mut tokio::process::Command) -> io::Result<tokio::process::Ch
     Ok(child)
 }
 
+/// Registers a hook process the spawner started: not tether's child, but ended with
+/// the others by [`kill_all`].
+pub fn started(pid: u32) {
+    live().insert(pid);
+}
+
 /// The hook processes running now.
 pub fn running() -> HashSet<u32> {
     live().clone()

@@ -28,6 +28,7 @@ mod restarts;
 mod roles;
 mod secrets;
 mod servers;
+mod spawner;
 mod sse_client;
 mod status_cmd;
 mod status_page;

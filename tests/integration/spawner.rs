@@ -1,0 +1,207 @@
+//! The hook spawner of `tether run`: hooks start from a small process of tether's own,
+//! with a clean signal state, and keep starting when it dies or is signalled.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::harness::{Behaviour, Listener, target};
+use crate::support::poll_until;
+use crate::support::tether_process::TetherProcess;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// A shell hook that appends "`$TETHER_EVENT` `parent pid`" to `dir/hooks`, and records
+/// its parent's command line, its signal state and its input under `dir`.
+fn recording_hook(dir: &Path) -> String {
+    format!(
+        r#"{{ shell = "tr '\\0' ' ' < /proc/$PPID/cmdline > '{d}'/parent.$TETHER_EVENT_ID; grep -E '^Sig(Blk|Ign)' /proc/$$/status > '{d}'/signals.$TETHER_EVENT_ID; cat > '{d}'/stdin.$TETHER_EVENT_ID; echo \"$TETHER_EVENT $PPID\" >> '{d}/hooks'; echo to-stdout; echo to-stderr >&2; exit 3" }}"#,
+        d = dir.display()
+    )
+}
+
+fn config(dir: &Path, listener: &Listener) -> PathBuf {
+    let hook = recording_hook(dir);
+    let path = dir.join("tether.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            target(
+                "db",
+                &listener.address(),
+                &format!(
+                    "backoff = {{ initial = \"20ms\", max = \"100ms\" }}\n\
+                     [targets.hooks]\non_connect = {hook}\non_disconnect = {hook}"
+                )
+            )
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The hooks that ran so far: (event, parent pid), in order.
+fn hooks(dir: &Path) -> Vec<(String, u32)> {
+    std::fs::read_to_string(dir.join("hooks"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (event, parent) = l.split_once(' ')?;
+            Some((event.to_owned(), parent.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until `n` hooks ran; returns them all.
+async fn hooks_until(dir: &Path, n: usize) -> Vec<(String, u32)> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        poll_until(LIMIT, || {
+            let h = hooks(&dir);
+            (h.len() >= n).then_some(h)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "fewer than {n} hooks ran within {LIMIT:?}: {:?}",
+                hooks(&dir)
+            )
+        })
+    })
+    .await
+    .unwrap()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+fn is_spawner(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"spawner".as_slice()))
+}
+
+/// Gone, or a zombie nobody has collected yet: not running.
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rfind(')')
+            .is_some_and(|i| stat[i + 2..].starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecars_hooks_start_from_its_spawner_with_input_output_and_no_signal_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = Listener::start(Behaviour::Hold).await;
+    let tether = TetherProcess::run(&config(dir.path(), &listener), &[]);
+    let hooks = hooks_until(dir.path(), 1).await;
+    let (event, spawner) = &hooks[0];
+    assert_eq!(event, "connect");
+    assert!(is_spawner(*spawner), "the hook's parent is not the spawner");
+    assert_eq!(parent_of(*spawner), Some(tether.pid()));
+
+    // No signal blocked, SIGPIPE not ignored: the spawner's own signal state (it holds
+    // SIGCHLD, SIGTERM, SIGINT, SIGHUP and SIGQUIT; Rust ignores SIGPIPE) stays its own.
+    let signals = std::fs::read_to_string(dir.path().join("signals.db:0")).unwrap();
+    assert!(signals.contains("SigBlk:\t0000000000000000"), "{signals}");
+    let ignored = signals
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+        .unwrap();
+    assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{signals}");
+
+    // The event arrives on stdin; the exit status and output reach the log.
+    let input = std::fs::read_to_string(dir.path().join("stdin.db:0")).unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(payload["event"], "connect");
+    assert_eq!(payload["target"], "db");
+    // Standard error, then standard output, on the lines that follow.
+    let line = tether.wait_for("exit status 3", LIMIT);
+    assert!(line.contains("to-stderr"), "{line}");
+    tether.wait_for("to-stdout", LIMIT);
+
+    let (status, log) = tokio::task::spawn_blocking(move || tether.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    tokio::task::spawn_blocking({
+        let spawner = *spawner;
+        move || {
+            poll_until(LIMIT, || ended(spawner).then_some(()))
+                .expect("the spawner outlived tether");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spawner_signalled_with_its_group_keeps_starting_hooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let tether = TetherProcess::run(&config(dir.path(), &listener), &[]);
+    let (_, spawner) = hooks_until(dir.path(), 1).await[0];
+    // What a terminal's ^C or a service manager's stop sends every process of the
+    // group: tether shuts down on it and runs its last hooks, so the spawner waits for
+    // tether to close its socket instead.
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        kill(Pid::from_raw(spawner as i32), signal).unwrap();
+    }
+    listener.kill().await;
+    let hooks = hooks_until(dir.path(), 2).await;
+    assert_eq!(hooks[1], ("disconnect".to_owned(), spawner));
+    let (status, log) = tokio::task::spawn_blocking(move || tether.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_spawner_loses_no_hook_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listener = Listener::start(Behaviour::Hold).await;
+    let tether = TetherProcess::run(&config(dir.path(), &listener), &[]);
+    let (_, first) = hooks_until(dir.path(), 1).await[0];
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    tokio::task::spawn_blocking(move || {
+        poll_until(LIMIT, || ended(first).then_some(())).expect("the spawner survived SIGKILL");
+    })
+    .await
+    .unwrap();
+
+    // Every event still runs its hook: from a new spawner, or from tether itself in
+    // the second after a spawner died. Flapped until a new spawner started one.
+    let mut seen = 1;
+    let replaced = loop {
+        listener.kill().await;
+        seen += 1;
+        let hooks = hooks_until(dir.path(), seen).await;
+        assert_eq!(hooks[seen - 1].0, "disconnect", "{hooks:?}");
+        listener.restore(Behaviour::Hold).await;
+        seen += 1;
+        let hooks = hooks_until(dir.path(), seen).await;
+        assert_eq!(hooks[seen - 1].0, "connect", "{hooks:?}");
+        let parent = hooks[seen - 1].1;
+        assert_ne!(parent, first, "a hook started from the dead spawner");
+        assert!(parent == tether.pid() || is_spawner(parent), "{hooks:?}");
+        if parent != tether.pid() {
+            break parent;
+        }
+        assert!(seen < 40, "no new spawner after {seen} hooks: {hooks:?}");
+    };
+    assert_eq!(parent_of(replaced), Some(tether.pid()));
+    tether.wait_for("the hook spawner ended; started a new one", LIMIT);
+    let (status, log) = tokio::task::spawn_blocking(move || tether.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+}
