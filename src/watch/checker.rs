@@ -163,13 +163,7 @@ impl Checker {
     ) -> impl Future<Output = Input> + 'a {
         async move {
             match next {
-                Next::ConnectNow => {
-                    // Every other task ready now runs first: when a peer holding many
-                    // targets' connections dies, each of them is shown down before any
-                    // spends its time on a reconnect.
-                    tokio::task::yield_now().await;
-                    Box::pin(self.attempt(held)).await
-                }
+                Next::ConnectNow => Box::pin(self.attempt(held)).await,
                 Next::ConnectAfter(delay) => {
                     // Boxed apart from the attempt: a target waiting out its backoff holds
                     // only a timer, and not the attempt's state.
