@@ -210,3 +210,44 @@ async fn a_killed_spawner_loses_no_hook_and_is_replaced() {
     tether.wait_for("the hook spawner ended; started a new one", LIMIT);
     stops_cleanly(tether).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_hooks_that_end_at_once_is_reported_whole() {
+    // 300 hooks that exit as soon as they start: some end, and are collected, before the
+    // thread that started them has announced them. Each must still be reported as ended
+    // (a lost exit would hold its run until the 60 s timeout).
+    const TARGETS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = Listener::start(Behaviour::Hold).await;
+    let targets: String = (0..TARGETS)
+        .map(|i| {
+            target(
+                &format!("t{i}"),
+                &listener.address(),
+                "hook_timeout = \"60s\"\n[targets.hooks]\non_connect = { command = [\"/bin/true\"] }",
+            )
+        })
+        .collect();
+    let path = dir.path().join("tether.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{targets}"),
+    )
+    .unwrap();
+    let tether = TetherProcess::run(&path, &[]);
+    let tether = tokio::task::spawn_blocking(move || {
+        let ran = || {
+            tether
+                .lines()
+                .iter()
+                .filter(|l| l.contains("hook ran: exit status 0"))
+                .count()
+        };
+        poll_until(LIMIT, || (ran() == TARGETS).then_some(()))
+            .unwrap_or_else(|| panic!("{} of {TARGETS} hooks reported ended", ran()));
+        tether
+    })
+    .await
+    .unwrap();
+    stops_cleanly(tether).await;
+}

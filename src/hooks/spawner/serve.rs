@@ -1,11 +1,13 @@
 //! The spawner process itself: `tether spawner`, started by `tether run` with its end
-//! of the socket pair as standard input. One thread, blocking calls, nothing else open:
-//! every hook it starts copies a file table of a handful of entries.
+//! of the socket pair as standard input. Blocking calls on a few threads, nothing else
+//! open: every hook it starts copies a file table of a handful of entries.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -14,12 +16,19 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
 
 use super::protocol::{REQUEST_MAX, Reply, Spawn};
 
+/// Threads that start hooks. `posix_spawn` returns only once the hook's `execve` is
+/// done, and under a burst of hooks on a busy machine that takes a while: one thread
+/// alone would start the hooks one exec after another.
+const STARTERS: usize = 4;
+
 /// Serves requests on standard input until tether closes its end; returns the exit
 /// status of the process.
 pub fn serve() -> i32 {
     // SAFETY: fd 0 is the socket `tether run` started this process with, and nothing
     // else in this process uses standard input.
     let socket = unsafe { OwnedFd::from_raw_fd(0) };
+    // One heap for the starters, as for tether's own threads.
+    crate::allocator::limit_arenas();
     let served = Server::new(socket).and_then(|mut server| {
         // The executable's start (the command line, logging) is not run again: its
         // pages go back, and the spawner keeps about the few it loops through.
@@ -35,9 +44,119 @@ pub fn serve() -> i32 {
     }
 }
 
-struct Server {
+/// One request read, for a starter thread.
+struct Job {
+    spawn: Spawn,
+    stdio: Vec<OwnedFd>,
+}
+
+/// What the main thread (reading requests, collecting children) and the starters share.
+struct Shared {
     socket: OwnedFd,
+    book: Mutex<Book>,
+}
+
+/// Keeps each hook's exit after its pid on the socket: a hook can end, and be
+/// collected, before the thread that started it has announced it.
+#[derive(Default)]
+struct Book {
+    /// Started and announced, not yet collected.
+    announced: HashSet<u32>,
+    /// Collected before being announced: pid → wait status.
+    early: HashMap<u32, i32>,
+    /// Hooks started since none last ran.
+    since_idle: usize,
+}
+
+/// A burst of at least this many hooks is followed, once none runs any more, by giving
+/// back the memory and code pages it used (as tether does after its own bursts).
+const BURST: usize = 64;
+
+impl Shared {
+    fn reply(&self, reply: Reply) -> io::Result<()> {
+        loop {
+            match send(
+                self.socket.as_raw_fd(),
+                &reply.encode(),
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // Each change to the book is one call that leaves it whole.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the hooks of the jobs it takes, until the queue closes.
+    fn start_hooks(&self, jobs: &Mutex<mpsc::Receiver<Job>>) {
+        loop {
+            let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok(Job { spawn, stdio }) = job else {
+                return;
+            };
+            let started = match <[OwnedFd; 3]>::try_from(stdio) {
+                Ok(stdio) => start(&spawn, stdio),
+                Err(_) => Err(io::Error::from_raw_os_error(libc::EBADF)),
+            };
+            // A failed send means tether is gone; the main thread sees it too.
+            let _ = match started {
+                Ok(pid) => {
+                    let mut book = self.book();
+                    book.since_idle += 1;
+                    let announced = self.reply(Reply::Spawned { id: spawn.id, pid });
+                    match book.early.remove(&pid) {
+                        Some(status) => self.reply(Reply::Exited { pid, status }),
+                        None => {
+                            book.announced.insert(pid);
+                            announced
+                        }
+                    }
+                }
+                Err(e) => self.reply(Reply::Failed {
+                    id: spawn.id,
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                }),
+            };
+        }
+    }
+
+    /// Collects every child that ended and tells tether. The exits of hooks that
+    /// ended between two SIGCHLDs are all collected by the loop.
+    fn reap(&self) -> io::Result<()> {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes only `status`.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return Ok(());
+            }
+            let pid = pid as u32;
+            let mut book = self.book();
+            if book.announced.remove(&pid) {
+                self.reply(Reply::Exited { pid, status })?;
+            } else {
+                book.early.insert(pid, status);
+            }
+            if book.announced.is_empty() && book.since_idle >= BURST {
+                book.since_idle = 0;
+                drop(book);
+                // The burst's queued requests and the code that served them.
+                crate::allocator::release_free_memory();
+                let _ = crate::resident::release_file_pages();
+            }
+        }
+    }
+}
+
+struct Server {
+    shared: Arc<Shared>,
     children: SignalFd,
+    jobs: mpsc::Sender<Job>,
     buf: Vec<u8>,
 }
 
@@ -46,8 +165,9 @@ impl Server {
         // SIGCHLD is read from a descriptor. The signals a terminal or a service
         // manager sends the whole group or cgroup are held, not acted on: the spawner
         // ends when tether closes the socket, after tether's own shutdown has run the
-        // last hooks. Hooks start with an empty mask (the standard library sets it),
-        // and signals pending here are not passed on.
+        // last hooks. Held before the starters exist, which inherit the mask; hooks
+        // start with none held (`Attributes`), and signals pending here are not
+        // passed on.
         let mut mask = SigSet::empty();
         for signal in [
             Signal::SIGCHLD,
@@ -65,9 +185,24 @@ impl Server {
             &only_children,
             SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
         )?;
-        Ok(Server {
+        let shared = Arc::new(Shared {
             socket,
+            book: Mutex::default(),
+        });
+        let (jobs, queue) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..STARTERS {
+            let shared = Arc::clone(&shared);
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("starter-{i}"))
+                .stack_size(128 * 1024)
+                .spawn(move || shared.start_hooks(&queue))?;
+        }
+        Ok(Server {
+            shared,
             children,
+            jobs,
             buf: vec![0; REQUEST_MAX],
         })
     }
@@ -76,7 +211,7 @@ impl Server {
         loop {
             let (request, exited) = {
                 let mut fds = [
-                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.shared.socket.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.children.as_fd(), PollFlags::POLLIN),
                 ];
                 match poll(&mut fds, PollTimeout::NONE) {
@@ -89,38 +224,22 @@ impl Server {
             };
             if exited {
                 while let Ok(Some(_)) = self.children.read_signal() {}
-                self.reap()?;
+                self.shared.reap()?;
             }
-            if request && !self.serve_one()? {
+            if request && !self.read_one()? {
                 return Ok(());
             }
         }
     }
 
-    /// Collects every child that ended and tells tether. The exits of hooks that
-    /// ended between two SIGCHLDs are all collected by the loop.
-    fn reap(&self) -> io::Result<()> {
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes only `status`.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return Ok(());
-            }
-            self.reply(Reply::Exited {
-                pid: pid as u32,
-                status,
-            })?;
-        }
-    }
-
-    /// Reads and serves one request; `false` once tether closed its end.
-    fn serve_one(&mut self) -> io::Result<bool> {
+    /// Reads one request and queues it for a starter; `false` once tether closed its
+    /// end.
+    fn read_one(&mut self) -> io::Result<bool> {
         let mut space = nix::cmsg_space!([RawFd; 3]);
-        let (n, fds) = {
+        let (n, stdio) = {
             let mut iov = [io::IoSliceMut::new(&mut self.buf)];
             let msg = match recvmsg::<()>(
-                self.socket.as_raw_fd(),
+                self.shared.socket.as_raw_fd(),
                 &mut iov,
                 Some(&mut space),
                 MsgFlags::MSG_CMSG_CLOEXEC,
@@ -153,35 +272,10 @@ impl Server {
                 "unreadable request",
             ));
         };
-        let reply = match <[OwnedFd; 3]>::try_from(fds) {
-            Ok(stdio) => match start(&spawn, stdio) {
-                Ok(pid) => Reply::Spawned { id: spawn.id, pid },
-                Err(e) => Reply::Failed {
-                    id: spawn.id,
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                },
-            },
-            Err(_) => Reply::Failed {
-                id: spawn.id,
-                errno: libc::EBADF,
-            },
-        };
-        self.reply(reply)?;
+        self.jobs
+            .send(Job { spawn, stdio })
+            .map_err(|_| io::Error::other("every starter thread ended"))?;
         Ok(true)
-    }
-
-    fn reply(&self, reply: Reply) -> io::Result<()> {
-        loop {
-            match send(
-                self.socket.as_raw_fd(),
-                &reply.encode(),
-                MsgFlags::MSG_NOSIGNAL,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
 }
 
