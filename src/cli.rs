@@ -187,7 +187,7 @@ pub enum Command {
     Man,
 
     /// Start hook processes for a running `tether run` (started by it; not for users)
-    #[command(name = "spawner", hide = true)]
+    #[command(name = crate::hooks::spawner::SUBCOMMAND, hide = true)]
     Spawner,
 
     /// A 15-second tour: watch a throwaway local service, break it, restore it

@@ -400,11 +400,7 @@ fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
 pub fn environment(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<OsString> {
     let secrets = crate::secrets::variables();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            !secrets
-                .iter()
-                .any(|s| k.as_os_str() == AsRef::<std::ffi::OsStr>::as_ref(&**s))
-        })
+        .filter(|(k, _)| !secrets.iter().any(|s| k.to_str() == Some(&**s)))
         .collect();
     for (k, v) in vars {
         match env.iter_mut().find(|(key, _)| *key == k) {
