@@ -3,17 +3,19 @@
 //! directives (`warn`, `tether=debug,hyper=warn`) matched on targets, which needs no
 //! regular-expression engine in the binary.
 //!
-//! The sidecar's lines are written by a thread of their own: a write to stderr blocks
-//! while its reader (a log collector, journald, a pipe into a stalled process) does not
-//! read, and a runtime worker blocked there would stop every actor it serves. A line
-//! that does not fit the queue is dropped and counted
+//! The sidecar's lines are written by a thread of their own ([`writer`]): a write to
+//! stderr blocks while its reader (a log collector, journald, a pipe into a stalled
+//! process) does not read, and a runtime worker blocked there would stop every actor it
+//! serves. A line that does not fit the queue is dropped and counted
 //! (`tether_log_lines_dropped_total`) rather than waited for. The other commands are
 //! short-lived and write their lines in place, in order with what they print.
 
-use std::io::{BufWriter, IsTerminal};
-use std::sync::{Mutex, OnceLock};
+mod writer;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use std::io::IsTerminal;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -21,10 +23,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
-/// Lines waiting for the writer thread before new ones are dropped: a mass outage of
-/// 10,000 targets logs 10,000 transitions within a second, and the queue's slots
-/// (32 bytes each) are allocated whole at start.
-const QUEUED_LINES: usize = 8192;
+/// Bytes waiting for the writer thread before new lines are dropped: some 3,000 lines
+/// of transitions, which the thread writes out in one go unless stderr is stuck.
+const QUEUED_BYTES: usize = 1024 * 1024;
 
 /// Where log lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +37,10 @@ pub enum Output {
 }
 
 /// Ends the writer thread once it has written what is queued; taken by [`flush`].
-static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+static WRITER: Mutex<Option<writer::Guard>> = Mutex::new(None);
 
-/// Lines dropped because the writer thread's queue was full.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The writer thread's handle, for the count of lines it dropped.
+static DROPPED: OnceLock<writer::Writer> = OnceLock::new();
 
 /// Installs the global subscriber. Logs go to stderr so that commands printing
 /// results (`check-config`) keep stdout clean.
@@ -58,14 +59,9 @@ pub fn init(format: LogFormat, level: Option<&str>, output: Output) -> Result<()
     let writer = match output {
         Output::InPlace => BoxMakeWriter::new(std::io::stderr),
         Output::Background => {
-            // Buffered: the writer thread takes every line queued, then flushes them
-            // in as few writes as they fit.
-            let (writer, guard) = NonBlockingBuilder::default()
-                .lossy(true)
-                .buffered_lines_limit(QUEUED_LINES)
-                .thread_name("tether-log")
-                .finish(BufWriter::new(std::io::stderr()));
-            let _ = DROPPED.set(writer.error_counter());
+            let (writer, guard) = writer::start("tether-log", QUEUED_BYTES, std::io::stderr())
+                .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
+            let _ = DROPPED.set(writer.clone());
             *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
             BoxMakeWriter::new(writer)
         }
@@ -89,12 +85,12 @@ pub fn init(format: LogFormat, level: Option<&str>, output: Output) -> Result<()
 /// afterwards are dropped.
 pub fn flush() {
     let writer = WRITER.lock().unwrap_or_else(|p| p.into_inner()).take();
-    drop(writer);
+    if let Some(writer) = writer {
+        writer.finish(Duration::from_secs(1));
+    }
 }
 
 /// Lines dropped so far because the writer thread could not keep up.
 pub fn dropped_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+    DROPPED.get().map_or(0, writer::Writer::dropped)
 }

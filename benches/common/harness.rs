@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -479,6 +479,30 @@ pub fn status_counts(port: u16) -> std::io::Result<StateCounts> {
         down: down + failed,
         total: up + down + failed + connecting,
     })
+}
+
+/// The latest `since` among targets in `state`, read from one `/status` document:
+/// when tether's registry recorded the last of them entering it, by tether's own clock
+/// (to the millisecond the document gives). Unlike the end of a poll, it carries
+/// neither the poll's period nor the time the answer took to come.
+pub fn latest_since(port: u16, state: &str) -> Result<SystemTime, String> {
+    let body = get(port, "/status").map_err(|e| e.to_string())?;
+    let start = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no body in the /status answer")?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body[start + 4..]).map_err(|e| e.to_string())?;
+    let mut latest = None;
+    for target in doc["targets"].as_array().ok_or("no targets in /status")? {
+        if target["state"] != state {
+            continue;
+        }
+        let since = target["since"].as_str().ok_or("a target without since")?;
+        let since = humantime::parse_rfc3339(since).map_err(|e| e.to_string())?;
+        latest = latest.max(Some(since));
+    }
+    latest.ok_or_else(|| format!("no target is {state}"))
 }
 
 /// Polls `/status` every `every` until `done` holds, up to `limit`; returns when the
