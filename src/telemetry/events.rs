@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
@@ -58,17 +58,79 @@ impl Default for Events {
     }
 }
 
-/// One event of the stream, rendered once for every subscriber.
+/// One event of the stream, rendered once for every subscriber, when the first one
+/// (or the status page) asks for it.
+///
+/// A transition is kept as the machine made it until then: a mass outage announces a
+/// transition per target on the actors' cores, and the history keeps thousands, so
+/// rendering each at once cost every transition a JSON document (a tenth of tether's
+/// time in an outage of 1,000 targets) and the history ~300 bytes an event, mostly for
+/// nobody. The target's settings are those of the event's time: a reload that changes
+/// them makes a new `Target`.
 #[derive(Debug)]
 pub struct Entry {
     pub position: u64,
     /// The SSE event name: `transition`, `group`, `target_added` or `target_removed`.
     pub kind: &'static str,
+    source: Source,
+    data: OnceLock<String>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Transition {
+        target: Arc<Target>,
+        transition: Transition,
+    },
+    /// Rendered when published; `data` holds it.
+    Rendered { name: String },
+}
+
+impl Entry {
+    /// An event rendered when published: a group's decision, a reload's change.
+    pub fn rendered(position: u64, kind: &'static str, name: &str, data: String) -> Entry {
+        Entry {
+            position,
+            kind,
+            source: Source::Rendered {
+                name: name.to_owned(),
+            },
+            data: OnceLock::from(data),
+        }
+    }
+
+    fn transition(position: u64, target: &Arc<Target>, transition: &Transition) -> Entry {
+        Entry {
+            position,
+            kind: "transition",
+            source: Source::Transition {
+                target: target.clone(),
+                transition: transition.clone(),
+            },
+            data: OnceLock::new(),
+        }
+    }
+
     /// The target's name, or the group's for a `group` event (names never clash).
-    pub target: String,
+    pub fn target(&self) -> &str {
+        match &self.source {
+            Source::Transition { target, .. } => &target.name,
+            Source::Rendered { name } => name,
+        }
+    }
+
     /// The JSON: a transition's or a group event's is the hook payload with its
     /// `position`.
-    pub data: String,
+    pub fn data(&self) -> &str {
+        self.data.get_or_init(|| match &self.source {
+            Source::Transition { target, transition } => serde_json::to_string(&Positioned {
+                payload: &crate::hooks::Payload::new(target, transition),
+                position: Index::here(self.position).to_string(),
+            })
+            .expect("a payload always serializes"),
+            Source::Rendered { .. } => String::new(),
+        })
+    }
 }
 
 /// Where a new subscriber starts.
@@ -151,20 +213,10 @@ impl Events {
     }
 
     /// Numbers, records and sends one event.
-    fn publish(&self, kind: &'static str, target: &str, data: impl FnOnce(&Index) -> String) {
+    fn publish(&self, entry: impl FnOnce(u64) -> Entry) {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let position = *self.position.borrow() + 1;
-        let index = Index::here(position);
-        // Kept for the whole history (4,096 events by default): without the slack a
-        // JSON writer leaves as it grows its buffer, an event takes ~300 bytes, not 512.
-        let mut data = data(&index);
-        data.shrink_to_fit();
-        let entry = Arc::new(Entry {
-            position,
-            kind,
-            target: target.to_owned(),
-            data,
-        });
+        let entry = Arc::new(entry(position));
         if history.len() >= self.keep {
             history.pop_front();
         }
@@ -172,6 +224,22 @@ impl Events {
         // No subscriber is no error.
         let _ = self.feed.send(entry);
         self.position.send_replace(position);
+    }
+
+    /// Numbers, records and sends an event rendered now, its JSON made from its index.
+    fn publish_rendered(
+        &self,
+        kind: &'static str,
+        name: &str,
+        data: impl FnOnce(&Index) -> String,
+    ) {
+        self.publish(|position| {
+            // Kept for the whole history: without the slack a JSON writer leaves as it
+            // grows its buffer, an event takes ~300 bytes, not 512.
+            let mut data = data(&Index::here(position));
+            data.shrink_to_fit();
+            Entry::rendered(position, kind, name, data)
+        });
     }
 
     /// The newest `n` events, newest first, and the position they end at, taken
@@ -208,7 +276,7 @@ impl Events {
     pub fn targets_changed(&self, added: &[String], removed: &[String]) {
         for (kind, names) in [("target_added", added), ("target_removed", removed)] {
             for name in names {
-                self.publish(kind, name, |index| {
+                self.publish_rendered(kind, name, |index| {
                     serde_json::json!({
                         "event": kind,
                         "target": name,
@@ -237,19 +305,12 @@ impl Events {
 /// the index first and the document second never misses the change in between.
 impl Observer for Events {
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
-        let payload = crate::hooks::Payload::new(target, t);
-        self.publish("transition", &target.name, |index| {
-            serde_json::to_string(&Positioned {
-                payload: &payload,
-                position: index.to_string(),
-            })
-            .expect("a payload always serializes")
-        });
+        self.publish(|position| Entry::transition(position, target, t));
     }
 
     fn group_event(&self, group: &Arc<Group>, e: &GroupEvent) {
         let payload = crate::hooks::GroupPayload::new(group, e);
-        self.publish("group", &group.name, |index| {
+        self.publish_rendered("group", &group.name, |index| {
             serde_json::to_string(&Positioned {
                 payload: &payload,
                 position: index.to_string(),
@@ -370,9 +431,9 @@ mod tests {
         events.group_event(&store, &e);
         assert!(waiter.await.unwrap() < Duration::from_secs(30));
         let entry = sub.feed.try_recv().unwrap();
-        assert_eq!((entry.kind, entry.target.as_str()), ("group", "store"));
+        assert_eq!((entry.kind, entry.target()), ("group", "store"));
         assert_eq!(entry.position, seen.position + 1);
-        let data: serde_json::Value = serde_json::from_str(&entry.data).unwrap();
+        let data: serde_json::Value = serde_json::from_str(entry.data()).unwrap();
         assert_eq!(data["event_id"], "store:4");
         assert_eq!(data["group"], "store");
         assert_eq!(data["event"], "change");
@@ -380,6 +441,46 @@ mod tests {
         assert_eq!(data["previous_active"], "a");
         assert_eq!(data["reason"], "active-lost");
         assert_eq!(data["position"], Index::here(entry.position).to_string());
+    }
+
+    #[test]
+    fn a_transition_reads_as_the_hook_payload_of_its_time_with_its_position() {
+        use crate::watch::loss::Loss;
+        use crate::watch::machine::{Event, State};
+        let parse = |address: &str| {
+            let text = format!("[[targets]]\nname = \"db\"\naddress = \"{address}\"\n");
+            let config = crate::config::Config::parse(&text, "t.toml".as_ref()).unwrap();
+            Arc::new(config.targets[0].clone())
+        };
+        let events = Events::default();
+        let mut sub = events.subscribe(None);
+        let t = Transition {
+            seq: 7,
+            event: Event::Disconnect,
+            previous: State::Up,
+            state: State::Down,
+            failures: 1,
+            last_error: Some(Loss::said("connection refused")),
+            at: std::time::SystemTime::now(),
+        };
+        let before = parse("127.0.0.1:5432");
+        events.transition(&before, &t);
+        // A reload that moves the target after the event changes nothing of it.
+        drop(before);
+        let _after = parse("127.0.0.1:6432");
+        let entry = sub.feed.try_recv().unwrap();
+        assert_eq!((entry.kind, entry.target()), ("transition", "db"));
+        let data: serde_json::Value = serde_json::from_str(entry.data()).unwrap();
+        assert_eq!(data["event_id"], "db:7");
+        assert_eq!(data["address"], "127.0.0.1:5432");
+        assert_eq!(data["event"], "disconnect");
+        assert_eq!(data["previous_state"], "up");
+        assert_eq!(data["state"], "down");
+        assert_eq!(data["last_error"], "connection refused");
+        assert_eq!(data["position"], Index::here(entry.position).to_string());
+        // Rendered once for every reader: the history's entry is the one sent.
+        let (recent, _) = events.recent(1);
+        assert!(std::ptr::eq(recent[0].data(), entry.data()));
     }
 
     #[tokio::test(start_paused = true)]

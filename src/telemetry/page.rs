@@ -285,7 +285,7 @@ struct Listed {
 }
 
 fn event_row(out: &mut String, entry: &Entry) {
-    let Ok(data) = serde_json::from_str::<Listed>(&entry.data) else {
+    let Ok(data) = serde_json::from_str::<Listed>(entry.data()) else {
         return;
     };
     let what = match entry.kind {
@@ -331,7 +331,7 @@ fn event_row(out: &mut String, entry: &Entry) {
         out,
         "\n<tr><td class=\"time\">{time}</td><th scope=\"row\">{target}</th>\
          <td class=\"what\">{what}</td><td class=\"id\">{id}</td></tr>",
-        target = escape(&entry.target),
+        target = escape(entry.target()),
         what = escape(&what),
         id = escape(data.event_id.as_deref().unwrap_or("")),
     );
@@ -416,12 +416,7 @@ mod tests {
     #[test]
     fn events_read_as_transitions_newest_first_and_a_recover_names_one_state() {
         let entry = |position, data: &str| {
-            Arc::new(Entry {
-                position,
-                kind: "transition",
-                target: "db".into(),
-                data: data.into(),
-            })
+            Arc::new(Entry::rendered(position, "transition", "db", data.into()))
         };
         let events = [
             entry(
@@ -490,12 +485,12 @@ mod tests {
 
     #[test]
     fn a_group_event_is_listed_with_what_the_group_uses_now() {
-        let events = [Arc::new(Entry {
-            position: 1,
-            kind: "group",
-            target: "store".into(),
-            data: r#"{"event":"change","active":"b","previous_active":"a","reason":"active-lost","claimants":[],"event_id":"store:1","timestamp":"2025-01-31T10:15:02.114Z"}"#.into(),
-        })];
+        let events = [Arc::new(Entry::rendered(
+            1,
+            "group",
+            "store",
+            r#"{"event":"change","active":"b","previous_active":"a","reason":"active-lost","claimants":[],"event_id":"store:1","timestamp":"2025-01-31T10:15:02.114Z"}"#.into(),
+        ))];
         let html = render(&doc_with_error("db", ""), &Index::here(1), &events);
         assert!(html.contains("<th scope=\"row\">store</th><td class=\"what\">a \u{2192} b (active-lost)</td><td class=\"id\">store:1</td>"), "{html}");
     }

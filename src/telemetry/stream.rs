@@ -94,7 +94,7 @@ async fn feed(
     _slot: OwnedSemaphorePermit,
 ) {
     let closed = app.events.closed().clone();
-    let wanted = |e: &Entry| targets.as_ref().is_none_or(|t| t.contains(&e.target));
+    let wanted = |e: &Entry| targets.as_ref().is_none_or(|t| t.contains(e.target()));
     let start = std::mem::replace(&mut sub.start, Start::Snapshot);
     let first = match start {
         Start::Snapshot => vec![snapshot(&app, sub.position)],
@@ -140,7 +140,8 @@ fn event(entry: &Arc<Entry>) -> Bytes {
     let id = Index::here(entry.position);
     Bytes::from(format!(
         "id: {id}\nevent: {}\ndata: {}\n\n",
-        entry.kind, entry.data
+        entry.kind,
+        entry.data()
     ))
 }
 
