@@ -77,11 +77,11 @@ impl Connection {
         }
     }
 
-    /// Lets go of a connection whose server closed its end with a reset instead of a
-    /// FIN: the server's kernel would answer the FIN with a reset anyway, and on
+    /// Makes the close of a connection whose server closed its end a reset instead of
+    /// a FIN: the server's kernel would answer the FIN with a reset anyway, and on
     /// loopback both are handled inline in the close, which doubled the cost of every
     /// close in a mass outage.
-    pub fn abort(self) {
+    pub fn reset_on_close(&self) {
         if let Some(tcp) = self.stream.as_ref().and_then(Stream::tcp) {
             // Only a cheaper close is lost if this fails.
             let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
@@ -252,15 +252,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lost_connection_is_let_go_with_a_reset_and_a_healthy_one_with_a_fin() {
-        let aborted = server_reads_after(Connection::abort).await;
+    async fn a_lost_connection_is_let_go_with_a_reset_and_a_failed_one_with_a_fin() {
+        use crate::watch::closer::{self, Close};
+        let lost = server_reads_after(|c| closer::close(c, Close::Reset)).await;
         assert_eq!(
-            aborted.map_err(|e| e.kind()),
+            lost.map_err(|e| e.kind()),
             Err(std::io::ErrorKind::ConnectionReset),
-            "an aborted connection leaves nothing behind to retransmit a FIN"
+            "a reset leaves nothing behind to retransmit a FIN"
         );
-        let dropped = server_reads_after(drop).await;
-        assert_eq!(dropped.unwrap(), 0, "a plain drop closes with a FIN");
+        let failed = server_reads_after(|c| closer::close(c, Close::Orderly)).await;
+        assert_eq!(failed.unwrap(), 0, "an orderly close is a FIN");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod checker;
+pub mod closer;
 pub mod group;
 pub mod groups;
 pub mod loss;

@@ -24,6 +24,7 @@ use crate::net::{self, Hangup, Readiness};
 use crate::probe::{Prober, Role};
 use crate::secrets;
 use crate::tls::Stream;
+use crate::watch::closer::{self, Close};
 use crate::watch::loss::Loss;
 use crate::watch::machine::{Input, Machine, Next, Snapshot};
 use crate::watch::observe::Observer;
@@ -118,15 +119,17 @@ impl Checker {
             // Let go of a dead connection at once, before any reconnect or backoff: with
             // a reset where the server closed its end (its kernel would answer a FIN with
             // one), with an orderly close where it stopped answering or answered wrong
-            // (it may be alive, and logs a reset as an error).
-            match &input {
-                Input::Lost(_) => {
-                    if let Some(link) = held.take() {
-                        link.conn.abort();
-                    }
+            // (it may be alive, and logs a reset as an error). The closer thread closes
+            // it, after the actors have announced what they saw.
+            let dead = match &input {
+                Input::Lost(_) => Some(Close::Reset),
+                Input::Failed(_) => Some(Close::Orderly),
+                Input::Connected | Input::Tick | Input::ConnectFailed(_) => None,
+            };
+            if let Some(how) = dead {
+                if let Some(link) = held.take() {
+                    closer::close(link.conn, how);
                 }
-                Input::Failed(_) => drop(held.take()),
-                Input::Connected | Input::Tick | Input::ConnectFailed(_) => {}
             }
             if let (Input::Connected | Input::Tick, Some(link)) = (&input, &held) {
                 self.report_certificate(link.conn.not_after);
