@@ -40,7 +40,7 @@ impl Payload {
             state: t.state,
             previous_state: t.previous,
             failures: t.failures,
-            last_error: t.last_error.as_ref().map(ToString::to_string),
+            last_error: t.last_error.as_ref().map(|e| e.text().to_owned()),
             timestamp: rfc3339(t.at),
         }
     }

@@ -685,7 +685,7 @@ impl Observer for Status {
             }
             e.failures = t.failures;
             if let Some(error) = &t.last_error {
-                e.last_error = Some(error.to_string());
+                e.last_error = Some(error.text().to_owned());
             }
             e.event_id = Some(t.event_id(&target.name));
             e.event = Some(t.event);

@@ -175,7 +175,7 @@ impl Checker {
                 }
                 Next::Hold { until } => match held {
                     Some(link) => self.hold(link, until).await,
-                    None => Input::Lost(Arc::new(Loss::NoConnectionHeld)),
+                    None => Input::Lost(Arc::new(Loss::no_connection_held())),
                 },
             }
         }
@@ -196,7 +196,7 @@ impl Checker {
                 *held = Some(self.link(conn));
                 Input::Connected
             }
-            Err(e) => Input::ConnectFailed(Arc::new(Loss::Attempt(e))),
+            Err(e) => Input::ConnectFailed(Arc::new(Loss::from(e))),
         }
     }
 
@@ -373,14 +373,14 @@ impl Checker {
     /// reconnect that follows succeeds and no transition shows it.
     fn lost(&self, reason: Loss) -> Input {
         let reason = Arc::new(reason);
-        self.observer.lost(&self.target, &reason.to_string());
+        self.observer.lost(&self.target, reason.text());
         Input::Lost(reason)
     }
 
     /// The held connection's server stopped answering or answered wrong.
     fn failed(&self, reason: Loss) -> Input {
         let reason = Arc::new(reason);
-        self.observer.lost(&self.target, &reason.to_string());
+        self.observer.lost(&self.target, reason.text());
         Input::Failed(reason)
     }
 

@@ -2,6 +2,7 @@
 //! worded only where it leaves tether: the log, hook payloads, `/status`, the observers.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::connect::AttemptError;
@@ -10,8 +11,18 @@ use crate::secrets;
 
 /// Why the target's connection ended or could not be made; its `Display` is the
 /// `last_error` text.
+///
+/// The text is made once, at the first rendering: the status registry, the log line,
+/// the event stream and the hooks all show the same reason, and making it (the system's
+/// error message, the address, the masking of secrets) was done once for each.
 #[derive(Debug)]
-pub enum Loss {
+pub struct Loss {
+    cause: Cause,
+    text: OnceLock<Box<str>>,
+}
+
+#[derive(Debug)]
+enum Cause {
     /// The held connection ended, as its socket told.
     Hangup(Hangup),
     /// A connect attempt, or a check of the held connection, failed.
@@ -27,33 +38,63 @@ pub enum Loss {
     },
 }
 
+impl Loss {
+    fn new(cause: Cause) -> Loss {
+        Loss {
+            cause,
+            text: OnceLock::new(),
+        }
+    }
+
+    /// The machine said to hold a connection the checker did not have.
+    pub fn no_connection_held() -> Loss {
+        Loss::new(Cause::NoConnectionHeld)
+    }
+
+    /// The supervisor stopped restarting the target's actor after `crashes` crashes
+    /// within `window`, the last with `panic`.
+    pub fn gave_up(crashes: usize, window: Duration, panic: String) -> Loss {
+        Loss::new(Cause::GaveUp {
+            crashes,
+            window,
+            panic,
+        })
+    }
+
+    /// The `last_error` text, masked: a server's words may echo a credential it was
+    /// sent, and no edge must be able to print the reason unmasked.
+    pub fn text(&self) -> &str {
+        self.text.get_or_init(|| {
+            let text = match &self.cause {
+                Cause::Hangup(h) => h.to_string(),
+                Cause::Attempt(e) => e.to_string(),
+                Cause::NoConnectionHeld => "no connection held".to_owned(),
+                Cause::GaveUp {
+                    crashes,
+                    window,
+                    panic,
+                } => format!("checker crashed {crashes} times within {window:?}: {panic}"),
+            };
+            secrets::mask(&text).into()
+        })
+    }
+}
+
 impl From<Hangup> for Loss {
     fn from(h: Hangup) -> Loss {
-        Loss::Hangup(h)
+        Loss::new(Cause::Hangup(h))
     }
 }
 
 impl From<AttemptError> for Loss {
     fn from(e: AttemptError) -> Loss {
-        Loss::Attempt(e)
+        Loss::new(Cause::Attempt(e))
     }
 }
 
-/// Masked here, where every rendering passes: a server's words may echo a credential
-/// it was sent, and no edge must be able to print the reason unmasked.
 impl fmt::Display for Loss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self {
-            Loss::Hangup(h) => h.to_string(),
-            Loss::Attempt(e) => e.to_string(),
-            Loss::NoConnectionHeld => "no connection held".to_owned(),
-            Loss::GaveUp {
-                crashes,
-                window,
-                panic,
-            } => format!("checker crashed {crashes} times within {window:?}: {panic}"),
-        };
-        f.write_str(&secrets::mask(&text))
+        f.write_str(self.text())
     }
 }
 
@@ -62,7 +103,7 @@ impl Loss {
     /// A reason that reads `text`, for tests about what carries reasons rather than
     /// about any one reason.
     pub(crate) fn said(text: &str) -> std::sync::Arc<Loss> {
-        std::sync::Arc::new(Loss::Hangup(Hangup::Io(std::io::Error::other(text))))
+        std::sync::Arc::new(Loss::from(Hangup::Io(std::io::Error::other(text))))
     }
 }
 
@@ -110,13 +151,9 @@ mod tests {
                 }),
                 "redis probe 10.0.0.1:5432: connection closed before the answer",
             ),
-            (Loss::NoConnectionHeld, "no connection held"),
+            (Loss::no_connection_held(), "no connection held"),
             (
-                Loss::GaveUp {
-                    crashes: 4,
-                    window: Duration::from_secs(60),
-                    panic: "boom".to_owned(),
-                },
+                Loss::gave_up(4, Duration::from_secs(60), "boom".to_owned()),
                 "checker crashed 4 times within 60s: boom",
             ),
         ];

@@ -288,8 +288,7 @@ impl Observer for LogObserver {
                 "{} is {} ({})", target.name, t.state, t.event,
             ),
             _ => {
-                let error = t.last_error.as_ref().map(ToString::to_string);
-                let error = error.as_deref().unwrap_or("");
+                let error = t.last_error.as_ref().map_or("", |e| e.text());
                 tracing::warn!(
                 target: "tether::transition",
                 target_name = %target.name,

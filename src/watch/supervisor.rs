@@ -365,11 +365,7 @@ fn give_up(
 ) {
     let mut memory = memory.lock().unwrap_or_else(|p| p.into_inner());
     let mut machine = Machine::resume(target, &memory);
-    let reason = Loss::GaveUp {
-        crashes,
-        window,
-        panic: reason.to_owned(),
-    };
+    let reason = Loss::gave_up(crashes, window, reason.to_owned());
     let transitions = machine.give_up(reason, SystemTime::now());
     *memory = machine.snapshot();
     drop(memory);

@@ -35,11 +35,7 @@ fn lost(s: &str) -> Input {
 }
 
 fn crashed(panic: &str) -> Loss {
-    Loss::GaveUp {
-        crashes: 4,
-        window: Duration::from_secs(60),
-        panic: panic.to_owned(),
-    }
+    Loss::gave_up(4, Duration::from_secs(60), panic.to_owned())
 }
 
 /// Drives a machine with a fake clock, recording what it published.
