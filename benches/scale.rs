@@ -341,8 +341,8 @@ impl Round {
 struct MassOutage {
     /// From the kill to the first `/status` poll showing every target down or failed.
     all_down: Option<Duration>,
-    /// From the kill to the latest `since` of the targets that poll showed down: when
-    /// tether recorded the last of them, by its own clock.
+    /// From the kill to the end of the millisecond of the latest `since` of the targets
+    /// that poll showed down: when tether recorded the last of them, by its own clock.
     all_down_stamped: Option<Duration>,
     /// How long this process took to close every held connection: no sidecar can
     /// see the last one go before it is closed.
@@ -539,9 +539,19 @@ async fn mass_outage(
     } else {
         Duration::from_millis(25)
     };
-    let down = harness::poll_status(port, every, limit, |c| {
-        c.total == targets && c.down == targets
-    });
+    let down = async {
+        let at = harness::poll_status(port, every, limit, |c| {
+            c.total == targets && c.down == targets
+        })
+        .await?;
+        // Read at once: a target moves on to `failed`, a later `since`, only after its
+        // fifth attempt, a second and a half later with the default backoff.
+        let stamped = tokio::task::spawn_blocking(move || harness::latest_since_down(port))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        Ok::<_, String>((at, stamped))
+    };
     let hooks = async {
         match stamps.as_deref_mut() {
             Some(s) => hook_starts(s, "disconnect", targets, killed, limit).await,
@@ -550,16 +560,18 @@ async fn mass_outage(
     };
     let (down, hooks) = tokio::join!(down, hooks);
     match (down, hooks) {
-        (Ok(at), Ok(hooks)) => {
+        (Ok((at, stamped)), Ok(hooks)) => {
             m.all_down = Some(at.duration_since(killed));
-            // Read at once: the first retries, which could move a target on to
-            // `failed`, are 80 ms or more away.
-            m.all_down_stamped =
-                tokio::task::spawn_blocking(move || harness::latest_since(port, "down"))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|last| last.duration_since(killed_wall).unwrap_or_default());
+            if let Err(e) = &stamped {
+                eprintln!("bench: no stamps from /status after the mass kill: {e}");
+            }
+            // `since` is cut to the millisecond: the last target went down within the
+            // millisecond after it, and the figure is its end, never an underestimate.
+            m.all_down_stamped = stamped.ok().map(|last| {
+                (last + Duration::from_millis(1))
+                    .duration_since(killed_wall)
+                    .unwrap_or_default()
+            });
             m.disconnect_hooks = hooks.iter().map(|h| h.duration_since(killed)).collect();
         }
         (Err(e), _) | (_, Err(e)) => {

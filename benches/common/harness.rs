@@ -481,11 +481,12 @@ pub fn status_counts(port: u16) -> std::io::Result<StateCounts> {
     })
 }
 
-/// The latest `since` among targets in `state`, read from one `/status` document:
-/// when tether's registry recorded the last of them entering it, by tether's own clock
-/// (to the millisecond the document gives). Unlike the end of a poll, it carries
-/// neither the poll's period nor the time the answer took to come.
-pub fn latest_since(port: u16, state: &str) -> Result<SystemTime, String> {
+/// The latest `since` among targets `down` or `failed`, read from one `/status`
+/// document: when tether's registry recorded the last of them entering its state, by
+/// tether's own clock (to the millisecond the document gives). Unlike the end of a
+/// poll, it carries neither the poll's period nor the time the answer took to come. A
+/// target already `failed` gives the later time of that step: never an underestimate.
+pub fn latest_since_down(port: u16) -> Result<SystemTime, String> {
     let body = get(port, "/status").map_err(|e| e.to_string())?;
     let start = body
         .windows(4)
@@ -495,14 +496,14 @@ pub fn latest_since(port: u16, state: &str) -> Result<SystemTime, String> {
         serde_json::from_slice(&body[start + 4..]).map_err(|e| e.to_string())?;
     let mut latest = None;
     for target in doc["targets"].as_array().ok_or("no targets in /status")? {
-        if target["state"] != state {
+        if target["state"] != "down" && target["state"] != "failed" {
             continue;
         }
         let since = target["since"].as_str().ok_or("a target without since")?;
         let since = humantime::parse_rfc3339(since).map_err(|e| e.to_string())?;
         latest = latest.max(Some(since));
     }
-    latest.ok_or_else(|| format!("no target is {state}"))
+    latest.ok_or_else(|| "no target is down".to_owned())
 }
 
 /// Polls `/status` every `every` until `done` holds, up to `limit`; returns when the
