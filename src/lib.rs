@@ -10,6 +10,7 @@ pub mod connect;
 pub mod exit;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod handoff;
 pub mod hooks;
 pub mod http2;
 pub mod instance;

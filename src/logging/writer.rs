@@ -11,12 +11,14 @@
 //! waited for, so a logging actor never blocks.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::handoff::Handoff;
 
 /// A buffer keeps at most this much between bursts; a burst's larger buffer is given
 /// back once it is written.
@@ -29,22 +31,10 @@ const GATHER: Duration = Duration::from_millis(5);
 
 /// The shared end: what the actors write lines into.
 struct Shared {
-    pending: Mutex<Pending>,
-    /// Signalled when the first line lands in an empty buffer the thread waits on, and
-    /// at close.
-    wake: Condvar,
+    lines: Handoff<Vec<u8>>,
     dropped: AtomicU64,
     /// Bytes queued at most before lines are dropped.
     limit: usize,
-}
-
-struct Pending {
-    lines: Vec<u8>,
-    /// The thread is waiting for lines: the next line must wake it. Kept so that lines
-    /// landing while it writes cost no system call.
-    waiting: bool,
-    /// No more lines are taken; the thread writes what is queued and ends.
-    closed: bool,
 }
 
 /// The handle the log layer writes through; one line per `write`.
@@ -65,12 +55,7 @@ pub fn start(
     out: impl Write + Send + 'static,
 ) -> io::Result<(Writer, Guard)> {
     let shared = Arc::new(Shared {
-        pending: Mutex::new(Pending {
-            lines: Vec::new(),
-            waiting: false,
-            closed: false,
-        }),
-        wake: Condvar::new(),
+        lines: Handoff::default(),
         dropped: AtomicU64::new(0),
         limit,
     });
@@ -88,23 +73,7 @@ pub fn start(
 
 fn run(shared: &Shared, mut out: impl Write) {
     let mut batch = Vec::new();
-    loop {
-        let mut pending = shared.lock();
-        while pending.lines.is_empty() && !pending.closed {
-            pending.waiting = true;
-            pending = shared.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
-        }
-        pending.waiting = false;
-        if pending.lines.is_empty() {
-            return;
-        }
-        if !pending.closed {
-            drop(pending);
-            std::thread::sleep(GATHER);
-            pending = shared.lock();
-        }
-        std::mem::swap(&mut pending.lines, &mut batch);
-        drop(pending);
+    while shared.lines.take(&mut batch, GATHER) {
         // A stderr that is gone (closed by the parent) loses the lines, as it would
         // lose them written in place.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
@@ -114,22 +83,16 @@ fn run(shared: &Shared, mut out: impl Write) {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        // Every change leaves the buffer whole: a poisoned lock is still sound.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn push(&self, line: &[u8]) {
-        let mut pending = self.lock();
-        if pending.closed || pending.lines.len() + line.len() > self.limit {
+        let added = self.lines.put(line, |lines, line| {
+            if lines.len() + line.len() > self.limit {
+                return Err(line);
+            }
+            lines.extend_from_slice(line);
+            Ok(())
+        });
+        if added.is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        pending.lines.extend_from_slice(line);
-        let wake = std::mem::take(&mut pending.waiting);
-        drop(pending);
-        if wake {
-            self.wake.notify_one();
         }
     }
 }
@@ -164,14 +127,15 @@ impl Guard {
     /// Takes no more lines, and waits until the thread has written those queued, at
     /// most `patience` (it may be blocked on a stderr nobody reads).
     pub fn finish(self, patience: Duration) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
+        self.shared.lines.close();
         let _ = self.ended.recv_timeout(patience);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     /// An output that records what reached it, and how many writes it took.
@@ -233,7 +197,7 @@ mod tests {
         let (mut writer, guard) = start("test-log", 1 << 20, stalled).unwrap();
         // The first line is taken alone and its write blocks; the next 999 queue behind it.
         writer.write_all(b"first\n").unwrap();
-        let taken = || writer.0.lock().lines.is_empty();
+        let taken = || writer.0.lines.is_empty();
         while !taken() {
             std::thread::yield_now();
         }
@@ -259,7 +223,7 @@ mod tests {
         };
         let (mut writer, guard) = start("test-log", 100, stalled).unwrap();
         writer.write_all(b"first\n").unwrap();
-        while !writer.0.lock().lines.is_empty() {
+        while !writer.0.lines.is_empty() {
             std::thread::yield_now();
         }
         // 10 bytes a line: ten fit in 100 bytes, the other five are dropped.

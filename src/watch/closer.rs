@@ -10,9 +10,11 @@
 //! The queue is bounded: past [`QUEUED`] connections an actor closes its own, so a host
 //! whose cores never idle cannot make tether hoard sockets.
 
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::connect::Connection;
+use crate::handoff::Handoff;
 
 /// Connections waiting for the thread at most; each holds a descriptor.
 const QUEUED: usize = 4096;
@@ -32,78 +34,41 @@ pub fn close(conn: Connection, how: Close) {
     if how == Close::Reset {
         conn.reset_on_close();
     }
-    match closer() {
-        Some(closer) => closer.push(conn),
-        None => drop(conn),
-    }
+    let Some(closer) = closer() else {
+        drop(conn);
+        return;
+    };
+    let queued = closer.put(conn, |dead, conn| {
+        if dead.len() >= QUEUED {
+            return Err(conn);
+        }
+        dead.push(conn);
+        Ok(())
+    });
+    // A full queue: this actor closes its own.
+    drop(queued);
 }
 
-struct Closer {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-}
-
-struct Queue {
-    dead: Vec<Connection>,
-    /// The thread waits for connections: the next one must wake it.
-    waiting: bool,
-}
-
-fn closer() -> Option<&'static Closer> {
-    static CLOSER: OnceLock<Option<&'static Closer>> = OnceLock::new();
+/// The dead connections waiting for the closer thread.
+fn closer() -> Option<&'static Handoff<Vec<Connection>>> {
+    static CLOSER: OnceLock<Option<&'static Handoff<Vec<Connection>>>> = OnceLock::new();
     *CLOSER.get_or_init(|| {
-        let closer: &'static Closer = Box::leak(Box::new(Closer {
-            queue: Mutex::new(Queue {
-                dead: Vec::new(),
-                waiting: false,
-            }),
-            wake: Condvar::new(),
-        }));
+        let dead: &'static Handoff<Vec<Connection>> = Box::leak(Box::default());
         std::thread::Builder::new()
             .name("tether-closer".to_owned())
             .stack_size(64 * 1024)
-            .spawn(move || closer.run())
+            .spawn(move || close_all(dead))
             .ok()
-            .map(|_| closer)
+            .map(|_| dead)
     })
 }
 
-impl Closer {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // Every change leaves the queue whole: a poisoned lock is still sound.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, conn: Connection) {
-        let mut queue = self.lock();
-        if queue.dead.len() >= QUEUED {
-            drop(queue);
-            drop(conn);
-            return;
-        }
-        queue.dead.push(conn);
-        let wake = std::mem::take(&mut queue.waiting);
-        drop(queue);
-        if wake {
-            self.wake.notify_one();
-        }
-    }
-
-    fn run(&self) {
-        lowest_priority();
-        let mut batch = Vec::new();
-        loop {
-            let mut queue = self.lock();
-            while queue.dead.is_empty() {
-                queue.waiting = true;
-                queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
-            }
-            queue.waiting = false;
-            std::mem::swap(&mut queue.dead, &mut batch);
-            drop(queue);
-            batch.clear();
-            batch.shrink_to(64);
-        }
+fn close_all(dead: &Handoff<Vec<Connection>>) {
+    lowest_priority();
+    let mut batch = Vec::new();
+    while dead.take(&mut batch, Duration::ZERO) {
+        batch.clear();
+        batch.shrink_to(64);
     }
 }
 
