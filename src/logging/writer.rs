@@ -2,7 +2,8 @@
 //!
 //! Lines are appended to one shared buffer and the thread takes the whole buffer at
 //! each turn, so a burst (a mass outage logs a line per target) costs one `write` per
-//! batch and one wake-up of the thread per batch, not one of each per line. A thread
+//! batch and one wake-up of the thread per batch, not one of each per line; a line
+//! that comes alone is written at once. A thread
 //! that woke per line cost a third of a core's time in a mass outage of 1,000 targets,
 //! on the cores the actors needed.
 //!
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::handoff::Handoff;
@@ -24,10 +26,13 @@ use crate::handoff::Handoff;
 /// back once it is written.
 const KEPT_CAPACITY: usize = 64 * 1024;
 
-/// How long the thread lets lines gather after the first one wakes it. A line reaches
-/// stderr this much later; in a burst, the thread wakes and writes once per period
-/// instead of once per line, each time taking a core from the actors.
+/// How long the thread lets lines gather in a burst, after the first line that wakes
+/// it: it then wakes and writes once per period instead of once per line, each time
+/// taking a core from the actors. A line that comes alone is written at once.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// Lines that come within this long of the last write are taken as a burst.
+const BURST: Duration = Duration::from_millis(50);
 
 /// The shared end: what the actors write lines into.
 struct Shared {
@@ -73,10 +78,19 @@ pub fn start(
 
 fn run(shared: &Shared, mut out: impl Write) {
     let mut batch = Vec::new();
-    while shared.lines.take(&mut batch, GATHER) {
+    let mut last_write: Option<Instant> = None;
+    loop {
+        let burst = last_write.is_some_and(|at| at.elapsed() < BURST);
+        if !shared
+            .lines
+            .take(&mut batch, if burst { GATHER } else { Duration::ZERO })
+        {
+            return;
+        }
         // A stderr that is gone (closed by the parent) loses the lines, as it would
         // lose them written in place.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
+        last_write = Some(Instant::now());
         batch.clear();
         batch.shrink_to(KEPT_CAPACITY);
     }

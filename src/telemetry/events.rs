@@ -123,11 +123,16 @@ impl Entry {
     /// `position`.
     pub fn data(&self) -> &str {
         self.data.get_or_init(|| match &self.source {
-            Source::Transition { target, transition } => serde_json::to_string(&Positioned {
-                payload: &crate::hooks::Payload::new(target, transition),
-                position: Index::here(self.position).to_string(),
-            })
-            .expect("a payload always serializes"),
+            Source::Transition { target, transition } => {
+                let mut data = serde_json::to_string(&Positioned {
+                    payload: &crate::hooks::Payload::new(target, transition),
+                    position: Index::here(self.position).to_string(),
+                })
+                .expect("a payload always serializes");
+                // Kept with the history once read: without the writer's slack.
+                data.shrink_to_fit();
+                data
+            }
             Source::Rendered { .. } => String::new(),
         })
     }

@@ -202,6 +202,8 @@ impl Sidecar {
         let told: Vec<String> = self.told(group).into_iter().map(|t| t.event_id).collect();
         let counted: Vec<String> = (0..told.len()).map(|i| format!("{group}:{i}")).collect();
         assert_eq!(told, counted, "hook event ids of {group}");
+        // The log is written from a thread of its own: a line may trail its hook.
+        poll_until(LIMIT, || (self.logged_ids(group) == told).then_some(()));
         assert_eq!(self.logged_ids(group), told, "logged event ids of {group}");
     }
 

@@ -71,12 +71,18 @@ async fn the_page_renders_each_target_and_its_last_events_and_lets_only_its_own_
         dead_port()
     );
     let sidecar = Sidecar::start(&toml).await;
-    let html = eventually(LIMIT, "cache up and sessions down on the page", || async {
-        let html = page(&sidecar).await.body;
-        (row(&html, "cache").contains("data-state=\"up\"")
-            && !row(&html, "sessions").contains("data-state=\"connecting\""))
-        .then_some(html)
-    })
+    // Sessions failed: its last transition until the end of the test, so the outage
+    // below is the newest event.
+    let html = eventually(
+        LIMIT,
+        "cache up and sessions failed on the page",
+        || async {
+            let html = page(&sidecar).await.body;
+            (row(&html, "cache").contains("data-state=\"up\"")
+                && row(&html, "sessions").contains("data-state=\"failed\""))
+            .then_some(html)
+        },
+    )
     .await;
     let cache = row(&html, "cache");
     assert!(
