@@ -3,9 +3,9 @@
 //! Lines are appended to one shared buffer and the thread takes the whole buffer at
 //! each turn, so a burst (a mass outage logs a line per target) costs one `write` per
 //! batch and one wake-up of the thread per batch, not one of each per line; a line
-//! that comes alone is written at once. A thread
-//! that woke per line cost a third of a core's time in a mass outage of 1,000 targets,
-//! on the cores the actors needed.
+//! that comes alone is written at once. A thread that woke per line made, in a mass
+//! outage of 1,000 targets, a thousand writes, some 2,700 `sched_yield`s of its own and
+//! a wake-up call from an actor per line, on the cores the actors needed.
 //!
 //! The buffer is bounded: a stderr whose reader stopped reading blocks the thread, and
 //! lines that arrive meanwhile beyond the bound are dropped and counted rather than
