@@ -73,7 +73,6 @@ pub struct Entry {
     /// The SSE event name: `transition`, `group`, `target_added` or `target_removed`.
     pub kind: &'static str,
     source: Source,
-    data: OnceLock<String>,
 }
 
 #[derive(Debug)]
@@ -81,9 +80,11 @@ enum Source {
     Transition {
         target: Arc<Target>,
         transition: Transition,
+        /// Its JSON, made at the first read.
+        data: OnceLock<String>,
     },
-    /// Rendered when published; `data` holds it.
-    Rendered { name: String },
+    /// Rendered when published.
+    Rendered { name: String, data: String },
 }
 
 impl Entry {
@@ -94,8 +95,8 @@ impl Entry {
             kind,
             source: Source::Rendered {
                 name: name.to_owned(),
+                data,
             },
-            data: OnceLock::from(data),
         }
     }
 
@@ -106,8 +107,8 @@ impl Entry {
             source: Source::Transition {
                 target: target.clone(),
                 transition: transition.clone(),
+                data: OnceLock::new(),
             },
-            data: OnceLock::new(),
         }
     }
 
@@ -115,15 +116,19 @@ impl Entry {
     pub fn target(&self) -> &str {
         match &self.source {
             Source::Transition { target, .. } => &target.name,
-            Source::Rendered { name } => name,
+            Source::Rendered { name, .. } => name,
         }
     }
 
     /// The JSON: a transition's or a group event's is the hook payload with its
     /// `position`.
     pub fn data(&self) -> &str {
-        self.data.get_or_init(|| match &self.source {
-            Source::Transition { target, transition } => {
+        match &self.source {
+            Source::Transition {
+                target,
+                transition,
+                data,
+            } => data.get_or_init(|| {
                 let mut data = serde_json::to_string(&Positioned {
                     payload: &crate::hooks::Payload::new(target, transition),
                     position: Index::here(self.position).to_string(),
@@ -132,9 +137,9 @@ impl Entry {
                 // Kept with the history once read: without the writer's slack.
                 data.shrink_to_fit();
                 data
-            }
-            Source::Rendered { .. } => String::new(),
-        })
+            }),
+            Source::Rendered { data, .. } => data,
+        }
     }
 }
 

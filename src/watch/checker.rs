@@ -116,11 +116,11 @@ impl Checker {
                 Input::ConnectFailed(_) | Input::Lost(_) | Input::Failed(_) => None,
             };
             self.report_role(role);
-            // Let go of a dead connection at once, before any reconnect or backoff: with
-            // a reset where the server closed its end (its kernel would answer a FIN with
+            // Hand a dead connection to the closer thread before any reconnect or
+            // backoff; it closes it once the actors have announced what they saw: with a
+            // reset where the server closed its end (its kernel would answer a FIN with
             // one), with an orderly close where it stopped answering or answered wrong
-            // (it may be alive, and logs a reset as an error). The closer thread closes
-            // it, after the actors have announced what they saw.
+            // (it may be alive, and logs a reset as an error).
             let dead = match &input {
                 Input::Lost(_) => Some(Close::Reset),
                 Input::Failed(_) => Some(Close::Orderly),

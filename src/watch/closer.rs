@@ -31,29 +31,36 @@ pub enum Close {
 /// Closes `conn` on the closer thread, or here when the thread is busy with a full
 /// queue or could not be started.
 pub fn close(conn: Connection, how: Close) {
+    let refused = match closer() {
+        Some(closer) => closer.put((conn, how), |dead, item| {
+            if dead.len() >= QUEUED {
+                return Err(item);
+            }
+            dead.push(item);
+            Ok(())
+        }),
+        None => Err((conn, how)),
+    };
+    // A full queue, or no thread: this actor closes its own.
+    if let Err((conn, how)) = refused {
+        close_now(conn, how);
+    }
+}
+
+fn close_now(conn: Connection, how: Close) {
     if how == Close::Reset {
         conn.reset_on_close();
     }
-    let Some(closer) = closer() else {
-        drop(conn);
-        return;
-    };
-    let queued = closer.put(conn, |dead, conn| {
-        if dead.len() >= QUEUED {
-            return Err(conn);
-        }
-        dead.push(conn);
-        Ok(())
-    });
-    // A full queue: this actor closes its own.
-    drop(queued);
+    drop(conn);
 }
 
+type Dead = Handoff<Vec<(Connection, Close)>>;
+
 /// The dead connections waiting for the closer thread.
-fn closer() -> Option<&'static Handoff<Vec<Connection>>> {
-    static CLOSER: OnceLock<Option<&'static Handoff<Vec<Connection>>>> = OnceLock::new();
+fn closer() -> Option<&'static Dead> {
+    static CLOSER: OnceLock<Option<&'static Dead>> = OnceLock::new();
     *CLOSER.get_or_init(|| {
-        let dead: &'static Handoff<Vec<Connection>> = Box::leak(Box::default());
+        let dead: &'static Dead = Box::leak(Box::default());
         std::thread::Builder::new()
             .name("tether-closer".to_owned())
             .stack_size(64 * 1024)
@@ -63,11 +70,13 @@ fn closer() -> Option<&'static Handoff<Vec<Connection>>> {
     })
 }
 
-fn close_all(dead: &Handoff<Vec<Connection>>) {
+fn close_all(dead: &Dead) {
     lowest_priority();
     let mut batch = Vec::new();
     while dead.take(&mut batch, Duration::ZERO) {
-        batch.clear();
+        for (conn, how) in batch.drain(..) {
+            close_now(conn, how);
+        }
         batch.shrink_to(64);
     }
 }
