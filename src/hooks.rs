@@ -6,6 +6,7 @@
 //! (actions of one event in the order written); workers of different targets run
 //! concurrently, bounded by `max_concurrent_hooks`.
 
+mod burst;
 mod command;
 mod descendants;
 mod payload;
@@ -15,7 +16,7 @@ pub mod spawner;
 mod webhook;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -85,6 +86,10 @@ struct Inner {
     busy: AtomicUsize,
     /// The most targets with pending events at once since the runner was last idle.
     busiest: AtomicUsize,
+    /// When transitions came: hooks wait while a burst of them is being recorded.
+    burst: burst::Burst,
+    /// Whether a task waits for the burst under way to end, to start the hooks it held.
+    releasing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -258,6 +263,8 @@ impl HookRunner {
                 tracker: TaskTracker::new(),
                 busy: AtomicUsize::new(0),
                 busiest: AtomicUsize::new(0),
+                burst: burst::Burst::new(),
+                releasing: AtomicBool::new(false),
             }),
         })
     }
@@ -367,8 +374,13 @@ impl HookRunner {
 
     /// Starts the next event of each waiting target while slots are free. Called
     /// whenever a target gets in line and whenever a run gives its slot back, so no
-    /// event waits while a slot is free.
+    /// event waits while a slot is free, except while a burst of transitions is being
+    /// recorded ([`burst`]).
     fn dispatch(&self) {
+        if self.inner.burst.hold().is_some() {
+            self.release_after_burst();
+            return;
+        }
         loop {
             let Ok(permit) = self.inner.limit.clone().try_acquire_owned() else {
                 return;
@@ -382,6 +394,22 @@ impl HookRunner {
                 None => self.idle(&queue),
             }
         }
+    }
+
+    /// Dispatches once the burst under way ends; one task waits for that, whatever the
+    /// number of events held. Tracked, so a shutdown waits for the events it holds.
+    fn release_after_burst(&self) {
+        if self.inner.releasing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let runner = self.clone();
+        self.inner.tracker.spawn(async move {
+            while let Some(until) = runner.inner.burst.hold() {
+                tokio::time::sleep_until(until).await;
+            }
+            runner.inner.releasing.store(false, Ordering::Release);
+            runner.dispatch();
+        });
     }
 
     /// Runs one event in `permit`'s slot, then hands the slot on.
@@ -540,6 +568,8 @@ impl HookRunner {
 
 impl Observer for HookRunner {
     fn transition(&self, target: &Arc<Target>, transition: &Transition) {
+        // Every target's transition, with hooks or not, is work of the burst.
+        self.inner.burst.record();
         if target.hooks.is_empty() || self.inner.tracker.is_closed() {
             return;
         }
@@ -754,6 +784,98 @@ mod tests {
     fn a_sidecar_whose_hooks_are_commands_builds_no_webhook_client() {
         let runner = HookRunner::new(&config(&["a"]), &none(), Arc::new(Observers::new())).unwrap();
         assert!(runner.inner.http.get().is_none());
+    }
+
+    /// When each hook action of each target started, by its report.
+    #[derive(Default)]
+    struct Starts {
+        runs: Mutex<Vec<(String, Instant)>>,
+        ran: tokio::sync::Notify,
+    }
+
+    impl Observer for Starts {
+        fn transition(&self, _: &Arc<Target>, _: &Transition) {}
+
+        fn hook_run(&self, target: &Target, _: Event, result: HookResult, elapsed: Duration) {
+            assert_eq!(result, HookResult::Ok);
+            let started = Instant::now() - elapsed;
+            lock(&self.runs).push((target.name.clone(), started));
+            self.ran.notify_one();
+        }
+    }
+
+    impl Starts {
+        async fn wait_for(&self, n: usize) -> Vec<(String, Instant)> {
+            loop {
+                let notified = self.ran.notified();
+                let runs = lock(&self.runs).clone();
+                if runs.len() >= n {
+                    return runs;
+                }
+                tokio::time::timeout(Duration::from_secs(10), notified)
+                    .await
+                    .expect("the hooks ran within 10 s");
+            }
+        }
+    }
+
+    fn connected() -> Transition {
+        Transition {
+            seq: 1,
+            event: Event::Connect,
+            previous: crate::watch::machine::State::Connecting,
+            state: crate::watch::machine::State::Up,
+            failures: 0,
+            last_error: None,
+            at: std::time::SystemTime::now(),
+        }
+    }
+
+    /// A mass outage's hooks would take the cores its actors need to record the
+    /// outage; they wait until it is recorded. A lone transition's hooks do not.
+    #[tokio::test]
+    async fn the_hooks_of_a_burst_start_once_its_transitions_are_recorded() {
+        let config = config(&["a", "b", "c"]);
+        let starts = Arc::new(Starts::default());
+        let runner = HookRunner::new(&config, &none(), starts.clone()).unwrap();
+        let slots = runner.inner.limit.available_permits();
+        let target = |name: &str| {
+            Arc::new(
+                config
+                    .targets
+                    .iter()
+                    .find(|t| t.name == name)
+                    .unwrap()
+                    .clone(),
+            )
+        };
+
+        runner.transition(&target("a"), &connected());
+        assert_eq!(
+            runner.inner.limit.available_permits(),
+            slots - 1,
+            "a lone transition's hook takes a slot at once"
+        );
+        let before_last = Instant::now();
+        runner.transition(&target("b"), &connected());
+        runner.transition(&target("c"), &connected());
+        assert_eq!(
+            runner.inner.limit.available_permits(),
+            slots - 1,
+            "the hooks of a burst wait"
+        );
+
+        let runs = starts.wait_for(3).await;
+        for (name, started) in &runs[..] {
+            if name != "a" {
+                assert!(
+                    *started >= before_last + burst::GAP,
+                    "{name}'s hook started {:?} after its transition, before the burst paused",
+                    started.saturating_duration_since(before_last)
+                );
+            }
+        }
+        runner.drain(Duration::from_secs(10)).await;
     }
 
     /// After a mass outage every target with hooks has an event waiting for a slot: at
