@@ -8,7 +8,9 @@ use std::time::Duration;
 use tether::watch::machine::Event;
 use tether::watch::observe::HookResult;
 
-use crate::support::harness::{Behaviour, Listener, Record, Recorder, Sidecar, target};
+use crate::support::harness::{
+    Behaviour, Listener, Record, Recorder, Sidecar, target, write_config,
+};
 use crate::support::poll;
 use crate::support::receiver::Receiver;
 use crate::support::tether_process::TetherProcess;
@@ -429,25 +431,21 @@ fn read_pid(path: &Path) -> Option<u32> {
 async fn a_hook_past_its_timeout_is_killed_with_its_grandchild_and_both_are_reaped() {
     let dir = tempfile::tempdir().unwrap();
     let listener = Listener::start(Behaviour::Hold).await;
-    let config = dir.path().join("tether.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target(
-                "db",
-                &listener.address(),
-                &format!(
-                    r#"hook_timeout = "1s"
-                    [targets.hooks]
-                    on_connect = {{ shell = "sleep 60 & echo $! > '{d}/grandchild'; echo $$ > '{d}/hook'; wait" }}
-                    on_disconnect = {{ shell = "sleep 60 & echo $! > '{d}/orphan'" }}"#,
-                    d = dir.path().display()
-                )
-            )
+    let config = write_config(
+        dir.path(),
+        "",
+        &target(
+            "db",
+            &listener.address(),
+            &format!(
+                r#"hook_timeout = "1s"
+                [targets.hooks]
+                on_connect = {{ shell = "sleep 60 & echo $! > '{d}/grandchild'; echo $$ > '{d}/hook'; wait" }}
+                on_disconnect = {{ shell = "sleep 60 & echo $! > '{d}/orphan'" }}"#,
+                d = dir.path().display()
+            ),
         ),
-    )
-    .unwrap();
+    );
     let tether = TetherProcess::run(&config, &[]);
     let (hook, grandchild) = tokio::task::spawn_blocking({
         let dir = dir.path().to_owned();
@@ -601,22 +599,17 @@ fn two_hook_config(
     on_connect: &str,
     on_disconnect: &str,
 ) -> std::path::PathBuf {
-    let config = dir.join("tether.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target(
-                "db",
-                address,
-                &format!(
-                    "hook_timeout = \"1s\"\n[targets.hooks]\non_connect = {{ shell = {on_connect:?} }}\non_disconnect = {{ shell = {on_disconnect:?} }}"
-                )
-            )
+    write_config(
+        dir,
+        "",
+        &target(
+            "db",
+            address,
+            &format!(
+                "hook_timeout = \"1s\"\n[targets.hooks]\non_connect = {{ shell = {on_connect:?} }}\non_disconnect = {{ shell = {on_disconnect:?} }}"
+            ),
         ),
     )
-    .unwrap();
-    config
 }
 
 /// Waits for `names` to hold pids under `dir`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::support::harness::{Behaviour, Listener};
+use crate::support::harness::{Behaviour, Listener, target, write_config};
 use crate::support::notify_socket::NotifySocket;
 use crate::support::tether_process::{TetherProcess, run_command};
 use crate::support::workdir;
@@ -17,15 +17,6 @@ const WATCHDOG_USEC: u64 = 400_000;
 
 /// Generous bound for anything tether should announce within a second or two.
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn target(name: &str, address: &str, extra: &str) -> String {
-    format!("[[targets]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n")
-}
-
-fn write_config(path: &Path, targets: &str) {
-    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{targets}");
-    std::fs::write(path, text).expect("write the config");
-}
 
 /// `tether run` with `NOTIFY_SOCKET` and `WATCHDOG_USEC` set.
 fn run_notified(config: &Path, socket: &NotifySocket) -> TetherProcess {
@@ -43,10 +34,10 @@ async fn ready_waits_for_every_first_attempt_and_status_follows_the_targets() {
     // Accepts and never answers: the first `redis` probe takes its whole check_timeout.
     let slow = Listener::start(Behaviour::Hold).await;
     let dir = workdir("notify-ready");
-    let config = dir.path().join("tether.toml");
     let slow_probe = "probe = \"redis\"\ncheck_timeout = \"1s\"";
-    write_config(
-        &config,
+    let config = write_config(
+        dir.path(),
+        "",
         &(target("web", &web.address(), "") + &target("slow", &slow.address(), slow_probe)),
     );
     let mut socket = NotifySocket::bind();
@@ -104,8 +95,7 @@ async fn ready_waits_for_every_first_attempt_and_status_follows_the_targets() {
 async fn watchdog_pings_come_every_half_period() {
     let web = Listener::start(Behaviour::Hold).await;
     let dir = workdir("notify-watchdog");
-    let config = dir.path().join("tether.toml");
-    write_config(&config, &target("web", &web.address(), ""));
+    let config = write_config(dir.path(), "", &target("web", &web.address(), ""));
     let mut socket = NotifySocket::bind();
     let tether = run_notified(&config, &socket);
     socket.until(LIMIT, "READY=1", |m| m.says("READY")).await;
@@ -138,15 +128,15 @@ async fn a_reload_is_announced_whether_applied_or_refused_and_shutdown_too() {
     let web = Listener::start(Behaviour::Hold).await;
     let more = Listener::start(Behaviour::Hold).await;
     let dir = workdir("notify-reload");
-    let config = dir.path().join("tether.toml");
-    write_config(&config, &target("web", &web.address(), ""));
+    let config = write_config(dir.path(), "", &target("web", &web.address(), ""));
     let mut socket = NotifySocket::bind();
     let mut tether = run_notified(&config, &socket);
     socket.until(LIMIT, "READY=1", |m| m.says("READY")).await;
 
     // A good config: applied.
     write_config(
-        &config,
+        dir.path(),
+        "",
         &(target("web", &web.address(), "") + &target("more", &more.address(), "")),
     );
     reload_round(&mut socket, &tether).await;

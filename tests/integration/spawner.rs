@@ -7,7 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::harness::{Behaviour, Listener, target};
+use crate::support::harness::{Behaviour, Listener, target, write_config};
 use crate::support::poll_until;
 use crate::support::tether_process::TetherProcess;
 
@@ -26,23 +26,18 @@ fn recording_hook(dir: &Path) -> String {
 
 fn config(dir: &Path, listener: &Listener) -> PathBuf {
     let hook = recording_hook(dir);
-    let path = dir.join("tether.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            target(
-                "db",
-                &listener.address(),
-                &format!(
-                    "backoff = {{ initial = \"20ms\", max = \"100ms\" }}\n\
-                     [targets.hooks]\non_connect = {hook}\non_disconnect = {hook}"
-                )
-            )
+    write_config(
+        dir,
+        "",
+        &target(
+            "db",
+            &listener.address(),
+            &format!(
+                "backoff = {{ initial = \"20ms\", max = \"100ms\" }}\n\
+                 [targets.hooks]\non_connect = {hook}\non_disconnect = {hook}"
+            ),
         ),
     )
-    .unwrap();
-    path
 }
 
 /// The hooks that ran so far: (event, parent pid), in order.

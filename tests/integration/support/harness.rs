@@ -366,6 +366,16 @@ pub fn target(name: &str, address: &str, extra: &str) -> String {
     format!("[[targets]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}\n")
 }
 
+/// Writes `dir/tether.toml` for a `tether run` of the tests: its endpoints on a free
+/// loopback port, `server` more `[server]` settings (or none), then `tables` (its
+/// targets, groups and other tables).
+pub fn write_config(dir: &std::path::Path, server: &str, tables: &str) -> std::path::PathBuf {
+    let path = dir.join("tether.toml");
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server}\n{tables}");
+    std::fs::write(&path, text).expect("write the config");
+    path
+}
+
 /// Starts a supervisor for a config given as TOML text.
 pub fn watch(toml: &str, recorder: &Arc<Recorder>) -> Supervisor {
     let config = Config::parse(toml, "test.toml".as_ref()).expect("test config is valid");
