@@ -262,6 +262,20 @@ mod tests {
         );
         let failed = server_reads_after(|c| closer::close(c, Close::Orderly)).await;
         assert_eq!(failed.unwrap(), 0, "an orderly close is a FIN");
+        // The connections went through the closer thread, which yields its core to
+        // any thread that wakes on it.
+        let closer = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| task.ok())
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == "tether-closer")
+            })
+            .expect("the closer thread runs");
+        let tid: libc::pid_t = closer.file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: a plain system call about a thread of this process.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        assert_eq!(policy, libc::SCHED_IDLE, "the closer runs under SCHED_IDLE");
     }
 
     #[tokio::test]
