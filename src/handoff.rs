@@ -15,6 +15,8 @@ pub struct Handoff<B> {
 
 struct State<B> {
     items: B,
+    /// Items put since the emptying thread last took them.
+    count: usize,
     /// The emptying thread waits for items: the next one must wake it.
     waiting: bool,
     /// Nothing more is taken; the thread empties what is left and ends.
@@ -37,6 +39,7 @@ impl<B: Batch> Default for Handoff<B> {
         Handoff {
             state: Mutex::new(State {
                 items: B::default(),
+                count: 0,
                 waiting: false,
                 closed: false,
             }),
@@ -59,6 +62,7 @@ impl<B: Batch> Handoff<B> {
             return Err(item);
         }
         add(&mut state.items, item)?;
+        state.count += 1;
         let wake = std::mem::take(&mut state.waiting);
         drop(state);
         if wake {
@@ -71,22 +75,62 @@ impl<B: Batch> Handoff<B> {
     /// closed), lets more gather for `gather` unless closed, and swaps it all into
     /// `batch`, which must be empty. False once closed with nothing left.
     pub fn take(&self, batch: &mut B, gather: Duration) -> bool {
+        let Some(mut state) = self.wait_for_items() else {
+            return false;
+        };
+        if !state.closed && !gather.is_zero() {
+            drop(state);
+            std::thread::sleep(gather);
+            state = self.lock();
+        }
+        self.swap(state, batch);
+        true
+    }
+
+    /// Like [`Handoff::take`], but lets items gather for as long as they keep coming:
+    /// until none was put for `quiet`, `enough` are waiting, or `at_most` has passed.
+    pub fn take_when_quiet(
+        &self,
+        batch: &mut B,
+        quiet: Duration,
+        at_most: Duration,
+        enough: usize,
+    ) -> bool {
+        let Some(mut state) = self.wait_for_items() else {
+            return false;
+        };
+        let began = tokio::time::Instant::now();
+        loop {
+            let before = state.count;
+            if state.closed || before >= enough || began.elapsed() >= at_most {
+                break;
+            }
+            drop(state);
+            std::thread::sleep(quiet);
+            state = self.lock();
+            if state.count == before {
+                break;
+            }
+        }
+        self.swap(state, batch);
+        true
+    }
+
+    /// Waits until something was put or the handoff is closed; `None` once closed
+    /// with nothing left.
+    fn wait_for_items(&self) -> Option<MutexGuard<'_, State<B>>> {
         let mut state = self.lock();
         while state.items.is_empty() && !state.closed {
             state.waiting = true;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.waiting = false;
-        if state.items.is_empty() {
-            return false;
-        }
-        if !state.closed && !gather.is_zero() {
-            drop(state);
-            std::thread::sleep(gather);
-            state = self.lock();
-        }
+        (!state.items.is_empty()).then_some(state)
+    }
+
+    fn swap(&self, mut state: MutexGuard<'_, State<B>>, batch: &mut B) {
         std::mem::swap(&mut state.items, batch);
-        true
+        state.count = 0;
     }
 
     /// Refuses every later item and tells the emptying thread to end once empty.
@@ -98,5 +142,77 @@ impl<B: Batch> Handoff<B> {
     /// Whether nothing waits to be taken.
     pub fn is_empty(&self) -> bool {
         self.lock().items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn push(h: &Handoff<Vec<u32>>, n: u32) {
+        h.put(n, |v, n| {
+            v.push(n);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// What keeps coming is taken in one batch, once it pauses.
+    #[test]
+    fn items_that_keep_coming_are_taken_once_they_pause() {
+        let handoff = Arc::new(Handoff::<Vec<u32>>::default());
+        let done = Arc::new(AtomicBool::new(false));
+        let putter = std::thread::spawn({
+            let (handoff, done) = (handoff.clone(), done.clone());
+            move || {
+                for n in 0..50 {
+                    push(&handoff, n);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                done.store(true, Ordering::Release);
+            }
+        });
+        let mut batch = Vec::new();
+        assert!(handoff.take_when_quiet(
+            &mut batch,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+            1000
+        ));
+        assert!(
+            done.load(Ordering::Acquire),
+            "taken after {} items, before they paused",
+            batch.len()
+        );
+        assert_eq!(batch, (0..50).collect::<Vec<_>>());
+        putter.join().unwrap();
+    }
+
+    #[test]
+    fn enough_items_are_taken_without_waiting_for_a_pause() {
+        let handoff = Handoff::<Vec<u32>>::default();
+        for n in 0..8 {
+            push(&handoff, n);
+        }
+        let mut batch = Vec::new();
+        // A pause of an hour would never come within the test.
+        assert!(handoff.take_when_quiet(
+            &mut batch,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            8
+        ));
+        assert_eq!(batch.len(), 8);
+        handoff.close();
+        batch.clear();
+        assert!(!handoff.take_when_quiet(
+            &mut batch,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            8
+        ));
     }
 }
