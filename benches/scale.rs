@@ -387,6 +387,10 @@ struct Figures {
     cpu_precise: Option<Duration>,
     /// Connections tether replaced during the window: any would mean churn at rest.
     churn: usize,
+    /// Packets the kernel dropped at a full input backlog during the window, when
+    /// `/proc/net/softnet_stat` can be read: what makes keepalive probes go unanswered
+    /// on loopback.
+    backlog_drops: Option<u64>,
     rounds: Vec<Round>,
     outage: MassOutage,
     stop: Duration,
@@ -437,6 +441,7 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
     tokio::time::sleep(o.settle).await;
     let pid = tether.pid;
     let before = pool.accepted();
+    let drops0 = harness::backlog_drops();
     let (user0, system0) = cpu_time(pid).map_err(|e| e.to_string())?;
     let precise0 = cpu_time_precise(pid);
     tokio::time::sleep(o.window).await;
@@ -445,6 +450,9 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
     let steady = memory(pid).map_err(|e| e.to_string())?;
     let spawner = harness::spawner_of(pid).and_then(|p| memory(p).ok());
     let churn = pool.accepted() - before;
+    let backlog_drops = drops0
+        .zip(harness::backlog_drops())
+        .map(|(a, b)| b.saturating_sub(a));
     for path in ["/metrics", "/status"] {
         harness::get(port, path).map_err(|e| format!("GET {path}: {e}"))?;
     }
@@ -498,6 +506,7 @@ async fn run(o: &Options, targets: usize, hooks: bool) -> Result<Figures, String
         cpu_system: system1.saturating_sub(system0),
         cpu_precise: precise0.zip(precise1).map(|(a, b)| b.saturating_sub(a)),
         churn,
+        backlog_drops,
         rounds,
         outage,
         stop,
@@ -1036,6 +1045,12 @@ fn report(o: &Options, f: &Figures, checks: &[Check]) {
         "connections replaced during the window",
         f.churn.to_string(),
     );
+    if let Some(drops) = f.backlog_drops {
+        row(
+            "  packets dropped at full input backlogs",
+            drops.to_string(),
+        );
+    }
     for r in &f.rounds {
         row(
             &format!("reconnect after {}: median", r.kind),

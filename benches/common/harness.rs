@@ -222,6 +222,16 @@ pub fn cpu_time_precise(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// Packets the kernel dropped so far because a core's input backlog was full
+/// (`net.core.netdev_max_backlog`), summed over the cores: on loopback every packet
+/// goes through it, keepalive probes and their answers included.
+pub fn backlog_drops() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/net/softnet_stat").ok()?;
+    stat.lines()
+        .map(|line| u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok())
+        .sum()
+}
+
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
