@@ -23,6 +23,14 @@ struct State<B> {
     closed: bool,
 }
 
+impl<B> State<B> {
+    /// Swaps what was put into `batch`, which must be empty.
+    fn take_into(&mut self, batch: &mut B) {
+        std::mem::swap(&mut self.items, batch);
+        self.count = 0;
+    }
+}
+
 /// What a handoff holds: a buffer that knows when it is empty.
 pub trait Batch: Default {
     fn is_empty(&self) -> bool;
@@ -83,7 +91,7 @@ impl<B: Batch> Handoff<B> {
             std::thread::sleep(gather);
             state = self.lock();
         }
-        self.swap(state, batch);
+        state.take_into(batch);
         true
     }
 
@@ -112,7 +120,7 @@ impl<B: Batch> Handoff<B> {
                 break;
             }
         }
-        self.swap(state, batch);
+        state.take_into(batch);
         true
     }
 
@@ -126,11 +134,6 @@ impl<B: Batch> Handoff<B> {
         }
         state.waiting = false;
         (!state.items.is_empty()).then_some(state)
-    }
-
-    fn swap(&self, mut state: MutexGuard<'_, State<B>>, batch: &mut B) {
-        std::mem::swap(&mut state.items, batch);
-        state.count = 0;
     }
 
     /// Refuses every later item and tells the emptying thread to end once empty.

@@ -36,12 +36,6 @@ pub struct Burst {
     began: AtomicU64,
 }
 
-impl Default for Burst {
-    fn default() -> Self {
-        Burst::new()
-    }
-}
-
 impl Burst {
     pub fn new() -> Burst {
         Burst {
