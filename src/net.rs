@@ -14,6 +14,8 @@ use tokio::time::timeout;
 use crate::config::{Address, Keepalive};
 use crate::resolve::{self, ResolveError};
 
+pub mod phase;
+
 /// Why a connect attempt failed, worded for `last_error`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -201,6 +203,16 @@ fn tune(sock: SockRef<'_>, keepalive: &Keepalive) -> io::Result<()> {
     sock.set_tcp_user_timeout(Some(keepalive.dead_after()))?;
     sock.set_tcp_nodelay(true)?;
     Ok(())
+}
+
+/// Restarts the connection's keepalive: its next probe goes out `idle` from now, and
+/// from then on every `idle` at that phase (see [`phase`]). Switching keepalive off and
+/// on re-arms the kernel's timer from now; setting `TCP_KEEPIDLE` again would re-arm it
+/// from the last packet received, which keeps the phase.
+pub fn restart_keepalive(stream: &TcpStream) -> io::Result<()> {
+    let sock = SockRef::from(stream);
+    sock.set_keepalive(false)?;
+    sock.set_keepalive(true)
 }
 
 /// What a read on a held connection told us.

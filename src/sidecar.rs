@@ -56,7 +56,7 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), SidecarError> {
     raise_open_files_limit(config.targets.len());
-    warn_if_probes_may_overflow_the_input_backlog(config.targets.len());
+    warn_if_probes_may_overflow_the_input_backlog(&config);
     let loaded = withhold_secrets(&config);
     hooks::check_environment(&config, &loaded)?;
     let telemetry = Telemetry::start(&config).await?;
@@ -282,30 +282,45 @@ pub fn adopt_orphans() {
     }
 }
 
-/// Connections made together send their keepalive probes together, every
-/// `keepalive.idle`; over loopback and veth every packet passes a per-CPU input queue of
-/// `net.core.netdev_max_backlog` packets (1,000 by default). Thousands of probes at once
-/// overflow it, and a connection whose probes are all dropped is declared dead: its
-/// target goes `down` though its server is fine. Measured at 10,000 targets.
-fn warn_if_probes_may_overflow_the_input_backlog(targets: usize) {
+/// Over loopback and veth every packet passes a per-CPU input queue of
+/// `net.core.netdev_max_backlog` packets (1,000 by default); probes beyond it are
+/// dropped, and a connection whose probes are all dropped is declared dead: its target
+/// goes `down` though its server is fine. Connections made together have their probes
+/// spread over `keepalive.idle` (see [`crate::net::phase`]), but only over the slots of
+/// the kernel's timer wheel, 256 ms apart for timers seconds away (at HZ 250): a slot
+/// may still hold more probes than the queue takes.
+fn warn_if_probes_may_overflow_the_input_backlog(config: &Config) {
+    let Some(idle) = config.targets.iter().map(|t| t.keepalive.idle.get()).min() else {
+        return;
+    };
     let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog") else {
         return;
     };
-    if let Some(backlog) = backlog_too_small(targets, &text) {
+    let targets = config.targets.len();
+    if let Some((backlog, at_once)) = backlog_too_small(targets, idle, &text) {
         tracing::warn!(
             targets,
             netdev_max_backlog = backlog,
+            probes_at_once = at_once,
             "keepalive probes of this many targets may overflow the kernel's input queue on \
              loopback or veth and raise false outages; raise net.core.netdev_max_backlog to at \
-             least the number of targets"
+             least {at_once}"
         );
     }
 }
 
-/// The backlog `text` (the sysctl's file) holds, if it is below `targets`.
-fn backlog_too_small(targets: usize, text: &str) -> Option<u64> {
+/// How far apart the kernel's timer wheel fires timers seconds away, at HZ 250 (the
+/// coarsest of the usual configurations for timers of a few seconds).
+const TIMER_SLOT: Duration = Duration::from_millis(256);
+
+/// The backlog `text` (the sysctl's file) holds and how many probes may go out at
+/// once, if the backlog is below that: `targets` spread over the timer slots within
+/// the shortest `idle`.
+fn backlog_too_small(targets: usize, idle: Duration, text: &str) -> Option<(u64, u64)> {
     let backlog: u64 = text.trim().parse().ok()?;
-    (backlog < targets as u64).then_some(backlog)
+    let slots = (idle.as_millis() / TIMER_SLOT.as_millis()).max(1) as u64;
+    let at_once = (targets as u64).div_ceil(slots);
+    (backlog < at_once).then_some((backlog, at_once))
 }
 
 /// Each target holds a socket and a few more may be open while reconnecting; the
@@ -340,10 +355,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_input_backlog_warning_fires_only_below_the_number_of_targets() {
-        assert_eq!(backlog_too_small(10_000, "1000\n"), Some(1000));
-        assert_eq!(backlog_too_small(1_000, "1000\n"), None);
-        assert_eq!(backlog_too_small(10_000, "16384\n"), None);
-        assert_eq!(backlog_too_small(10_000, "garbage"), None);
+    fn the_input_backlog_warning_fires_when_a_timer_slot_may_hold_more_probes_than_it_takes() {
+        let idle = |s| Duration::from_secs(s);
+        // The default idle of 3 s spreads probes over 11 slots.
+        assert_eq!(backlog_too_small(10_000, idle(3), "1000\n"), None);
+        assert_eq!(
+            backlog_too_small(20_000, idle(3), "1000\n"),
+            Some((1000, 1819))
+        );
+        assert_eq!(backlog_too_small(20_000, idle(3), "4096\n"), None);
+        // Within 1 s there are only 3.
+        assert_eq!(
+            backlog_too_small(10_000, idle(1), "1000\n"),
+            Some((1000, 3334))
+        );
+        assert_eq!(backlog_too_small(1_000, idle(1), "1000\n"), None);
+        assert_eq!(backlog_too_small(10_000, idle(1), "garbage"), None);
     }
 }

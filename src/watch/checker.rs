@@ -6,7 +6,9 @@
 //! timer: the kernel's keepalive watches for silent peer death, and the task sleeps
 //! until the socket turns readable. Two things add a timer while up: a protocol probe,
 //! which checks the server again every `check_interval`, and a host name, which is
-//! resolved again every `resolve_interval` so that a moved target is followed.
+//! resolved again every `resolve_interval` so that a moved target is followed. A
+//! connection made among many at once also has one, within `keepalive.idle` of its
+//! connect, to move its keepalive probes away from the others' (see [`net::phase`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -68,6 +70,8 @@ struct Link {
     next_check: Option<Instant>,
     /// When the host name is resolved again; `None` for an IP address.
     next_resolve: Option<Instant>,
+    /// When to restart the keepalive, if the connection was made in a crowd.
+    rephase: Option<Instant>,
 }
 
 /// What woke a held connection's task.
@@ -203,7 +207,14 @@ impl Checker {
     fn link(&self, conn: Connection) -> Link {
         let now = Instant::now();
         let t = &self.target;
+        let rephase = conn
+            .stream
+            .as_ref()
+            .and_then(Stream::tcp)
+            .and_then(|_| net::phase::connected(now, t.keepalive.idle.get()))
+            .map(|offset| now + offset);
         Link {
+            rephase,
             conn,
             next_check: t.check.map(|c| now + c.interval.get()),
             next_resolve: t
@@ -237,7 +248,7 @@ impl Checker {
         async move {
             let mut timer: Option<Pin<Box<Sleep>>> = None;
             loop {
-                let wake_at = [until, link.next_check, link.next_resolve]
+                let wake_at = [until, link.next_check, link.next_resolve, link.rephase]
                     .into_iter()
                     .flatten()
                     .min();
@@ -287,6 +298,10 @@ impl Checker {
                         if until.is_some_and(|at| now >= at) {
                             return Input::Tick;
                         }
+                        if link.rephase.is_some_and(|at| now >= at) {
+                            link.rephase = None;
+                            self.restart_keepalive(&link.conn);
+                        }
                         // Boxed like the connect attempt: inline, these futures would set
                         // the size of every idle actor's task.
                         if link.next_check.is_some_and(|at| now >= at) {
@@ -301,6 +316,16 @@ impl Checker {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Moves the connection's keepalive probes to a phase of their own (see
+    /// [`net::phase`]). A failure costs only the spread: the keepalive keeps running.
+    fn restart_keepalive(&self, conn: &Connection) {
+        if let Some(tcp) = conn.stream.as_ref().and_then(Stream::tcp) {
+            if let Err(e) = net::restart_keepalive(tcp) {
+                tracing::debug!(target_name = %self.target.name, error = %e, "cannot restart keepalive");
             }
         }
     }

@@ -18,6 +18,7 @@ mod group_status;
 mod groups;
 mod hooks;
 mod http;
+mod keepalive;
 mod metrics;
 mod moves;
 mod netns;
