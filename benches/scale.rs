@@ -96,7 +96,9 @@ impl Options {
                 window: Duration::from_secs(10),
                 batch: 1_000,
                 singles: 200,
-                settle: Duration::from_secs(2),
+                // Past the default `keepalive.idle` (3 s): connections made together
+                // restart their keepalive once within it, which is start-up work.
+                settle: Duration::from_secs(4),
                 tether: harness::default_binary(),
                 hook_program: HookProgram::Stamper,
             }

@@ -17,7 +17,9 @@
 //! of their own. A connection made alone keeps the phase of its handshake. Either way
 //! the connection is watched by keepalive from its first byte: the restart only moves
 //! the next probe later, by less than `idle`, and `TCP_USER_TIMEOUT` still counts from
-//! the last packet received.
+//! the last packet received. Packets dropped before the moved connection's first probe
+//! are noticed within `max(2 × idle, idle + interval × count) + interval` (7 s with the
+//! defaults) instead of `idle + interval × count`.
 
 use std::sync::Mutex;
 use std::time::Duration;
