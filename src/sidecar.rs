@@ -118,13 +118,19 @@ pub async fn run(
 const STARTUP_POLL: Duration = Duration::from_millis(250);
 const STARTUP_PAGES_KEPT_AT_MOST: Duration = Duration::from_secs(30);
 
-/// Once every target has had its first answer, the code only startup ran is given back
-/// (see [`resident`]): at a few targets it is most of tether's resident set.
+/// Once every target has had its first answer (and the keepalives of the connections
+/// made together have been moved apart), the code only startup ran is given back (see
+/// [`resident`]): at a few targets it is most of tether's resident set.
 fn release_startup_pages_once_started(status: Arc<Status>) {
     tokio::spawn(async move {
         let deadline = Instant::now() + STARTUP_PAGES_KEPT_AT_MOST;
         while !status.startup_complete() && Instant::now() < deadline {
             tokio::time::sleep(STARTUP_POLL).await;
+        }
+        // Connections made together restart their keepalive within `idle` of the
+        // connect (see `net::phase`); that code is start-up's too.
+        if let Some(due) = crate::net::phase::restarts_due_by() {
+            tokio::time::sleep_until(due.min(deadline) + STARTUP_POLL).await;
         }
         resident::release_in_background("startup");
     });

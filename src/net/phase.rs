@@ -46,6 +46,8 @@ pub struct Crowd {
     made: u32,
     /// Connections moved so far; the index into the sequence of offsets.
     moved: u64,
+    /// When the last restart handed out falls due.
+    last_restart: Option<Instant>,
 }
 
 impl Crowd {
@@ -54,6 +56,7 @@ impl Crowd {
             since: None,
             made: 0,
             moved: 0,
+            last_restart: None,
         }
     }
 
@@ -73,7 +76,14 @@ impl Crowd {
         }
         self.moved = self.moved.wrapping_add(1);
         let fraction = (self.moved as f64 * STEP).fract();
-        Some(idle.mul_f64(fraction))
+        let offset = idle.mul_f64(fraction);
+        self.last_restart = self.last_restart.max(Some(now + offset));
+        Some(offset)
+    }
+
+    /// When the last restart handed out so far falls due; `None` if none was.
+    pub fn restarts_due_by(&self) -> Option<Instant> {
+        self.last_restart
     }
 }
 
@@ -82,10 +92,20 @@ static CROWD_OF_THIS_PROCESS: Mutex<Crowd> = Mutex::new(Crowd::new());
 
 /// [`Crowd::connected`] for the process's connections.
 pub fn connected(now: Instant, idle: Duration) -> Option<Duration> {
+    crowd().connected(now, idle)
+}
+
+/// [`Crowd::restarts_due_by`] for the process's connections: the restarts of a start's
+/// crowd are start-up work.
+pub fn restarts_due_by() -> Option<Instant> {
+    crowd().restarts_due_by()
+}
+
+fn crowd() -> std::sync::MutexGuard<'static, Crowd> {
+    // Each call leaves the counts whole: a poisoned lock is still sound.
     CROWD_OF_THIS_PROCESS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .connected(now, idle)
 }
 
 #[cfg(test)]
@@ -112,6 +132,8 @@ mod tests {
         let offsets: Vec<_> = (0..1_000).map(|_| crowd.connected(now, IDLE)).collect();
         assert!(offsets[..CROWD as usize].iter().all(Option::is_none));
         assert!(offsets[CROWD as usize..].iter().all(Option::is_some));
+        let latest = offsets.iter().flatten().max().unwrap();
+        assert_eq!(crowd.restarts_due_by(), Some(now + *latest));
     }
 
     #[test]
