@@ -468,6 +468,10 @@ impl Listener {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Held connections still open from the peer's side.
     pub fn open(&self) -> usize {
         *self.open.lock().unwrap()
