@@ -9,14 +9,21 @@
 //! serves. A line that does not fit the queue is dropped and counted
 //! (`tether_log_lines_dropped_total`) rather than waited for. The other commands are
 //! short-lived and write their lines in place, in order with what they print.
+//!
+//! Lines that come in bursts (a transition per target when many change at once) are
+//! also formatted by a thread of their own once the burst is over ([`later`]), stamped
+//! with the time of their event.
 
+mod later;
 mod writer;
 
 use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -42,6 +49,12 @@ static WRITER: Mutex<Option<writer::Guard>> = Mutex::new(None);
 /// The writer thread's handle, for the count of lines it dropped.
 static DROPPED: OnceLock<writer::Writer> = OnceLock::new();
 
+/// Where lines formatted after their burst are queued (`tether run`).
+static LATER: OnceLock<&'static later::Later> = OnceLock::new();
+
+/// Ends the formatting thread once it has logged what is queued; taken by [`flush`].
+static LATER_GUARD: Mutex<Option<later::Guard>> = Mutex::new(None);
+
 /// Installs the global subscriber. Logs go to stderr so that commands printing
 /// results (`check-config`) keep stdout clean.
 pub fn init(format: LogFormat, level: Option<&str>, output: Output) -> Result<(), String> {
@@ -63,11 +76,17 @@ pub fn init(format: LogFormat, level: Option<&str>, output: Output) -> Result<()
                 .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
             let _ = DROPPED.set(writer.clone());
             *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+            // Without the thread, lines are formatted in place.
+            if let Ok((later, guard)) = later::start("tether-log-fmt") {
+                let _ = LATER.set(later);
+                *LATER_GUARD.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+            }
             BoxMakeWriter::new(writer)
         }
     };
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
+        .with_timer(EventTime)
         .with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
@@ -79,11 +98,16 @@ pub fn init(format: LogFormat, level: Option<&str>, output: Output) -> Result<()
     result.map_err(|e| e.to_string())
 }
 
-/// Writes out the lines still queued and ends the writer thread, waiting for it at
-/// most about a second (it may be blocked on a stderr nobody reads). Called before
+/// Logs the lines still waiting to be formatted, writes out those queued and ends both
+/// threads, waiting for them at most about a second and a half (the writer may be
+/// blocked on a stderr nobody reads). Called before
 /// the process exits and before it prints a last message of its own; lines logged
 /// afterwards are dropped.
 pub fn flush() {
+    let later = LATER_GUARD.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(later) = later {
+        later.finish(Duration::from_millis(500));
+    }
     let writer = WRITER.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(writer) = writer {
         writer.finish(Duration::from_secs(1));
@@ -93,4 +117,24 @@ pub fn flush() {
 /// Lines dropped so far because the writer thread could not keep up.
 pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, writer::Writer::dropped)
+}
+
+/// Logs with `log` once the burst it may be part of is over, every line it logs
+/// stamped `at`: for lines that come one per target when many targets change at once.
+/// In place where no formatting thread runs (every command but `tether run`).
+pub fn later(at: SystemTime, log: impl FnOnce() + Send + 'static) {
+    match LATER.get() {
+        Some(later) => later.log(at, Box::new(log)),
+        None => later::stamped(at, log),
+    }
+}
+
+/// The time a line carries: its event's for a line logged [`later`], else now. In the
+/// format of RFC 3339 with microseconds, as the default timer writes it.
+struct EventTime;
+
+impl FormatTime for EventTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", humantime::format_rfc3339_micros(later::now()))
+    }
 }

@@ -19,6 +19,7 @@ mod groups;
 mod hooks;
 mod http;
 mod keepalive;
+mod logs;
 mod metrics;
 mod moves;
 mod netns;
