@@ -276,8 +276,8 @@ impl Observer for LogObserver {
     }
 
     /// Logged once the burst it may be part of is over, with the time of the
-    /// transition (see [`logging::later`]): formatting in place was a third of an
-    /// actor's work on a lost connection.
+    /// transition (see [`logging::later`]): formatted in place, the lines of a mass
+    /// outage took a sixth of the CPU its recording needs.
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
         let level = match t.event {
             Event::Connect | Event::Recover => tracing::Level::INFO,
