@@ -279,14 +279,13 @@ impl Observer for LogObserver {
     /// transition (see [`logging::later`]): formatted in place, the lines of a mass
     /// outage took a sixth of the CPU its recording needs.
     fn transition(&self, target: &Arc<Target>, t: &Transition) {
-        let level = match t.event {
-            Event::Connect | Event::Recover => tracing::Level::INFO,
-            Event::Disconnect | Event::Failure => tracing::Level::WARN,
-        };
-        let enabled = if level == tracing::Level::INFO {
-            tracing::enabled!(target: "tether::transition", tracing::Level::INFO)
-        } else {
-            tracing::enabled!(target: "tether::transition", tracing::Level::WARN)
+        let enabled = match t.event {
+            Event::Connect | Event::Recover => {
+                tracing::enabled!(target: TRANSITION, tracing::Level::INFO)
+            }
+            Event::Disconnect | Event::Failure => {
+                tracing::enabled!(target: TRANSITION, tracing::Level::WARN)
+            }
         };
         if !enabled {
             return;
@@ -296,31 +295,40 @@ impl Observer for LogObserver {
     }
 }
 
+/// The log target of transition lines.
+const TRANSITION: &str = "tether::transition";
+
+/// One transition line at `$level`: the fields every transition has, then `$rest`.
+macro_rules! transition_line {
+    ($level:expr, $target:expr, $t:expr, $($rest:tt)+) => {
+        tracing::event!(
+            target: TRANSITION,
+            $level,
+            target_name = %$target.name,
+            address = %$target.address,
+            event = %$t.event,
+            from = %$t.previous,
+            to = %$t.state,
+            failures = $t.failures,
+            $($rest)+
+        )
+    };
+}
+
 fn log_transition(target: &Target, t: &Transition) {
+    let id = t.event_id(&target.name);
     match t.event {
-        Event::Connect | Event::Recover => tracing::info!(
-            target: "tether::transition",
-            target_name = %target.name,
-            address = %target.address,
-            event = %t.event,
-            from = %t.previous,
-            to = %t.state,
-            failures = t.failures,
-            event_id = %t.event_id(&target.name),
+        Event::Connect | Event::Recover => transition_line!(
+            tracing::Level::INFO, target, t,
+            event_id = %id,
             "{} is {} ({})", target.name, t.state, t.event,
         ),
         Event::Disconnect | Event::Failure => {
             let error = t.last_error.as_ref().map_or("", |e| e.text());
-            tracing::warn!(
-                target: "tether::transition",
-                target_name = %target.name,
-                address = %target.address,
-                event = %t.event,
-                from = %t.previous,
-                to = %t.state,
-                failures = t.failures,
+            transition_line!(
+                tracing::Level::WARN, target, t,
                 error = %error,
-                event_id = %t.event_id(&target.name),
+                event_id = %id,
                 "{} is {} ({}): {}", target.name, t.state, t.event, error,
             )
         }
