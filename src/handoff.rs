@@ -1,5 +1,6 @@
 //! A buffer that any thread fills and one thread of its own empties, a batch at a time:
-//! the log's writer thread and the closer of dead connections.
+//! the log's writer thread, the formatter of a burst's log lines and the closer of dead
+//! connections.
 //!
 //! The emptying thread is woken only by the first item put into an empty buffer it waits
 //! on: items put while it works cost no system call, and a burst costs one wake-up and
@@ -148,6 +149,39 @@ impl<B: Batch> Handoff<B> {
     }
 }
 
+/// A queue of items that a thread of its own works through once they stop coming: the
+/// closer of dead connections and the formatter of a burst's log lines.
+impl<T> Handoff<Vec<T>> {
+    /// Puts `item` in unless `limit` items wait already (or the handoff is closed); a
+    /// refused item comes back, for the caller to deal with in place.
+    pub fn push_within(&self, item: T, limit: usize) -> Result<(), T> {
+        self.put(item, |items, item| {
+            if items.len() >= limit {
+                return Err(item);
+            }
+            items.push(item);
+            Ok(())
+        })
+    }
+
+    /// For the emptying thread: hands every item to `each`, a batch at a time, each
+    /// batch taken as [`Handoff::take_when_quiet`] does, until the handoff is closed and
+    /// empty. A burst's room is given back after its batch.
+    pub fn serve_when_quiet(
+        &self,
+        quiet: Duration,
+        at_most: Duration,
+        enough: usize,
+        mut each: impl FnMut(T),
+    ) {
+        let mut batch = Vec::new();
+        while self.take_when_quiet(&mut batch, quiet, at_most, enough) {
+            batch.drain(..).for_each(&mut each);
+            batch.shrink_to(64);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -192,6 +226,19 @@ mod tests {
         );
         assert_eq!(batch, (0..50).collect::<Vec<_>>());
         putter.join().unwrap();
+    }
+
+    #[test]
+    fn an_item_past_the_limit_comes_back_and_the_rest_are_served_in_order() {
+        let handoff = Handoff::<Vec<u32>>::default();
+        for n in 0..3 {
+            handoff.push_within(n, 3).unwrap();
+        }
+        assert_eq!(handoff.push_within(3, 3), Err(3));
+        handoff.close();
+        let mut served = Vec::new();
+        handoff.serve_when_quiet(Duration::ZERO, Duration::ZERO, 1, |n| served.push(n));
+        assert_eq!(served, [0, 1, 2]);
     }
 
     #[test]

@@ -66,17 +66,12 @@ pub fn start(name: &str) -> io::Result<(&'static Later, Guard)> {
         .stack_size(64 * 1024)
         .spawn(move || {
             let _alive = alive;
-            let mut batch = Vec::new();
-            while later
+            later
                 .queue
-                .take_when_quiet(&mut batch, QUIET, AT_MOST, QUEUED / 2)
-            {
-                for line in batch.drain(..) {
+                .serve_when_quiet(QUIET, AT_MOST, QUEUED / 2, |line| {
                     // A line whose formatting panics is lost alone; the thread goes on.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| line.log()));
-                }
-                batch.shrink_to(64);
-            }
+                });
         })?;
     Ok((later, Guard { later, ended }))
 }
@@ -85,14 +80,7 @@ impl Later {
     /// Logs with `log` on the formatting thread, stamped `at`; here and now if the
     /// queue is full or closed.
     pub fn log(&self, at: SystemTime, log: Box<dyn FnOnce() + Send>) {
-        let refused = self.queue.put(Line { at, log }, |lines, line| {
-            if lines.len() >= QUEUED {
-                return Err(line);
-            }
-            lines.push(line);
-            Ok(())
-        });
-        if let Err(line) = refused {
+        if let Err(line) = self.queue.push_within(Line { at, log }, QUEUED) {
             line.log();
         }
     }

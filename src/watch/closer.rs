@@ -43,13 +43,7 @@ pub enum Close {
 /// queue or could not be started.
 pub fn close(conn: Connection, how: Close) {
     let refused = match closer() {
-        Some(closer) => closer.put((conn, how), |dead, item| {
-            if dead.len() >= QUEUED {
-                return Err(item);
-            }
-            dead.push(item);
-            Ok(())
-        }),
+        Some(closer) => closer.push_within((conn, how), QUEUED),
         None => Err((conn, how)),
     };
     // A full queue, or no thread: this actor closes its own.
@@ -83,13 +77,9 @@ fn closer() -> Option<&'static Dead> {
 
 fn close_all(dead: &Dead) {
     lowest_priority();
-    let mut batch = Vec::new();
-    while dead.take_when_quiet(&mut batch, QUIET, AT_MOST, QUEUED / 2) {
-        for (conn, how) in batch.drain(..) {
-            close_now(conn, how);
-        }
-        batch.shrink_to(64);
-    }
+    dead.serve_when_quiet(QUIET, AT_MOST, QUEUED / 2, |(conn, how)| {
+        close_now(conn, how)
+    });
 }
 
 /// `SCHED_IDLE` for the calling thread alone (Linux keeps a policy per thread): any
